@@ -1,0 +1,514 @@
+//! The per-connection session rules, without I/O and without a clock of their own.
+//!
+//! A [`Session`] is fed the decoded frames a client sends and the current time, and answers what the
+//! connection must do: reply, hand a dispatch to the application, send a heartbeat, or close with a code.
+//! [`Session::next_deadline`] says when to call [`Session::on_timeout`] next. The server's connection task is the
+//! only caller; tests drive it on a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::rate_limit::{RateLimit, TokenBucket};
+use crate::{CloseCode, Frame, OpCode};
+
+/// The event type of the Mesa 1.5 version handshake dispatch.
+pub const CLIENT_VERSION_EVENT: &str = "CLIENT_VERSION";
+
+/// Heartbeat timing: the server sends op 1 every `interval` and closes after more than `max_attempts`
+/// consecutive unanswered beats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatRules {
+    /// Time between two op 1 frames.
+    pub interval: Duration,
+    /// Unanswered beats tolerated in a row; the next one closes the connection with 4009.
+    pub max_attempts: u32,
+}
+
+/// The rules one session follows, derived from the server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRules {
+    /// Heartbeats, or `None` when they are off.
+    pub heartbeat: Option<HeartbeatRules>,
+    /// Time a client has to authenticate. Enforced (close 4006) only when `authentication_required`.
+    pub authentication_timeout: Duration,
+    /// Dispatches before authentication are refused (close 4003) and the timeout is enforced.
+    pub authentication_required: bool,
+    /// The inbound rate limit, or `None` for none.
+    pub rate_limit: Option<RateLimit>,
+    /// With `enforce_equal_versions`: the version a client must announce in `CLIENT_VERSION`.
+    pub required_client_version: Option<String>,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Hello was sent; the client has not authenticated (it may never need to).
+    HelloSent,
+    /// The client authenticated.
+    Authenticated,
+    /// The session decided to close; it accepts nothing more.
+    Closing(CloseCode),
+}
+
+/// What an inbound frame asks the connection to do.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// Op 11: the client answered a heartbeat. Nothing to send.
+    HeartbeatAck,
+    /// Op 1 from the client (extension): answer with op 11.
+    HeartbeatRequest,
+    /// Op 2: run the application's authentication check on `data` (the whole `d`).
+    Authenticate {
+        /// The credentials as the client sent them.
+        data: Value,
+        /// Mesa 1.5 `shouldSync` (default `true`): whether stored messages should be redelivered.
+        should_sync: bool,
+    },
+    /// The client announced the version the server requires.
+    VersionAccepted,
+    /// Op 0: hand the dispatch to the application.
+    Dispatch(Frame),
+    /// An opcode the client may not send or this protocol does not define; ignored, as Mesa 1.5 does.
+    Ignored {
+        /// The raw opcode.
+        op: u64,
+    },
+    /// The frame breaks a rule: close the connection with this code.
+    Close(CloseCode),
+}
+
+/// What a deadline asks the connection to do.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TimerAction {
+    /// Send this op 1 frame.
+    SendHeartbeat(Frame),
+    /// Close the connection with this code.
+    Close(CloseCode),
+}
+
+#[derive(Debug, Clone)]
+struct HeartbeatState {
+    rules: HeartbeatRules,
+    next_beat: Instant,
+    sent_any: bool,
+    acked: bool,
+    attempts: u32,
+}
+
+/// One connection's protocol state. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Session {
+    lifecycle: Lifecycle,
+    heartbeat: Option<HeartbeatState>,
+    authentication_deadline: Option<Instant>,
+    authentication_required: bool,
+    rate: Option<TokenBucket>,
+    required_client_version: Option<String>,
+}
+
+impl Session {
+    /// A session whose Hello was sent at `now`.
+    pub fn new(rules: &SessionRules, now: Instant) -> Session {
+        Session {
+            lifecycle: Lifecycle::HelloSent,
+            heartbeat: rules.heartbeat.map(|hb| HeartbeatState {
+                rules: hb,
+                next_beat: now + hb.interval,
+                sent_any: false,
+                acked: false,
+                attempts: 0,
+            }),
+            authentication_deadline: rules
+                .authentication_required
+                .then(|| now + rules.authentication_timeout),
+            authentication_required: rules.authentication_required,
+            rate: rules.rate_limit.map(|limit| TokenBucket::new(limit, now)),
+            required_client_version: rules.required_client_version.clone(),
+        }
+    }
+
+    /// Where the session is in its life.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+    }
+
+    /// Whether the client authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.lifecycle == Lifecycle::Authenticated
+    }
+
+    /// The earliest time at which [`Session::on_timeout`] has something to do, or `None`.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if let Lifecycle::Closing(_) = self.lifecycle {
+            return None;
+        }
+        let beat = self.heartbeat.as_ref().map(|hb| hb.next_beat);
+        match (beat, self.authentication_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the deadlines that passed at `now`. Call it again until it returns `None`.
+    pub fn on_timeout(&mut self, now: Instant) -> Option<TimerAction> {
+        if let Lifecycle::Closing(_) = self.lifecycle {
+            return None;
+        }
+        if self.authentication_deadline.is_some_and(|at| now >= at) {
+            return Some(self.close(CloseCode::AuthenticationTimeout));
+        }
+        let hb = self.heartbeat.as_mut()?;
+        if now < hb.next_beat {
+            return None;
+        }
+        hb.next_beat += hb.rules.interval;
+        if hb.next_beat <= now {
+            // The caller fell behind (a stalled task); do not fire a burst of beats to catch up.
+            hb.next_beat = now + hb.rules.interval;
+        }
+        // Mesa 1.5: a beat not answered since the previous one counts an attempt; beyond the maximum, close.
+        if hb.sent_any && !hb.acked {
+            hb.attempts += 1;
+            if hb.attempts > hb.rules.max_attempts {
+                return Some(self.close(CloseCode::HeartbeatTimeout));
+            }
+        } else {
+            hb.attempts = 0;
+        }
+        hb.sent_any = true;
+        hb.acked = false;
+        let d = if hb.attempts == 0 {
+            json!({})
+        } else {
+            json!({ "tries": hb.attempts, "max": hb.rules.max_attempts })
+        };
+        Some(TimerAction::SendHeartbeat(Frame::new(OpCode::Heartbeat, d)))
+    }
+
+    /// Classifies a frame the client sent at `now`.
+    pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
+        if let Lifecycle::Closing(code) = self.lifecycle {
+            return Inbound::Close(code);
+        }
+        if let Some(bucket) = self.rate.as_mut() {
+            if !bucket.try_take(now) {
+                return Inbound::Close(self.close_code(CloseCode::RateLimited));
+            }
+        }
+        match frame.opcode() {
+            Some(OpCode::HeartbeatAck) => {
+                if let Some(hb) = self.heartbeat.as_mut() {
+                    hb.acked = true;
+                    hb.attempts = 0;
+                }
+                Inbound::HeartbeatAck
+            }
+            Some(OpCode::Heartbeat) => Inbound::HeartbeatRequest,
+            Some(OpCode::Authenticate) => {
+                let should_sync = frame
+                    .d
+                    .get("shouldSync")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                Inbound::Authenticate {
+                    data: frame.d,
+                    should_sync,
+                }
+            }
+            Some(OpCode::Dispatch) => {
+                if frame.t.as_deref() == Some(CLIENT_VERSION_EVENT) {
+                    if let Some(required) = &self.required_client_version {
+                        let announced = frame.d.get("v").and_then(Value::as_str);
+                        return if announced == Some(required.as_str()) {
+                            Inbound::VersionAccepted
+                        } else {
+                            Inbound::Close(self.close_code(CloseCode::VersionMismatch))
+                        };
+                    }
+                }
+                if self.authentication_required && !self.is_authenticated() {
+                    return Inbound::Close(self.close_code(CloseCode::NotAuthenticated));
+                }
+                Inbound::Dispatch(frame)
+            }
+            _ => Inbound::Ignored { op: frame.op },
+        }
+    }
+
+    /// Records a successful authentication: the authentication deadline no longer applies.
+    pub fn authenticated(&mut self) {
+        if !matches!(self.lifecycle, Lifecycle::Closing(_)) {
+            self.lifecycle = Lifecycle::Authenticated;
+            self.authentication_deadline = None;
+        }
+    }
+
+    /// Records that the connection is closing with `code`; the session then accepts nothing more.
+    pub fn close(&mut self, code: CloseCode) -> TimerAction {
+        TimerAction::Close(self.close_code(code))
+    }
+
+    fn close_code(&mut self, code: CloseCode) -> CloseCode {
+        self.lifecycle = Lifecycle::Closing(code);
+        code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> SessionRules {
+        SessionRules {
+            heartbeat: Some(HeartbeatRules {
+                interval: Duration::from_millis(1000),
+                max_attempts: 2,
+            }),
+            authentication_timeout: Duration::from_millis(2000),
+            authentication_required: false,
+            rate_limit: None,
+            required_client_version: None,
+        }
+    }
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn ack() -> Frame {
+        Frame::new(OpCode::HeartbeatAck, Value::Null)
+    }
+
+    #[test]
+    fn silent_client_is_closed_after_max_attempts_plus_one_beat() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        assert_eq!(s.next_deadline(), Some(ms(t0, 1000)));
+        assert_eq!(s.on_timeout(ms(t0, 999)), None);
+        let first = s.on_timeout(ms(t0, 1000));
+        assert_eq!(
+            first,
+            Some(TimerAction::SendHeartbeat(Frame::new(
+                OpCode::Heartbeat,
+                json!({})
+            )))
+        );
+        let second = s.on_timeout(ms(t0, 2000));
+        assert_eq!(
+            second,
+            Some(TimerAction::SendHeartbeat(Frame::new(
+                OpCode::Heartbeat,
+                json!({"tries": 1, "max": 2})
+            )))
+        );
+        assert!(matches!(
+            s.on_timeout(ms(t0, 3000)),
+            Some(TimerAction::SendHeartbeat(_))
+        ));
+        assert_eq!(
+            s.on_timeout(ms(t0, 4000)),
+            Some(TimerAction::Close(CloseCode::HeartbeatTimeout))
+        );
+        assert_eq!(
+            s.lifecycle(),
+            Lifecycle::Closing(CloseCode::HeartbeatTimeout)
+        );
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn answering_client_is_never_closed() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        for beat in 1..=50u64 {
+            let action = s.on_timeout(ms(t0, beat * 1000));
+            assert_eq!(
+                action,
+                Some(TimerAction::SendHeartbeat(Frame::new(
+                    OpCode::Heartbeat,
+                    json!({})
+                )))
+            );
+            assert_eq!(
+                s.on_frame(ack(), ms(t0, beat * 1000 + 10)),
+                Inbound::HeartbeatAck
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_answer_resets_the_attempts() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        s.on_timeout(ms(t0, 1000));
+        s.on_timeout(ms(t0, 2000)); // tries 1
+        s.on_timeout(ms(t0, 3000)); // tries 2
+        s.on_frame(ack(), ms(t0, 3500));
+        assert_eq!(
+            s.on_timeout(ms(t0, 4000)),
+            Some(TimerAction::SendHeartbeat(Frame::new(
+                OpCode::Heartbeat,
+                json!({})
+            )))
+        );
+    }
+
+    #[test]
+    fn a_stalled_caller_does_not_burst_beats() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        assert!(s.on_timeout(ms(t0, 10_000)).is_some());
+        assert_eq!(s.on_timeout(ms(t0, 10_000)), None);
+        assert_eq!(s.next_deadline(), Some(ms(t0, 11_000)));
+    }
+
+    #[test]
+    fn authentication_timeout_is_enforced_only_when_required() {
+        let t0 = Instant::now();
+        let mut optional = Session::new(
+            &SessionRules {
+                heartbeat: None,
+                ..rules()
+            },
+            t0,
+        );
+        assert_eq!(optional.next_deadline(), None);
+        assert_eq!(optional.on_timeout(ms(t0, 60_000)), None);
+
+        let required_rules = SessionRules {
+            heartbeat: None,
+            authentication_required: true,
+            ..rules()
+        };
+        let mut required = Session::new(&required_rules, t0);
+        assert_eq!(required.next_deadline(), Some(ms(t0, 2000)));
+        assert_eq!(
+            required.on_timeout(ms(t0, 2000)),
+            Some(TimerAction::Close(CloseCode::AuthenticationTimeout))
+        );
+
+        let mut in_time = Session::new(&required_rules, t0);
+        in_time.authenticated();
+        assert_eq!(in_time.next_deadline(), None);
+        assert_eq!(in_time.on_timeout(ms(t0, 60_000)), None);
+    }
+
+    #[test]
+    fn dispatch_before_authentication_when_required_is_refused() {
+        let t0 = Instant::now();
+        let required = SessionRules {
+            authentication_required: true,
+            ..rules()
+        };
+        let mut s = Session::new(&required, t0);
+        let dispatch = Frame::dispatch("MSG", json!({}));
+        assert_eq!(
+            s.on_frame(dispatch.clone(), t0),
+            Inbound::Close(CloseCode::NotAuthenticated)
+        );
+
+        let mut s = Session::new(&required, t0);
+        s.authenticated();
+        assert_eq!(
+            s.on_frame(dispatch.clone(), t0),
+            Inbound::Dispatch(dispatch.clone())
+        );
+
+        let mut optional = Session::new(&rules(), t0);
+        assert_eq!(
+            optional.on_frame(dispatch.clone(), t0),
+            Inbound::Dispatch(dispatch)
+        );
+    }
+
+    #[test]
+    fn authentication_frames_carry_should_sync() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        let auth = Frame::new(OpCode::Authenticate, json!({"token": "x"}));
+        assert_eq!(
+            s.on_frame(auth, t0),
+            Inbound::Authenticate {
+                data: json!({"token": "x"}),
+                should_sync: true
+            }
+        );
+        let auth = Frame::new(
+            OpCode::Authenticate,
+            json!({"token": "x", "shouldSync": false}),
+        );
+        assert!(matches!(
+            s.on_frame(auth, t0),
+            Inbound::Authenticate {
+                should_sync: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn version_rule() {
+        let t0 = Instant::now();
+        let versioned = SessionRules {
+            required_client_version: Some("1.2.0".into()),
+            ..rules()
+        };
+        let good = Frame::dispatch(CLIENT_VERSION_EVENT, json!({"v": "1.2.0"}));
+        let bad = Frame::dispatch(CLIENT_VERSION_EVENT, json!({"v": "1.1.0"}));
+        assert_eq!(
+            Session::new(&versioned, t0).on_frame(good.clone(), t0),
+            Inbound::VersionAccepted
+        );
+        assert_eq!(
+            Session::new(&versioned, t0).on_frame(bad, t0),
+            Inbound::Close(CloseCode::VersionMismatch)
+        );
+        // Without the rule, CLIENT_VERSION is an ordinary dispatch.
+        assert_eq!(
+            Session::new(&rules(), t0).on_frame(good.clone(), t0),
+            Inbound::Dispatch(good)
+        );
+    }
+
+    #[test]
+    fn unknown_and_server_only_opcodes_are_ignored() {
+        let t0 = Instant::now();
+        let mut s = Session::new(&rules(), t0);
+        for op in [3u64, 5, 10, 22, 1000] {
+            let frame = Frame {
+                op,
+                ..Frame::new(OpCode::Dispatch, Value::Null)
+            };
+            assert_eq!(s.on_frame(frame, t0), Inbound::Ignored { op });
+        }
+        let ping = Frame::new(OpCode::Heartbeat, Value::Null);
+        assert_eq!(s.on_frame(ping, t0), Inbound::HeartbeatRequest);
+    }
+
+    #[test]
+    fn flood_is_closed_by_the_rate_limit() {
+        let t0 = Instant::now();
+        let limited = SessionRules {
+            rate_limit: Some(RateLimit {
+                burst: 5,
+                per_second: 5,
+            }),
+            ..rules()
+        };
+        let mut s = Session::new(&limited, t0);
+        for _ in 0..5 {
+            assert!(matches!(s.on_frame(ack(), t0), Inbound::HeartbeatAck));
+        }
+        assert_eq!(
+            s.on_frame(ack(), t0),
+            Inbound::Close(CloseCode::RateLimited)
+        );
+        assert_eq!(
+            s.on_frame(ack(), ms(t0, 10_000)),
+            Inbound::Close(CloseCode::RateLimited)
+        );
+    }
+}
