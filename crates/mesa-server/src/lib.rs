@@ -1,1 +1,64 @@
+//! A Mesa gateway server: a WebSocket layer modelled on Discord's gateway, wire-compatible with Mesa 1.5.
+//!
+//! Clients connect, receive Hello (op 10), answer heartbeats (op 1 → op 11), authenticate (op 2 → op 22) and
+//! exchange dispatches (op 0). The application authenticates, reacts to events, and sends to everyone, to
+//! user ids, or to one connection. Every bad input has a defined outcome (a close code or an HTTP status) and
+//! every queue is bounded; see `docs/protocol.md`.
+//!
+//! # Layout
+//! - [`server`]: [`Mesa`], the handle (send API, shutdown), and [`MesaBuilder`] (configuration and hooks).
+//! - [`config`]: [`Config`], the serde configuration with Mesa 1.5's defaults.
+//! - [`service`]: [`MesaService`], the tower service that validates upgrades (mount it in axum).
+//! - [`transport`]: the standalone listener ([`Mesa::serve`], [`Mesa::serve_with`]).
+//! - `connection`: the per-connection task, glue between the socket and [`mesa_protocol::Session`].
+//! - `outbox`, `registry`, [`router`]: bounded per-connection queues, the connection/user index, and the one
+//!   routing layer every send goes through (encode once, deliver to many).
+//! - [`client`]: [`Client`], the per-connection handle; [`events`]: handlers and [`Middleware`].
+//! - [`metrics`], [`error`].
+//!
+//! # Example
+//! ```no_run
+//! use mesa_server::{AuthError, Identity, Mesa};
+//! use serde_json::json;
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let mesa = Mesa::builder()
+//!         .authenticate(|data, _client| async move {
+//!             let token = data.get("token").and_then(|t| t.as_str()).unwrap_or_default();
+//!             match token.strip_prefix("user:") {
+//!                 Some(id) => Ok(Identity::new(id, json!({ "id": id }))),
+//!                 None => Err(AuthError::new("invalid token")),
+//!             }
+//!         })
+//!         .on_message(|client, frame| async move {
+//!             let _ = client.send(&frame);
+//!         })
+//!         .build();
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//!     mesa.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! }
+//! ```
 
+pub mod client;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod events;
+pub mod metrics;
+mod outbox;
+mod registry;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod transport;
+
+pub use client::{Client, ConnectionId, Identity};
+pub use config::Config;
+pub use error::{AuthError, ConnectionError, SendError};
+pub use events::{BoxFuture, Disconnection, Middleware};
+pub use mesa_protocol::{CloseCode, Frame, OpCode};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use router::{Recipients, Target};
+pub use server::{Mesa, MesaBuilder};
+pub use service::{MesaService, RemoteAddr};

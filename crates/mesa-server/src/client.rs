@@ -1,0 +1,196 @@
+//! The per-connection handle the application holds.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+
+use http::HeaderMap;
+use mesa_protocol::{CloseCode, Frame};
+use serde_json::Value;
+
+use crate::error::SendError;
+use crate::outbox::{Outbox, PushError};
+use crate::registry::Registry;
+
+/// Who a connection authenticated as: the application's user id and user object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The user id. Several connections (devices) may share one.
+    pub id: String,
+    /// The user object, sent in op 22 when `send_user_object` is on.
+    pub user: Value,
+}
+
+impl Identity {
+    /// An identity with this id and user object.
+    pub fn new(id: impl Into<String>, user: Value) -> Identity {
+        Identity {
+            id: id.into(),
+            user,
+        }
+    }
+}
+
+/// A connection's number, unique within one server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+pub(crate) struct ClientShared {
+    pub(crate) connection_id: ConnectionId,
+    remote_addr: Option<SocketAddr>,
+    headers: HeaderMap,
+    identity: RwLock<Option<Arc<Identity>>>,
+    authenticated: AtomicBool,
+    pub(crate) outbox: Outbox,
+    registry: Weak<Registry>,
+}
+
+/// A handle to one connection: who it is, where it comes from, and how to send to or close it.
+///
+/// Cheap to clone; it stays valid after the connection closes (sends then return [`SendError::Closed`]).
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) shared: Arc<ClientShared>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        connection_id: ConnectionId,
+        remote_addr: Option<SocketAddr>,
+        headers: HeaderMap,
+        outbound_queue: usize,
+        registry: Weak<Registry>,
+    ) -> Client {
+        Client {
+            shared: Arc::new(ClientShared {
+                connection_id,
+                remote_addr,
+                headers,
+                identity: RwLock::new(None),
+                authenticated: AtomicBool::new(false),
+                outbox: Outbox::new(outbound_queue),
+                registry,
+            }),
+        }
+    }
+
+    /// This connection's number.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.shared.connection_id
+    }
+
+    /// The authenticated user id (Mesa 1.5 `client.id`), or `None` before authentication.
+    pub fn id(&self) -> Option<String> {
+        self.identity().map(|identity| identity.id.clone())
+    }
+
+    /// The authenticated user object (Mesa 1.5 `client.user`), or `None` before authentication.
+    pub fn user(&self) -> Option<Value> {
+        self.identity().map(|identity| identity.user.clone())
+    }
+
+    /// The authenticated identity, or `None` before authentication.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.shared
+            .identity
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the connection authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.shared.authenticated.load(Ordering::Acquire)
+    }
+
+    /// The peer's address, when known (standalone server, or axum with `ConnectInfo`).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.remote_addr
+    }
+
+    /// The headers of the upgrade request.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.shared.headers
+    }
+
+    /// Queues a frame for this connection only. Never waits: a full queue closes the connection (4010) and
+    /// returns [`SendError::QueueFull`].
+    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        self.send_encoded(frame.encode().into())
+    }
+
+    pub(crate) fn send_encoded(
+        &self,
+        text: tokio_tungstenite::tungstenite::Utf8Bytes,
+    ) -> Result<(), SendError> {
+        self.shared.outbox.push(text).map_err(|e| match e {
+            PushError::Full => SendError::QueueFull,
+            PushError::Closed => SendError::Closed,
+        })
+    }
+
+    /// Closes the connection with `code` and `reason` after the frames already queued are written.
+    /// A `code` outside 1000–4999 or one reserved by RFC 6455 (1004–1006, 1015) is sent as 1000.
+    pub fn disconnect(&self, code: u16, reason: impl Into<String>) {
+        let code = if (1000..5000).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
+            code
+        } else {
+            CloseCode::Normal.code()
+        };
+        let mut reason: String = reason.into();
+        // A close frame's payload is at most 125 bytes: 2 for the code, 123 for the reason.
+        if reason.len() > 123 {
+            let mut end = 123;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.shared.outbox.close(code, reason);
+    }
+
+    /// Replaces the identity of an authenticated connection (Mesa 1.5 `client.updateUser`): sends to the new
+    /// id reach it, sends to the old id no longer do. Returns `false` (and changes nothing) when the connection
+    /// has not authenticated.
+    pub fn update_user(&self, identity: Identity) -> bool {
+        if !self.is_authenticated() {
+            return false;
+        }
+        self.set_identity(identity);
+        true
+    }
+
+    /// Records a (new) identity and marks the connection authenticated.
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        let identity = Arc::new(identity);
+        let old = {
+            let mut slot = self
+                .shared
+                .identity
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            slot.replace(identity.clone())
+        };
+        self.shared.authenticated.store(true, Ordering::Release);
+        if let Some(registry) = self.shared.registry.upgrade() {
+            registry.reindex(self, old.as_deref().map(|i| i.id.as_str()), &identity.id);
+        }
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("connection_id", &self.shared.connection_id)
+            .field("id", &self.id())
+            .field("remote_addr", &self.shared.remote_addr)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,243 @@
+//! Server configuration: one serde struct (for config files and env vars) with Mesa 1.5's defaults.
+//!
+//! Every duration is in milliseconds so that a TOML file or an environment variable maps onto it directly.
+//! [`MesaBuilder`](crate::MesaBuilder) sets the same fields from code.
+
+use std::time::Duration;
+
+use mesa_protocol::{HeartbeatRules, RateLimit, SessionRules};
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration. `Config::default()` is Mesa 1.5's defaults plus this project's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the standalone server binds. Default `0.0.0.0`.
+    pub host: String,
+    /// Port the standalone server binds. Default `4000` (Mesa 1.5).
+    pub port: u16,
+    /// Path of the WebSocket endpoint. Default `/`.
+    pub path: String,
+    /// Heartbeats (op 1 / op 11) and dead-peer detection.
+    pub heartbeat: HeartbeatConfig,
+    /// The reconnect interval advertised to clients.
+    pub reconnect: ReconnectConfig,
+    /// Authentication rules.
+    pub authentication: AuthenticationConfig,
+    /// Client rules (Mesa 1.5 `client` option).
+    pub client: ClientConfig,
+    /// Limits on what one peer may cost the server.
+    pub limits: Limits,
+    /// Allowed values of the upgrade request's `Origin` header. Empty (the default) allows any origin
+    /// and requests without one; otherwise a request whose `Origin` is missing or not listed gets HTTP 403.
+    pub allowed_origins: Vec<String>,
+    /// How long a graceful shutdown waits for connections to close before dropping them. Default 5000 ms.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 4000,
+            path: "/".into(),
+            heartbeat: HeartbeatConfig::default(),
+            reconnect: ReconnectConfig::default(),
+            authentication: AuthenticationConfig::default(),
+            client: ClientConfig::default(),
+            limits: Limits::default(),
+            allowed_origins: Vec::new(),
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Heartbeats: the server sends op 1 every `interval_ms`; after more than `max_attempts` unanswered beats in a
+/// row it closes the connection with 4009.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Default `true` (Mesa 1.5 defaulted to off; a production gateway needs dead-peer detection).
+    pub enabled: bool,
+    /// Default 10000 ms (Mesa 1.5).
+    pub interval_ms: u64,
+    /// Default 3 (Mesa 1.5).
+    pub max_attempts: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            enabled: true,
+            interval_ms: 10_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// The reconnect interval advertised in Hello (`c_reconnect_interval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectConfig {
+    /// Default `true`: the interval is advertised. When `false`, Mesa 1.5 clients do not reconnect.
+    pub enabled: bool,
+    /// Default 5000 ms (Mesa 1.5).
+    pub interval_ms: u64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            enabled: true,
+            interval_ms: 5000,
+        }
+    }
+}
+
+/// Authentication rules (Mesa 1.5 `authentication` option).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthenticationConfig {
+    /// Time a client has to authenticate, advertised in Hello. Default 10000 ms (Mesa 1.5).
+    /// Enforced (close 4006) when `required`; otherwise it bounds how long one authentication check may run.
+    pub timeout_ms: u64,
+    /// Default `false` (Mesa 1.5). When `true`: sends to everyone skip unauthenticated clients, a dispatch from
+    /// an unauthenticated client closes it with 4003, and the timeout is enforced.
+    pub required: bool,
+    /// Op 22 carries the user object (rule `sends_user_object`). Default `true` (Mesa 1.5).
+    pub send_user_object: bool,
+    /// A refused authentication closes the connection with 1008. Default `true` (Mesa 1.5). When `false`,
+    /// the server answers op 9 `{"reason": …}` and the connection stays open, unauthenticated.
+    pub disconnect_on_fail: bool,
+}
+
+impl Default for AuthenticationConfig {
+    fn default() -> Self {
+        AuthenticationConfig {
+            timeout_ms: 10_000,
+            required: false,
+            send_user_object: true,
+            disconnect_on_fail: true,
+        }
+    }
+}
+
+/// Client rules (Mesa 1.5 `client` option).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Rule `enforce_equal_versions`: clients announce their version with op 0 `CLIENT_VERSION` and a
+    /// version other than `version` is closed with 1002. Default `false`.
+    pub enforce_equal_versions: bool,
+    /// The client version required under `enforce_equal_versions`. Default: none (the rule then refuses
+    /// every announced version, so set it whenever the rule is on).
+    pub version: Option<String>,
+}
+
+/// Limits on what one peer may cost the server. Every limit has a documented outcome in `docs/protocol.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest text message (after reassembling fragments) and largest single frame, in bytes.
+    /// Larger input closes the connection with 1009. Default 65536.
+    pub max_message_size: usize,
+    /// Inbound frames per connection, or `None` for no limit. Exceeding it closes with 4008.
+    /// Default: burst 200, 100 per second.
+    pub rate_limit: Option<RateLimit>,
+    /// Frames that may wait in one connection's outbound queue. A client that falls further behind is
+    /// closed with 4010 instead of buffering without end. Default 1024.
+    pub outbound_queue: usize,
+    /// Open WebSocket connections the server accepts; further upgrades get HTTP 503. Default 100000.
+    pub max_connections: usize,
+    /// Time a client has to send a complete HTTP request head; slower (or non-HTTP) peers are dropped.
+    /// Applies to the standalone server. Default 10000 ms.
+    pub handshake_timeout_ms: u64,
+    /// Time one batch of outbound frames may take to write; a peer that does not read is dropped after it.
+    /// Default 10000 ms.
+    pub write_timeout_ms: u64,
+    /// Size of each connection's socket read buffer, in bytes. Small buffers keep idle connections cheap.
+    /// Default 4096.
+    pub read_buffer_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 64 * 1024,
+            rate_limit: Some(RateLimit::default()),
+            outbound_queue: 1024,
+            max_connections: 100_000,
+            handshake_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            read_buffer_size: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// The session rules every connection of this server follows.
+    pub fn session_rules(&self) -> SessionRules {
+        SessionRules {
+            heartbeat: self.heartbeat.enabled.then(|| HeartbeatRules {
+                interval: Duration::from_millis(self.heartbeat.interval_ms.max(1)),
+                max_attempts: self.heartbeat.max_attempts,
+            }),
+            authentication_timeout: Duration::from_millis(self.authentication.timeout_ms),
+            authentication_required: self.authentication.required,
+            rate_limit: self.limits.rate_limit,
+            required_client_version: self
+                .client
+                .enforce_equal_versions
+                .then(|| self.client.version.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The Hello payload this configuration announces.
+    pub fn hello(&self) -> mesa_protocol::Hello {
+        use mesa_protocol::rules;
+        let mut rule_names = Vec::new();
+        if self.client.enforce_equal_versions {
+            rule_names.push(rules::ENFORCE_EQUAL_VERSIONS.to_string());
+        }
+        if self.authentication.send_user_object {
+            rule_names.push(rules::SENDS_USER_OBJECT.to_string());
+        }
+        mesa_protocol::Hello {
+            c_heartbeat_interval: self.heartbeat.enabled.then_some(self.heartbeat.interval_ms),
+            c_reconnect_interval: self.reconnect.enabled.then_some(self.reconnect.interval_ms),
+            c_authentication_timeout: Some(self.authentication.timeout_ms),
+            rules: rule_names,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_mesa_defaults() {
+        let config = Config::default();
+        assert_eq!(config.port, 4000);
+        assert_eq!(config.path, "/");
+        assert_eq!(config.heartbeat.interval_ms, 10_000);
+        assert_eq!(config.heartbeat.max_attempts, 3);
+        assert_eq!(config.reconnect.interval_ms, 5000);
+        assert_eq!(config.authentication.timeout_ms, 10_000);
+        let hello = serde_json::to_string(&config.hello()).unwrap();
+        assert_eq!(
+            hello,
+            r#"{"c_heartbeat_interval":10000,"c_reconnect_interval":5000,"c_authentication_timeout":10000,"rules":["sends_user_object"]}"#
+        );
+    }
+
+    #[test]
+    fn partial_config_keeps_defaults() {
+        let config: Config =
+            serde_json::from_str(r#"{"port": 5000, "heartbeat": {"interval_ms": 1000}}"#).unwrap();
+        assert_eq!(config.port, 5000);
+        assert_eq!(config.heartbeat.interval_ms, 1000);
+        assert_eq!(config.heartbeat.max_attempts, 3);
+        assert!(serde_json::from_str::<Config>(r#"{"prot": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! The task that owns one WebSocket: the glue between the socket and the I/O-free [`Session`].
+//!
+//! One task per connection, one `select!` over: shutdown, the outbound queue, the socket, and the session's
+//! next deadline. Inbound frames are decoded here, classified by the session and acted on; outbound frames are
+//! drained from the [`Outbox`](crate::outbox::Outbox) and written as one batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use mesa_protocol::{CloseCode, Frame, Inbound, OpCode, Session, TimerAction};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::client::Client;
+use crate::error::ConnectionError;
+use crate::events::Disconnection;
+use crate::server::Inner;
+
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the loop ended.
+enum End {
+    /// The server closes with this code and reason.
+    Close(u16, String),
+    /// Graceful shutdown: op 7, then 1012.
+    Shutdown,
+    /// The client sent a close frame.
+    PeerClosed(u16, String),
+    /// The socket failed or reached EOF without a close frame.
+    Dropped,
+}
+
+impl End {
+    fn close(code: CloseCode) -> End {
+        End::Close(code.code(), code.reason().to_string())
+    }
+}
+
+struct Connection<S> {
+    ws: WebSocketStream<S>,
+    client: Client,
+    session: Session,
+    inner: Arc<Inner>,
+    write_timeout: Duration,
+}
+
+pub(crate) async fn run<S>(ws: WebSocketStream<S>, client: Client, inner: Arc<Inner>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = Connection {
+        session: Session::new(&inner.rules, Instant::now().into_std()),
+        write_timeout: Duration::from_millis(inner.config.limits.write_timeout_ms.max(1)),
+        ws,
+        client,
+        inner,
+    };
+    connection.run().await;
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) {
+        let hello = self.inner.hello.clone();
+        if self.write(vec![hello]).await.is_err() {
+            return;
+        }
+        let inner = self.inner.clone();
+        inner.registry.insert(self.client.clone());
+        inner.metrics.connection_opened();
+        inner.hooks.connection(&self.client).await;
+
+        let end = self.serve().await;
+        let (disconnection, server_code) = self.finish(end).await;
+
+        inner.registry.remove(&self.client);
+        inner.metrics.connection_closed(server_code);
+        inner.hooks.disconnection(&self.client, disconnection).await;
+    }
+
+    async fn serve(&mut self) -> End {
+        let inner = self.inner.clone();
+        loop {
+            let deadline = self.session.next_deadline().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                () = inner.shutdown.cancelled() => return End::Shutdown,
+                () = self.client.shared.outbox.ready() => {
+                    if let Some(end) = self.flush_outbox().await {
+                        return end;
+                    }
+                }
+                message = self.ws.next() => {
+                    let end = match message {
+                        None => Some(End::Dropped),
+                        Some(message) => self.on_message(message).await,
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    if let Some(end) = self.on_deadline().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush_outbox(&mut self) -> Option<End> {
+        let mut batch = Vec::new();
+        let close = self.client.shared.outbox.drain(&mut batch);
+        if !batch.is_empty() {
+            if let Err(end) = self.write(batch).await {
+                return Some(end);
+            }
+        }
+        close.map(|close| End::Close(close.code, close.reason))
+    }
+
+    async fn on_deadline(&mut self) -> Option<End> {
+        loop {
+            match self.session.on_timeout(Instant::now().into_std())? {
+                TimerAction::SendHeartbeat(frame) => {
+                    if let Err(end) = self.write(vec![frame.encode().into()]).await {
+                        return Some(end);
+                    }
+                }
+                TimerAction::Close(code) => return Some(End::close(code)),
+                _ => return None,
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        message: Result<Message, tokio_tungstenite::tungstenite::Error>,
+    ) -> Option<End> {
+        let text = match message {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Binary(_)) => return Some(End::close(CloseCode::UnsupportedData)),
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Some(End::PeerClosed(code, reason));
+            }
+            // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return None,
+            Err(error) => return Some(self.fail(ConnectionError::WebSocket(error)).await),
+        };
+        self.inner.metrics.frame_received();
+        let frame = match Frame::decode(&text) {
+            Ok(frame) => frame,
+            Err(error) => return Some(self.fail(ConnectionError::Decode(error)).await),
+        };
+        match self.session.on_frame(frame, Instant::now().into_std()) {
+            Inbound::HeartbeatAck | Inbound::VersionAccepted => None,
+            Inbound::HeartbeatRequest => {
+                let ack = Frame::new(OpCode::HeartbeatAck, json!({}));
+                self.write(vec![ack.encode().into()]).await.err()
+            }
+            Inbound::Authenticate { data, .. } => self.authenticate(data).await,
+            Inbound::Dispatch(frame) => {
+                self.inner.hooks.message(&self.client, frame).await;
+                None
+            }
+            Inbound::Ignored { op } => {
+                tracing::debug!(connection = %self.client.connection_id(), op, "ignored frame");
+                self.inner.metrics.unknown_opcode();
+                None
+            }
+            Inbound::Close(code) => Some(End::close(code)),
+            _ => None,
+        }
+    }
+
+    async fn fail(&mut self, error: ConnectionError) -> End {
+        let code = error.close_code();
+        let end = match code {
+            Some(code) => End::Close(code.code(), close_reason(code, &error)),
+            None => End::Dropped,
+        };
+        self.inner.hooks.error(&self.client, error).await;
+        end
+    }
+
+    async fn authenticate(&mut self, data: serde_json::Value) -> Option<End> {
+        let inner = self.inner.clone();
+        let config = &inner.config.authentication;
+        let outcome = match &inner.hooks.authenticate {
+            None => Err("authentication is not configured".to_string()),
+            Some(check) => {
+                let limit = Duration::from_millis(config.timeout_ms.max(1));
+                match timeout(limit, check(data, self.client.clone())).await {
+                    Ok(Ok(identity)) => Ok(identity),
+                    Ok(Err(refusal)) => Err(refusal.reason().to_string()),
+                    Err(_) => Err("authentication check timed out".to_string()),
+                }
+            }
+        };
+        let identity = match outcome {
+            Ok(identity) => identity,
+            Err(reason) if config.disconnect_on_fail => {
+                return Some(End::Close(CloseCode::AuthenticationFailed.code(), reason));
+            }
+            Err(reason) => {
+                let refused = Frame::new(OpCode::InvalidSession, json!({ "reason": reason }));
+                return self.write(vec![refused.encode().into()]).await.err();
+            }
+        };
+        if self
+            .client
+            .id()
+            .is_some_and(|current| current != identity.id)
+        {
+            return Some(End::close(CloseCode::AlreadyAuthenticated));
+        }
+        let user = if config.send_user_object {
+            identity.user.clone()
+        } else {
+            json!({})
+        };
+        self.client.set_identity(identity);
+        self.session.authenticated();
+        let ack = Frame::new(OpCode::AuthenticationAck, user);
+        if let Err(end) = self.write(vec![ack.encode().into()]).await {
+            return Some(end);
+        }
+        inner.hooks.authenticated(&self.client).await;
+        None
+    }
+
+    /// Writes frames as one batch, bounded by the write timeout.
+    async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
+        let count = frames.len();
+        let ws = &mut self.ws;
+        let written = timeout(self.write_timeout, async move {
+            for text in frames {
+                ws.feed(Message::Text(text)).await?;
+            }
+            ws.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.inner.metrics.frames_sent(count);
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(connection = %self.client.connection_id(), %error, "write failed");
+                Err(End::Dropped)
+            }
+            Err(_) => {
+                tracing::debug!(connection = %self.client.connection_id(), "write timed out");
+                Err(End::Dropped)
+            }
+        }
+    }
+
+    /// Sends what the end calls for, runs the closing handshake, and says how the connection ended.
+    async fn finish(&mut self, end: End) -> (Disconnection, Option<u16>) {
+        match end {
+            End::Close(code, reason) => {
+                self.close(code, &reason).await;
+                let disconnection = Disconnection {
+                    code,
+                    reason,
+                    by_server: true,
+                };
+                (disconnection, Some(code))
+            }
+            End::Shutdown => {
+                let reconnect = Frame::new(OpCode::Reconnect, json!({}));
+                let _ = self.write(vec![reconnect.encode().into()]).await;
+                let code = CloseCode::ServiceRestart;
+                self.close(code.code(), code.reason()).await;
+                let disconnection = Disconnection {
+                    code: code.code(),
+                    reason: code.reason().into(),
+                    by_server: true,
+                };
+                (disconnection, Some(code.code()))
+            }
+            End::PeerClosed(code, reason) => {
+                // tungstenite queued the close reply; send it.
+                let _ = timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+                let disconnection = Disconnection {
+                    code,
+                    reason,
+                    by_server: false,
+                };
+                (disconnection, None)
+            }
+            End::Dropped => {
+                let disconnection = Disconnection {
+                    code: 1006,
+                    reason: String::new(),
+                    by_server: false,
+                };
+                (disconnection, None)
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code),
+            reason: truncate_reason(reason).into(),
+        };
+        let ws = &mut self.ws;
+        let _ = timeout(CLOSE_TIMEOUT, async move {
+            if ws.close(Some(frame)).await.is_ok() {
+                // Wait for the client's close reply (or EOF) so the client sees a clean close.
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn close_reason(code: CloseCode, error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::Decode(_) => {
+            truncate_reason(&format!("{}: {error}", code.reason())).to_string()
+        }
+        _ => code.reason().to_string(),
+    }
+}
+
+/// A close frame's reason is at most 123 bytes.
+fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= 123 {
+        return reason;
+    }
+    let mut end = 123;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}

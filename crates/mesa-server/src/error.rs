@@ -1,0 +1,80 @@
+//! Error types, one per operation.
+
+use std::fmt;
+
+/// Why a message could not be queued for sending.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The client's outbound queue was full: it reads slower than it is sent to. The connection is being closed
+    /// with 4010. Raise `limits.outbound_queue` if legitimate clients hit this.
+    #[error("outbound queue full (limits.outbound_queue); the client is being closed with 4010")]
+    QueueFull,
+    /// The connection is closed or closing.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// A refusal from the application's authentication check. The reason is sent to the client in the close
+/// frame (1008) or in op 9, so it must not contain secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    reason: String,
+}
+
+impl AuthError {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> AuthError {
+        AuthError {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason given to the client.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Something that went wrong on one connection, reported to `on_error` handlers and middleware.
+///
+/// Each of these also closes (or has already closed) the connection with the code [`ConnectionError::close_code`] gives.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The client sent a text message that is not a frame.
+    #[error("invalid frame: {0}")]
+    Decode(#[from] mesa_protocol::DecodeError),
+    /// The WebSocket layer refused the client's input (oversized message, invalid UTF-8, protocol violation).
+    #[error("websocket protocol: {0}")]
+    WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
+    /// Writing to the socket failed or took longer than `limits.write_timeout_ms`.
+    #[error("write failed: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl ConnectionError {
+    /// The close code this error leads to, or `None` when the socket is already unusable.
+    pub fn close_code(&self) -> Option<mesa_protocol::CloseCode> {
+        use mesa_protocol::CloseCode;
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+        match self {
+            ConnectionError::Decode(_) => Some(CloseCode::DecodeError),
+            ConnectionError::WebSocket(WsError::Capacity(CapacityError::MessageTooLong {
+                ..
+            })) => Some(CloseCode::MessageTooBig),
+            ConnectionError::WebSocket(WsError::Utf8(_)) => Some(CloseCode::InvalidPayload),
+            ConnectionError::WebSocket(WsError::Capacity(_)) => Some(CloseCode::MessageTooBig),
+            ConnectionError::WebSocket(WsError::Protocol(_)) => Some(CloseCode::DecodeError),
+            ConnectionError::WebSocket(_) | ConnectionError::Write(_) => None,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The connections of this node, indexed by connection and by user id, and local fan-out.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::client::{Client, ConnectionId};
+use crate::router::{Recipients, Target};
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    clients: RwLock<HashMap<ConnectionId, Client>>,
+    users: RwLock<HashMap<String, Vec<Client>>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, client: Client) {
+        write(&self.clients).insert(client.connection_id(), client);
+    }
+
+    pub(crate) fn remove(&self, client: &Client) {
+        write(&self.clients).remove(&client.connection_id());
+        if let Some(id) = client.id() {
+            self.unindex(client, &id);
+        }
+    }
+
+    pub(crate) fn get(&self, id: ConnectionId) -> Option<Client> {
+        read(&self.clients).get(&id).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        read(&self.clients).len()
+    }
+
+    /// Moves `client` from `old` to `new` in the user index.
+    pub(crate) fn reindex(&self, client: &Client, old: Option<&str>, new: &str) {
+        if old == Some(new) {
+            return;
+        }
+        if let Some(old) = old {
+            self.unindex(client, old);
+        }
+        // A connection that already left must not be indexed again.
+        if read(&self.clients).contains_key(&client.connection_id()) {
+            write(&self.users)
+                .entry(new.to_string())
+                .or_default()
+                .push(client.clone());
+        }
+    }
+
+    fn unindex(&self, client: &Client, user_id: &str) {
+        let mut users = write(&self.users);
+        if let Some(list) = users.get_mut(user_id) {
+            list.retain(|c| c.connection_id() != client.connection_id());
+            if list.is_empty() {
+                users.remove(user_id);
+            }
+        }
+    }
+
+    /// Whether any connection on this node is authenticated as `user_id`.
+    pub(crate) fn has_user(&self, user_id: &str) -> bool {
+        read(&self.users).contains_key(user_id)
+    }
+
+    /// Queues `text` on every local connection `target` names. Returns how many connections it was queued on.
+    ///
+    /// `authenticated_only` makes sends to everyone skip unauthenticated connections.
+    pub(crate) fn deliver(
+        &self,
+        text: &Utf8Bytes,
+        target: &Target,
+        authenticated_only: bool,
+    ) -> usize {
+        let mut delivered = 0;
+        let mut push = |client: &Client| {
+            if client.send_encoded(text.clone()).is_ok() {
+                delivered += 1;
+            }
+        };
+        match &target.recipients {
+            Recipients::All => {
+                let excluded: HashSet<ConnectionId> = if target.excluding.is_empty() {
+                    HashSet::new()
+                } else {
+                    let users = read(&self.users);
+                    target
+                        .excluding
+                        .iter()
+                        .filter_map(|id| users.get(id))
+                        .flatten()
+                        .map(Client::connection_id)
+                        .collect()
+                };
+                for client in read(&self.clients).values() {
+                    if authenticated_only && !client.is_authenticated() {
+                        continue;
+                    }
+                    if !excluded.contains(&client.connection_id()) {
+                        push(client);
+                    }
+                }
+            }
+            Recipients::Users(ids) => {
+                let users = read(&self.users);
+                let mut seen = HashSet::new();
+                for id in ids {
+                    if target.excluding.contains(id) || !seen.insert(id) {
+                        continue;
+                    }
+                    for client in users.get(id).into_iter().flatten() {
+                        push(client);
+                    }
+                }
+            }
+            Recipients::Connection(connection_id) => {
+                if let Some(client) = read(&self.clients).get(connection_id) {
+                    let excluded = client.id().is_some_and(|id| target.excluding.contains(&id));
+                    if !excluded {
+                        push(client);
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Every connection, for shutdown.
+    pub(crate) fn all(&self) -> Vec<Client> {
+        read(&self.clients).values().cloned().collect()
+    }
+}

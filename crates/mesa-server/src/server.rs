@@ -1,0 +1,412 @@
+//! [`Mesa`], the server handle, and [`MesaBuilder`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesa_protocol::{Frame, OpCode, RateLimit, SessionRules};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Client, ConnectionId, Identity};
+use crate::config::Config;
+use crate::error::{AuthError, ConnectionError, SendError};
+use crate::events::{Disconnection, Hooks, Middleware};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::router::{Router, Target};
+use crate::service::MesaService;
+
+/// Bytes of queued frames gathered before one socket write: large enough to batch a burst into few
+/// syscalls, small enough that a connection's write buffer stays modest after one.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
+
+/// State shared by the server handle, the upgrade service and every connection task.
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) rules: SessionRules,
+    pub(crate) hello: Utf8Bytes,
+    pub(crate) ws_config: WebSocketConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) router: Router,
+    pub(crate) hooks: Hooks,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled when a graceful shutdown starts.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task, so that shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) next_connection_id: AtomicU64,
+    /// Connections open or being upgraded, for `limits.max_connections`.
+    pub(crate) slots: AtomicUsize,
+}
+
+/// A Mesa gateway server: configuration, hooks, connected clients and the send API.
+///
+/// Cheap to clone (it is a handle). Serve it standalone with [`Mesa::serve`], or mount [`Mesa::service`] in an
+/// axum/hyper application.
+///
+/// ```no_run
+/// use mesa_server::{Mesa, Identity, AuthError, Target};
+/// use mesa_protocol::Frame;
+/// use serde_json::json;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let mesa = Mesa::builder()
+///     .authenticate(|data, _client| async move {
+///         match data.get("token").and_then(|t| t.as_str()) {
+///             Some("secret") => Ok(Identity::new("alice", json!({"name": "Alice"}))),
+///             _ => Err(AuthError::new("bad token")),
+///         }
+///     })
+///     .on_message(|client, frame| async move {
+///         let _ = client.send(&frame); // echo
+///     })
+///     .build();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+/// mesa.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Mesa {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mesa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesa")
+            .field("config", &self.inner.config)
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesa {
+    /// A builder with Mesa 1.5's defaults.
+    pub fn builder() -> MesaBuilder {
+        MesaBuilder::default()
+    }
+
+    /// A server with this configuration and no hooks.
+    pub fn new(config: Config) -> Mesa {
+        MesaBuilder::default().config(config).build()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Sends `frame` to the connections `target` names: encoded once, queued on each without waiting.
+    ///
+    /// Sends to everyone skip unauthenticated connections when authentication is required. A recipient whose
+    /// queue is full is closed with 4010; the others still get the message.
+    pub async fn send(&self, frame: &Frame, target: &Target) -> Result<(), SendError> {
+        self.inner.hooks.sent(frame, target);
+        self.inner.router.send(frame, target);
+        Ok(())
+    }
+
+    /// Sends `frame` to every connection (Mesa 1.5 `mesa.send(message)`).
+    pub async fn broadcast(&self, frame: &Frame) -> Result<(), SendError> {
+        self.send(frame, &Target::all()).await
+    }
+
+    /// Sends `frame` to every connection of these user ids (Mesa 1.5 `mesa.send(message, ids)`).
+    pub async fn send_to<I, S>(&self, ids: I, frame: &Frame) -> Result<(), SendError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.send(frame, &Target::users(ids)).await
+    }
+
+    /// Closes every connection of these user ids with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`).
+    pub fn disconnect_users(&self, ids: &[String], code: u16, reason: &str) {
+        for client in self.inner.registry.all() {
+            if client.id().is_some_and(|id| ids.contains(&id)) {
+                client.disconnect(code, reason);
+            }
+        }
+    }
+
+    /// The handle of a connection of this node.
+    pub fn client(&self, id: ConnectionId) -> Option<Client> {
+        self.inner.registry.get(id)
+    }
+
+    /// Whether a connection on this node is authenticated as `user_id`.
+    pub fn is_user_connected(&self, user_id: &str) -> bool {
+        self.inner.registry.has_user(user_id)
+    }
+
+    /// Open WebSocket connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// A tower service that upgrades requests to Mesa connections. Mount it on a path of an axum app with
+    /// `Router::route_service(path, mesa.service())`, or serve it with hyper.
+    pub fn service(&self) -> MesaService {
+        MesaService::new(self.clone())
+    }
+
+    /// Whether a graceful shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Gracefully closes every WebSocket connection: new upgrades get HTTP 503, each client receives op 7
+    /// (reconnect) and a 1012 close, and this waits for the connection tasks to finish, at most
+    /// `shutdown_timeout_ms`. Returns `true` when every task finished in time.
+    pub async fn shutdown(&self) -> bool {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let deadline = Duration::from_millis(self.inner.config.shutdown_timeout_ms);
+        tokio::time::timeout(deadline, self.inner.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Builds a [`Mesa`] server. Every setter documents its default.
+#[derive(Default)]
+pub struct MesaBuilder {
+    config: Config,
+    hooks: Hooks,
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MesaBuilder {
+    /// Replaces the whole configuration (for example one read from a file). Default: [`Config::default`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Endpoint path. Default `/`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.config.path = path.into();
+        self
+    }
+
+    /// Heartbeat interval and tolerated missed beats. Default 10 s and 3.
+    pub fn heartbeat(mut self, interval: Duration, max_attempts: u32) -> Self {
+        self.config.heartbeat.enabled = true;
+        self.config.heartbeat.interval_ms = ms(interval);
+        self.config.heartbeat.max_attempts = max_attempts;
+        self
+    }
+
+    /// Turns heartbeats off (no dead-peer detection). Default: on.
+    pub fn without_heartbeat(mut self) -> Self {
+        self.config.heartbeat.enabled = false;
+        self
+    }
+
+    /// Reconnect interval advertised in Hello. Default 5 s.
+    pub fn reconnect_interval(mut self, interval: Duration) -> Self {
+        self.config.reconnect.enabled = true;
+        self.config.reconnect.interval_ms = ms(interval);
+        self
+    }
+
+    /// Authentication timeout. Default 10 s.
+    pub fn authentication_timeout(mut self, timeout: Duration) -> Self {
+        self.config.authentication.timeout_ms = ms(timeout);
+        self
+    }
+
+    /// Whether authentication is required. Default `false`.
+    pub fn authentication_required(mut self, required: bool) -> Self {
+        self.config.authentication.required = required;
+        self
+    }
+
+    /// Whether op 22 carries the user object. Default `true`.
+    pub fn send_user_object(mut self, send: bool) -> Self {
+        self.config.authentication.send_user_object = send;
+        self
+    }
+
+    /// Whether a refused authentication closes the connection with 1008. Default `true`.
+    pub fn disconnect_on_fail(mut self, disconnect: bool) -> Self {
+        self.config.authentication.disconnect_on_fail = disconnect;
+        self
+    }
+
+    /// Turns on `enforce_equal_versions` with this required client version. Default: off.
+    pub fn enforce_equal_versions(mut self, version: impl Into<String>) -> Self {
+        self.config.client.enforce_equal_versions = true;
+        self.config.client.version = Some(version.into());
+        self
+    }
+
+    /// Largest inbound message and frame in bytes. Default 65536.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_message_size = bytes;
+        self
+    }
+
+    /// Inbound rate limit per connection, `None` for none. Default burst 200, 100 per second.
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.config.limits.rate_limit = limit;
+        self
+    }
+
+    /// Frames one connection's outbound queue holds. Default 1024.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.config.limits.outbound_queue = frames;
+        self
+    }
+
+    /// Open connections accepted. Default 100000.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.limits.max_connections = connections;
+        self
+    }
+
+    /// Time to receive a complete request head (standalone server). Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.handshake_timeout_ms = ms(timeout);
+        self
+    }
+
+    /// Time one batch of outbound frames may take to write. Default 10 s.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.write_timeout_ms = ms(timeout);
+        self
+    }
+
+    /// Allowed `Origin` values. Default: empty, any origin.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Time a graceful shutdown waits for connections. Default 5 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout_ms = ms(timeout);
+        self
+    }
+
+    /// The authentication check: given op 2's `d`, answer an [`Identity`] or refuse with an [`AuthError`].
+    /// Without one, every op 2 is refused.
+    pub fn authenticate<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn(Value, Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Identity, AuthError>> + Send + 'static,
+    {
+        self.hooks.authenticate = Some(Arc::new(move |data, client| Box::pin(check(data, client))));
+        self
+    }
+
+    /// Runs when a connection opens, after Hello.
+    pub fn on_connection<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.on_connection = Some(Arc::new(move |client| Box::pin(handler(client))));
+        self
+    }
+
+    /// Runs for every dispatch (op 0) a client sends, in order, on that connection's task.
+    pub fn on_message<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Client, Frame) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.on_message = Some(Arc::new(move |client, frame| {
+            Box::pin(handler(client, frame))
+        }));
+        self
+    }
+
+    /// Runs after a connection authenticates (after op 22 was sent).
+    pub fn on_authenticated<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.on_authenticated = Some(Arc::new(move |client| Box::pin(handler(client))));
+        self
+    }
+
+    /// Runs when a connection has closed.
+    pub fn on_disconnection<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Client, Disconnection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.on_disconnection =
+            Some(Arc::new(move |client, why| Box::pin(handler(client, why))));
+        self
+    }
+
+    /// Runs when a connection hits an error (bad input, a failed write); the connection is closing.
+    pub fn on_error<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Client, Arc<ConnectionError>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.on_error = Some(Arc::new(move |client, error| {
+            Box::pin(handler(client, error))
+        }));
+        self
+    }
+
+    /// Adds a middleware; middleware run in the order added, before the handlers.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.hooks.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> Mesa {
+        let config = self.config;
+        let hello = Frame::new(
+            OpCode::Hello,
+            serde_json::to_value(config.hello()).unwrap_or(Value::Null),
+        );
+        let max = config.limits.max_message_size.max(1);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.limits.read_buffer_size.max(256))
+            .write_buffer_size(WRITE_BATCH_BYTES)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let registry = Arc::new(Registry::default());
+        let router = Router::new(registry.clone(), config.authentication.required);
+        Mesa {
+            inner: Arc::new(Inner {
+                rules: config.session_rules(),
+                hello: hello.encode().into(),
+                ws_config,
+                registry,
+                router,
+                hooks: self.hooks,
+                metrics: Arc::new(Metrics::default()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                next_connection_id: AtomicU64::new(1),
+                slots: AtomicUsize::new(0),
+                config,
+            }),
+        }
+    }
+}
