@@ -1,0 +1,1 @@
+//! Mesa client (work in progress).
