@@ -12,7 +12,10 @@ pub enum CloseCode {
     Normal,
     /// 1001: the endpoint is going away. Reconnect.
     GoingAway,
-    /// 1002 (Mesa 1.5): the client's version does not equal the server's under `enforce_equal_versions`. Terminal.
+    /// 1002: the client broke the WebSocket protocol (bad framing, unmasked frames, and so on). Terminal.
+    ProtocolError,
+    /// 1002 (Mesa 1.5): the client's version does not equal the server's under `enforce_equal_versions`.
+    /// Same number as [`CloseCode::ProtocolError`], its own reason text. Terminal.
     VersionMismatch,
     /// 1003: the client sent a binary frame; the protocol is JSON text only. Terminal.
     UnsupportedData,
@@ -46,9 +49,10 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 17] = [
+    pub const ALL: [CloseCode; 18] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
+        CloseCode::ProtocolError,
         CloseCode::VersionMismatch,
         CloseCode::UnsupportedData,
         CloseCode::InvalidPayload,
@@ -71,7 +75,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
-            CloseCode::VersionMismatch => 1002,
+            CloseCode::ProtocolError | CloseCode::VersionMismatch => 1002,
             CloseCode::UnsupportedData => 1003,
             CloseCode::InvalidPayload => 1007,
             CloseCode::AuthenticationFailed => 1008,
@@ -90,6 +94,7 @@ impl CloseCode {
     }
 
     /// The close code for a number, or `None` for a number the server never sends.
+    /// 1002 gives [`CloseCode::ProtocolError`].
     pub fn from_code(code: u16) -> Option<CloseCode> {
         CloseCode::ALL.into_iter().find(|c| c.code() == code)
     }
@@ -99,6 +104,7 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "disconnected",
             CloseCode::GoingAway => "going away",
+            CloseCode::ProtocolError => "protocol error",
             CloseCode::VersionMismatch => "client version mismatch",
             CloseCode::UnsupportedData => "binary frames are not supported",
             CloseCode::InvalidPayload => "text frame is not valid UTF-8",
@@ -162,7 +168,12 @@ mod tests {
     #[test]
     fn codes_are_unique_and_round_trip() {
         for code in CloseCode::ALL {
-            assert_eq!(CloseCode::from_code(code.code()), Some(code));
+            let round_trip = CloseCode::from_code(code.code());
+            if code == CloseCode::VersionMismatch {
+                assert_eq!(round_trip, Some(CloseCode::ProtocolError));
+            } else {
+                assert_eq!(round_trip, Some(code));
+            }
         }
     }
 

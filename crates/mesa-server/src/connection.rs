@@ -157,7 +157,14 @@ where
             }
             // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return None,
-            Err(error) => return Some(self.fail(ConnectionError::WebSocket(error)).await),
+            Err(error) => {
+                let error = ConnectionError::WebSocket(error);
+                if error.close_code().is_none() {
+                    // The peer vanished (EOF, reset): a drop, not an error worth reporting.
+                    return Some(End::Dropped);
+                }
+                return Some(self.fail(error).await);
+            }
         };
         self.inner.metrics.frame_received();
         let frame = match Frame::decode(&text) {
@@ -261,10 +268,7 @@ where
                 tracing::debug!(connection = %self.client.connection_id(), %error, "write failed");
                 Err(End::Dropped)
             }
-            Err(_) => {
-                tracing::debug!(connection = %self.client.connection_id(), "write timed out");
-                Err(End::Dropped)
-            }
+            Err(_) => Err(self.fail(ConnectionError::WriteTimeout).await),
         }
     }
 

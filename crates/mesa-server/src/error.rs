@@ -56,16 +56,16 @@ pub enum ConnectionError {
     /// The WebSocket layer refused the client's input (oversized message, invalid UTF-8, protocol violation).
     #[error("websocket protocol: {0}")]
     WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
-    /// Writing to the socket failed or took longer than `limits.write_timeout_ms`.
-    #[error("write failed: {0}")]
-    Write(#[source] std::io::Error),
+    /// A batch of frames took longer than `limits.write_timeout_ms` to write: the client does not read.
+    #[error("write timed out: the client does not read (limits.write_timeout_ms)")]
+    WriteTimeout,
 }
 
 impl ConnectionError {
     /// The close code this error leads to, or `None` when the socket is already unusable.
     pub fn close_code(&self) -> Option<mesa_protocol::CloseCode> {
         use mesa_protocol::CloseCode;
-        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
         match self {
             ConnectionError::Decode(_) => Some(CloseCode::DecodeError),
             ConnectionError::WebSocket(WsError::Capacity(CapacityError::MessageTooLong {
@@ -73,8 +73,11 @@ impl ConnectionError {
             })) => Some(CloseCode::MessageTooBig),
             ConnectionError::WebSocket(WsError::Utf8(_)) => Some(CloseCode::InvalidPayload),
             ConnectionError::WebSocket(WsError::Capacity(_)) => Some(CloseCode::MessageTooBig),
-            ConnectionError::WebSocket(WsError::Protocol(_)) => Some(CloseCode::DecodeError),
-            ConnectionError::WebSocket(_) | ConnectionError::Write(_) => None,
+            // EOF without a close frame: the peer is gone, there is nobody to send a close frame to.
+            ConnectionError::WebSocket(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
+            ConnectionError::WebSocket(WsError::Protocol(_)) => Some(CloseCode::ProtocolError),
+            ConnectionError::WriteTimeout => Some(CloseCode::SlowConsumer),
+            ConnectionError::WebSocket(_) => None,
         }
     }
 }
