@@ -65,7 +65,9 @@ impl ConnectionError {
     /// The close code this error leads to, or `None` when the socket is already unusable.
     pub fn close_code(&self) -> Option<mesa_protocol::CloseCode> {
         use mesa_protocol::CloseCode;
-        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+        use tokio_tungstenite::tungstenite::error::{
+            CapacityError, Error as WsError, ProtocolError,
+        };
         match self {
             ConnectionError::Decode(_) => Some(CloseCode::DecodeError),
             ConnectionError::WebSocket(WsError::Capacity(CapacityError::MessageTooLong {
@@ -74,7 +76,9 @@ impl ConnectionError {
             ConnectionError::WebSocket(WsError::Utf8(_)) => Some(CloseCode::InvalidPayload),
             ConnectionError::WebSocket(WsError::Capacity(_)) => Some(CloseCode::MessageTooBig),
             // EOF without a close frame: the peer is gone, there is nobody to send a close frame to.
-            ConnectionError::WebSocket(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
+            ConnectionError::WebSocket(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake,
+            )) => None,
             ConnectionError::WebSocket(WsError::Protocol(_)) => Some(CloseCode::ProtocolError),
             ConnectionError::WriteTimeout => Some(CloseCode::SlowConsumer),
             ConnectionError::WebSocket(_) => None,

@@ -39,7 +39,11 @@ impl TestServer {
 /// Token `user:<id>` authenticates as `<id>` with user `{"id": id}`; anything else is refused.
 pub fn with_token_auth(builder: MesaBuilder) -> MesaBuilder {
     builder.authenticate(|data, _client| async move {
-        let token = data.get("token").and_then(Value::as_str).unwrap_or_default().to_string();
+        let token = data
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         match token.strip_prefix("user:") {
             Some(id) => Ok(Identity::new(id, json!({ "id": id }))),
             None => Err(AuthError::new("invalid token")),
@@ -48,7 +52,9 @@ pub fn with_token_auth(builder: MesaBuilder) -> MesaBuilder {
 }
 
 pub async fn start(builder: MesaBuilder) -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mesa = builder.build();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -84,18 +90,26 @@ pub async fn connect_hello(server: &TestServer) -> (Ws, Value) {
 /// Connects, reads Hello, authenticates as `id` and reads op 22.
 pub async fn connect_as(server: &TestServer, id: &str) -> Ws {
     let (mut ws, _) = connect_hello(server).await;
-    send(&mut ws, json!({"op": 2, "d": {"token": format!("user:{id}")}})).await;
+    send(
+        &mut ws,
+        json!({"op": 2, "d": {"token": format!("user:{id}")}}),
+    )
+    .await;
     let ack = recv(&mut ws).await;
     assert_eq!(ack["op"], 22, "expected op 22, got {ack}");
     ws
 }
 
 pub async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into())).await.expect("send");
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("send");
 }
 
 pub async fn send_text(ws: &mut Ws, text: &str) {
-    ws.send(Message::Text(text.to_string().into())).await.expect("send");
+    ws.send(Message::Text(text.to_string().into()))
+        .await
+        .expect("send");
 }
 
 /// The next text frame as raw text, skipping heartbeats (op 1) and answering them.
@@ -110,7 +124,9 @@ pub async fn recv_text(ws: &mut Ws) -> String {
             Message::Text(text) => {
                 let value: Value = serde_json::from_str(&text).expect("server sent invalid JSON");
                 if value["op"] == 1 {
-                    ws.send(Message::Text(r#"{"op":11}"#.into())).await.expect("ack");
+                    ws.send(Message::Text(r#"{"op":11}"#.into()))
+                        .await
+                        .expect("ack");
                     continue;
                 }
                 return text.to_string();
@@ -135,7 +151,9 @@ pub async fn expect_silence(ws: &mut Ws, wait: Duration) {
             Ok(Some(Ok(Message::Text(text)))) => {
                 let value: Value = serde_json::from_str(&text).expect("json");
                 assert_eq!(value["op"], 1, "expected silence, got {text}");
-                ws.send(Message::Text(r#"{"op":11}"#.into())).await.expect("ack");
+                ws.send(Message::Text(r#"{"op":11}"#.into()))
+                    .await
+                    .expect("ack");
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             Ok(other) => panic!("expected silence, got {other:?}"),
@@ -150,7 +168,9 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
             .await
             .expect("timed out waiting for close");
         match message {
-            Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
             Some(Ok(Message::Close(None))) => return (1005, String::new()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
@@ -163,7 +183,10 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
 pub async fn assert_echo_works(ws: &mut Ws) {
     send(ws, json!({"op": 0, "t": "ECHO", "d": {"still": "alive"}})).await;
     let frame = recv(ws).await;
-    assert_eq!(frame, json!({"op": 0, "t": "ECHO", "d": {"still": "alive"}}));
+    assert_eq!(
+        frame,
+        json!({"op": 0, "t": "ECHO", "d": {"still": "alive"}})
+    );
 }
 
 /// A builder whose message handler echoes every dispatch back to its sender, with token auth.
