@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::SendError;
 use crate::outbox::{Outbox, PushError};
-use crate::registry::Registry;
+use crate::server::{Inner, Mesa};
 
 /// Who a connection authenticated as: the application's user id and user object.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +49,7 @@ pub(crate) struct ClientShared {
     identity: RwLock<Option<Arc<Identity>>>,
     authenticated: AtomicBool,
     pub(crate) outbox: Outbox,
-    registry: Weak<Registry>,
+    server: Weak<Inner>,
 }
 
 /// A handle to one connection: who it is, where it comes from, and how to send to or close it.
@@ -66,7 +66,7 @@ impl Client {
         remote_addr: Option<SocketAddr>,
         headers: HeaderMap,
         outbound_queue: usize,
-        registry: Weak<Registry>,
+        server: Weak<Inner>,
     ) -> Client {
         Client {
             shared: Arc::new(ClientShared {
@@ -76,7 +76,7 @@ impl Client {
                 identity: RwLock::new(None),
                 authenticated: AtomicBool::new(false),
                 outbox: Outbox::new(outbound_queue),
-                registry,
+                server,
             }),
         }
     }
@@ -167,6 +167,12 @@ impl Client {
         true
     }
 
+    /// The server this connection belongs to, to send to other clients from a handler; `None` once the
+    /// server is gone.
+    pub fn server(&self) -> Option<Mesa> {
+        self.shared.server.upgrade().map(|inner| Mesa { inner })
+    }
+
     /// Records a (new) identity and marks the connection authenticated.
     pub(crate) fn set_identity(&self, identity: Identity) {
         let identity = Arc::new(identity);
@@ -179,8 +185,10 @@ impl Client {
             slot.replace(identity.clone())
         };
         self.shared.authenticated.store(true, Ordering::Release);
-        if let Some(registry) = self.shared.registry.upgrade() {
-            registry.reindex(self, old.as_deref().map(|i| i.id.as_str()), &identity.id);
+        if let Some(server) = self.shared.server.upgrade() {
+            server
+                .registry
+                .reindex(self, old.as_deref().map(|i| i.id.as_str()), &identity.id);
         }
     }
 }

@@ -207,7 +207,7 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         remote_addr(&request),
         request.headers().clone(),
         inner.config.limits.outbound_queue,
-        Arc::downgrade(&inner.registry),
+        Arc::downgrade(inner),
     );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ws_config = inner.ws_config;
