@@ -62,3 +62,8 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use router::{Recipients, Target};
 pub use server::{Mesa, MesaBuilder};
 pub use service::{MesaService, RemoteAddr};
+
+/// The README's code blocks, compiled as doctests so that the quickstart cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
