@@ -16,6 +16,14 @@
 //! - [`client`]: [`Client`], the per-connection handle; [`events`]: handlers and [`Middleware`].
 //! - [`metrics`], [`error`].
 //!
+//! # Events
+//! Handlers are async closures set on the [`MesaBuilder`]: `authenticate`, `on_connection`, `on_message`,
+//! `on_authenticated`, `on_disconnection` (with the close code and reason) and `on_error`. They run on the
+//! connection's own task, in the order its frames arrive, so a handler that awaits delays that connection's next
+//! frame and no other; spawn a task for long work. Inside a handler, [`Client::server`] gives the [`Mesa`] handle
+//! for sends to other clients. [`Middleware`] offers the same events (plus `on_message_sent`) as cheap synchronous
+//! hooks for logging, metrics and auditing, as Mesa 1.5's `mesa.use(...)` did.
+//!
 //! # Example
 //! ```no_run
 //! use mesa_server::{AuthError, Identity, Mesa};

@@ -137,8 +137,13 @@ impl Registry {
         delivered
     }
 
-    /// Every connection, for shutdown.
-    pub(crate) fn all(&self) -> Vec<Client> {
-        read(&self.clients).values().cloned().collect()
+    /// Every connection authenticated as one of `ids`.
+    pub(crate) fn clients_of(&self, ids: &[String]) -> Vec<Client> {
+        let users = read(&self.users);
+        ids.iter()
+            .filter_map(|id| users.get(id))
+            .flatten()
+            .cloned()
+            .collect()
     }
 }

@@ -1,6 +1,6 @@
 //! The one routing layer every send goes through: encode once, then deliver.
 //!
-//! Today delivery is local (this node's [`Registry`]). A broker for several nodes sits here: the router
+//! Today delivery is local (this node's registry of connections). A broker for several nodes sits here: the router
 //! publishes the encoded frame with its [`Target`], and every node's subscriber hands it to its own registry.
 
 use std::sync::Arc;

@@ -126,10 +126,8 @@ impl Mesa {
 
     /// Closes every connection of these user ids with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`).
     pub fn disconnect_users(&self, ids: &[String], code: u16, reason: &str) {
-        for client in self.inner.registry.all() {
-            if client.id().is_some_and(|id| ids.contains(&id)) {
-                client.disconnect(code, reason);
-            }
+        for client in self.inner.registry.clients_of(ids) {
+            client.disconnect(code, reason);
         }
     }
 

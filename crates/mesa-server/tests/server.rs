@@ -529,3 +529,24 @@ async fn graceful_shutdown_asks_clients_to_reconnect_and_frees_the_port() {
         .await
         .expect("port is free again");
 }
+
+#[tokio::test]
+async fn disconnect_users_closes_every_device_of_those_users_only() {
+    let server = start(echo_server()).await;
+    let mut phone = connect_as(&server, "gina").await;
+    let mut laptop = connect_as(&server, "gina").await;
+    let mut other = connect_as(&server, "hank").await;
+    server
+        .mesa
+        .disconnect_users(&["gina".to_string()], 1000, "signed out");
+    assert_eq!(
+        expect_close(&mut phone).await,
+        (1000, "signed out".to_string())
+    );
+    assert_eq!(
+        expect_close(&mut laptop).await,
+        (1000, "signed out".to_string())
+    );
+    assert_echo_works(&mut other).await;
+    server.stop().await;
+}
