@@ -1,1 +1,125 @@
-fn main() {}
+//! `mesa`: a Mesa 1.5 compatible WebSocket gateway as a command.
+//!
+//! `mesa serve` runs a gateway with no setup: `0.0.0.0:4000`, path `/`, Mesa 1.5's defaults, in memory on a
+//! single node, no authentication (`auth.mode = "none"`, development only). The same port serves
+//! `GET /healthz`, `GET /metrics` and `POST /api/send` (see `api.rs`).
+//!
+//! # Configuration
+//! Sources, each overriding the ones before it key by key (see `config.rs`):
+//! 1. defaults;
+//! 2. a TOML file named by `--config PATH` or `MESA_CONFIG=PATH`, with sections `[server]`
+//!    (`[server.heartbeat]`, `[server.reconnect]`, `[server.authentication]`, `[server.client]`,
+//!    `[server.limits]`), `[auth]`, `[api]`, `[log]` and the top-level `redis_url`;
+//! 3. `RUST_LOG` (as `log.filter`);
+//! 4. environment variables `MESA_<SECTION>__<KEY>`, e.g. `MESA_SERVER__PORT=5000`, `MESA_AUTH__MODE=jwt`,
+//!    `MESA_AUTH__SECRET_ENV=JWT_SECRET`, `MESA_API__KEY_ENV=MESA_KEY`, `MESA_LOG__FORMAT=json`,
+//!    `MESA_REDIS_URL=…`;
+//! 5. flags: `--host`, `--port`, `--path`, `--log-format text|json`, `--log-filter`, `--redis-url`.
+//!
+//! Unknown keys are errors. Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
+//! configuration error, 130 on a second signal during shutdown.
+//!
+//! # Layout
+//! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook), `api.rs` (router and HTTP
+//! API), `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
+
+mod api;
+mod auth;
+mod config;
+mod logging;
+mod serve;
+mod signal;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, Overrides, ServeConfig};
+
+/// A Mesa 1.5 compatible WebSocket gateway.
+#[derive(Debug, Parser)]
+#[command(name = "mesa", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway (and its HTTP API) until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+}
+
+/// Flags of `mesa serve`; each overrides the file and the environment.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "MESA_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to bind [default: 0.0.0.0] (server.host).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to bind; 0 picks a free one [default: 4000] (server.port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Path of the WebSocket endpoint [default: /] (server.path).
+    #[arg(long)]
+    path: Option<String>,
+    /// Log format [default: text] (log.format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, RUST_LOG syntax [default: info] (log.filter).
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
+    /// Redis URL for clustering: NOT IMPLEMENTED YET, the server warns and runs in memory (redis_url).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        path: args.path,
+        log_format: args.log_format,
+        log_filter: args.log_filter,
+        redis_url: args.redis_url,
+    };
+    let config = match ServeConfig::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("mesa: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = logging::init(&config.log) {
+        eprintln!("mesa: configuration error: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(serve::ServeError::Config(error)) => {
+            tracing::error!("configuration error: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The configuration of `mesa serve`: one struct filled from defaults, a TOML file, environment variables and
+//! flags, later sources overriding earlier ones key by key.
+//!
+//! # Sources, lowest precedence first
+//! 1. Defaults: Mesa 1.5's (see [`mesa_server::Config`]) plus the defaults documented on each field here.
+//! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
+//!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
+//!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, and the
+//!    top-level key `redis_url`.
+//! 3. `RUST_LOG`, read as `log.filter`.
+//! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
+//!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. Every other `MESA_`
+//!    variable except `MESA_CONFIG` must name a key, so that a typo fails loudly instead of being ignored.
+//! 5. Flags: `--host`, `--port`, `--path`, `--log-format`, `--log-filter`, `--redis-url`.
+//!
+//! Unknown keys in any source are errors. Durations are milliseconds (`*_ms`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::Deserialize;
+
+/// Paths the HTTP API owns; the gateway path must not be one of them (or under `/api/`).
+pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
+
+/// Everything `mesa serve` reads. See the module docs for where each value may come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServeConfig {
+    /// Redis URL for clustering. Accepted for compatibility with Mesa 1.5 deployments, but clustering is not
+    /// implemented yet: when set, `mesa serve` warns and runs in memory on a single node. Default: none.
+    pub(crate) redis_url: Option<Secret>,
+    /// The gateway: address, path, heartbeats, authentication rules, limits (`[server]`).
+    pub(crate) server: mesa_server::Config,
+    /// How op 2 credentials are checked (`[auth]`).
+    pub(crate) auth: AuthConfig,
+    /// The HTTP API on the gateway's port (`[api]`).
+    pub(crate) api: ApiConfig,
+    /// Logging (`[log]`).
+    pub(crate) log: LogConfig,
+}
+
+/// A string that must not appear in logs: `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub(crate) fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret value. Call it only where the value is used, never to log it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which authentication check op 2 goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AuthMode {
+    /// No credentials are checked: the client's `d.id` (or `d.token`) is its id. Insecure, for development.
+    #[default]
+    None,
+    /// `d.token` is a JWT verified with a shared secret (HS256) or an RSA public key (RS256).
+    Jwt,
+    /// `d` is POSTed to the application's backend, which answers with the identity.
+    Webhook,
+}
+
+/// `[auth]`: one table for every mode; keys that belong to another mode than `mode` are refused.
+///
+/// Defaults: `mode = "none"`, `leeway_ms = 60000`, `id_claim = "sub"`, `timeout_ms = 5000`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthConfig {
+    /// `none` (default), `jwt` or `webhook`.
+    pub(crate) mode: AuthMode,
+
+    /// JWT: the HS256 shared secret. Prefer `secret_env` so that the secret stays out of files.
+    pub(crate) secret: Option<Secret>,
+    /// JWT: name of an environment variable holding the HS256 shared secret.
+    pub(crate) secret_env: Option<String>,
+    /// JWT: path of a PEM RSA public key (PKCS#1 or SPKI) for RS256.
+    pub(crate) public_key_path: Option<PathBuf>,
+    /// JWT: required `iss`. Default: not checked.
+    pub(crate) issuer: Option<String>,
+    /// JWT: required `aud`. Default: not checked (an `aud` claim is then ignored).
+    pub(crate) audience: Option<String>,
+    /// JWT: clock skew tolerated on `exp` and `nbf`, rounded up to whole seconds. Default 60000 (the
+    /// `jsonwebtoken` crate's own default).
+    pub(crate) leeway_ms: u64,
+    /// JWT: the claim holding the user id (a string or a number). Default `sub`.
+    pub(crate) id_claim: String,
+
+    /// Webhook: the URL op 2's `d` is POSTed to (http or https).
+    pub(crate) url: Option<String>,
+    /// Webhook: time the backend has to answer. Default 5000.
+    pub(crate) timeout_ms: u64,
+    /// Webhook: headers sent with every request, e.g. `Authorization = "Bearer …"` for the backend.
+    /// Values are secrets (redacted in logs).
+    pub(crate) headers: BTreeMap<String, Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            secret: None,
+            secret_env: None,
+            public_key_path: None,
+            issuer: None,
+            audience: None,
+            leeway_ms: 60_000,
+            id_claim: "sub".into(),
+            url: None,
+            timeout_ms: 5000,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[api]`: the HTTP API (`POST /api/send`). `/healthz` and `/metrics` are always served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ApiConfig {
+    /// The bearer key `POST /api/send` requires. Without `key` or `key_env` the send API is disabled (404).
+    pub(crate) key: Option<Secret>,
+    /// Name of an environment variable holding the key (it must be set and non-empty when named).
+    pub(crate) key_env: Option<String>,
+    /// Largest request body, in bytes. Default: `server.limits.max_message_size` + 16384 (the envelope
+    /// around a message the gateway would accept from a client).
+    pub(crate) max_body_bytes: Option<usize>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// `text` (default) or `json`.
+    pub(crate) format: LogFormat,
+    /// A `RUST_LOG`-style filter, e.g. `info` or `mesa_server=debug,info`. Default `info`.
+    pub(crate) filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Values given as flags; they override every other source.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    /// `--host`.
+    pub(crate) host: Option<String>,
+    /// `--port`.
+    pub(crate) port: Option<u16>,
+    /// `--path`.
+    pub(crate) path: Option<String>,
+    /// `--log-format`.
+    pub(crate) log_format: Option<LogFormat>,
+    /// `--log-filter`.
+    pub(crate) log_filter: Option<String>,
+    /// `--redis-url`.
+    pub(crate) redis_url: Option<String>,
+}
+
+/// Why the configuration could not be loaded or is unusable.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// A source could not be parsed or a value has the wrong type (figment names the key and the source).
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// `--config`/`MESA_CONFIG` names a file that does not exist.
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    /// A file the configuration names (a key) could not be read.
+    #[error("{what} {}: {source}", .path.display())]
+    Read {
+        /// What the file is for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Values that parse but do not make sense together; the message names the keys.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// An [`ConfigError::Invalid`] with this message.
+    pub(crate) fn invalid(message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid(message.into())
+    }
+}
+
+impl ServeConfig {
+    /// Reads every source (see the module docs) and validates the result.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        overrides: Overrides,
+    ) -> Result<ServeConfig, ConfigError> {
+        // The server section's defaults are merged in as values (not only as serde defaults) so that a
+        // source may set one field of a nested struct, e.g. only `server.limits.rate_limit.burst`.
+        let mut figment = Figment::new().merge(Serialized::default(
+            "server",
+            mesa_server::Config::default(),
+        ));
+        if let Some(path) = file {
+            // figment silently skips a missing file; a file the user named must exist.
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            figment = figment.merge(Serialized::default("log.filter", filter));
+        }
+        figment = figment.merge(EnvVars::new());
+        // Lossy: a string such as "5000" from the environment is accepted where a number is expected.
+        let mut config: ServeConfig = figment.extract_lossy().map_err(Box::new)?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies flag values.
+    fn apply(&mut self, overrides: Overrides) {
+        let Overrides {
+            host,
+            port,
+            path,
+            log_format,
+            log_filter,
+            redis_url,
+        } = overrides;
+        if let Some(host) = host {
+            self.server.host = host;
+        }
+        if let Some(port) = port {
+            self.server.port = port;
+        }
+        if let Some(path) = path {
+            self.server.path = path;
+        }
+        if let Some(format) = log_format {
+            self.log.format = format;
+        }
+        if let Some(filter) = log_filter {
+            self.log.filter = filter;
+        }
+        if let Some(url) = redis_url {
+            self.redis_url = Some(Secret::new(url));
+        }
+    }
+
+    /// Checks what serde cannot: the gateway path, and keys that belong to another auth mode.
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_gateway_path(&self.server.path)?;
+        self.auth.validate()
+    }
+
+    /// The largest `POST /api/send` body accepted.
+    pub(crate) fn api_body_limit(&self) -> usize {
+        self.api.max_body_bytes.unwrap_or_else(|| {
+            self.server
+                .limits
+                .max_message_size
+                .saturating_add(16 * 1024)
+        })
+    }
+}
+
+/// The gateway is mounted as an exact route beside the API routes, so it must be a plain absolute path that
+/// none of them uses (axum would panic on a duplicate route; better to say so at startup).
+fn validate_gateway_path(path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') {
+        return Err(ConfigError::invalid(format!(
+            "server.path must start with '/': {path:?}"
+        )));
+    }
+    if path.contains(['{', '}', '?', '#']) {
+        return Err(ConfigError::invalid(format!(
+            "server.path must be a plain path without '{{', '}}', '?' or '#': {path:?}"
+        )));
+    }
+    let trimmed = path.trim_end_matches('/');
+    let reserved = RESERVED_PATHS
+        .iter()
+        .any(|r| trimmed == *r || path.starts_with(&format!("{r}/")));
+    if reserved {
+        return Err(ConfigError::invalid(format!(
+            "server.path {path:?} collides with the HTTP API (/healthz, /metrics, /api/*): choose another path"
+        )));
+    }
+    Ok(())
+}
+
+impl AuthConfig {
+    /// Refuses keys of another mode: a `secret` next to `mode = "none"` is almost certainly a forgotten
+    /// `mode = "jwt"`, and running without authentication by mistake is the worst outcome.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let jwt_keys = [
+            ("secret", self.secret.is_some()),
+            ("secret_env", self.secret_env.is_some()),
+            ("public_key_path", self.public_key_path.is_some()),
+            ("issuer", self.issuer.is_some()),
+            ("audience", self.audience.is_some()),
+        ];
+        let webhook_keys = [
+            ("url", self.url.is_some()),
+            ("headers", !self.headers.is_empty()),
+        ];
+        let misplaced = |keys: &[(&str, bool)], owner: &str| -> Result<(), ConfigError> {
+            match keys.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(ConfigError::invalid(format!(
+                    "auth.{key} is only used with auth.mode = \"{owner}\" (auth.mode is \"{}\")",
+                    self.mode.name()
+                ))),
+                None => Ok(()),
+            }
+        };
+        if self.mode != AuthMode::Jwt {
+            misplaced(&jwt_keys, "jwt")?;
+        }
+        if self.mode != AuthMode::Webhook {
+            misplaced(&webhook_keys, "webhook")?;
+        }
+        Ok(())
+    }
+}
+
+impl AuthMode {
+    /// The name used in configuration.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Jwt => "jwt",
+            AuthMode::Webhook => "webhook",
+        }
+    }
+}
+
+/// Resolves a secret given either inline (`key`) or through an environment variable (`key_env`).
+/// A named variable that is unset or empty is an error: silently running without the secret would disable
+/// a check the operator asked for.
+pub(crate) fn resolve_secret(
+    name: &str,
+    inline: Option<&Secret>,
+    env_name: Option<&str>,
+) -> Result<Option<Secret>, ConfigError> {
+    let secret = match (inline, env_name) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(format!(
+                "{name} and {name}_env are both set: set one of them"
+            )))
+        }
+        (Some(secret), None) => secret.clone(),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(value) => Secret::new(value),
+            Err(_) => {
+                return Err(ConfigError::invalid(format!(
+                "{name}_env names the environment variable {var}, which is not set (or not UTF-8)"
+            )))
+            }
+        },
+        (None, None) => return Ok(None),
+    };
+    if secret.expose().is_empty() {
+        return Err(ConfigError::invalid(format!("{name} must not be empty")));
+    }
+    Ok(Some(secret))
+}
+
+/// The `MESA_*` environment variables as a figment provider.
+///
+/// figment's own `Env` parses values, so `MESA_API__KEY=123456` would become a number and fail to load into a
+/// string, and `MESA_SERVER__CLIENT__VERSION=1.0` a float. This provider keeps scalars as strings (the lossy
+/// extraction turns them into numbers or booleans where a field wants one) and parses only arrays and tables,
+/// e.g. `MESA_SERVER__ALLOWED_ORIGINS='["https://a.example"]'`.
+struct EnvVars {
+    env: Env,
+}
+
+impl EnvVars {
+    fn new() -> EnvVars {
+        EnvVars {
+            env: Env::prefixed("MESA_").split("__").ignore(&["config"]),
+        }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        self.env.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.env.iter() {
+            let value = match raw.parse::<Value>() {
+                Ok(value @ (Value::Dict(..) | Value::Array(..) | Value::String(..))) => value,
+                _ => Value::from(raw),
+            };
+            insert_path(&mut dict, key.as_str(), value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Sets `a.b.c = value` in `dict`, creating (or replacing non-table values with) tables on the way.
+/// Values keep figment's default tag, so that errors name the variable's provider.
+fn insert_path(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = AuthConfig {
+            secret: Some(Secret::new("hunter2")),
+            headers: BTreeMap::from([("authorization".into(), Secret::new("Bearer xyz"))]),
+            ..AuthConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("xyz"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn gateway_path_must_not_collide_with_the_api() {
+        for ok in ["/", "/ws", "/gateway/v1", "/apis", "/healthzz"] {
+            assert!(validate_gateway_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ws",
+            "/healthz",
+            "/metrics",
+            "/api",
+            "/api/",
+            "/api/send",
+            "/{id}",
+            "/x?y",
+        ] {
+            assert!(validate_gateway_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_of_another_auth_mode_are_refused() {
+        let config = AuthConfig {
+            secret_env: Some("X".into()),
+            ..AuthConfig::default()
+        };
+        let error = config.validate().expect_err("secret_env without mode jwt");
+        assert!(error.to_string().contains("auth.secret_env"), "{error}");
+        let config = AuthConfig {
+            mode: AuthMode::Jwt,
+            url: Some("http://x".into()),
+            ..AuthConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

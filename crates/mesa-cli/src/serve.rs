@@ -1,0 +1,84 @@
+//! `mesa serve`: builds the gateway from a [`ServeConfig`], binds, serves the gateway and the HTTP API, and
+//! shuts down gracefully on SIGTERM or SIGINT.
+
+use std::io;
+
+use mesa_server::Mesa;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState};
+use crate::auth::Authenticator;
+use crate::config::{resolve_secret, ConfigError, ServeConfig};
+
+/// Why `mesa serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    /// The configuration is unusable (a key file, a secret variable, …).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// `host:port` as configured.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs the gateway until a signal asks it to stop, then drains clients (op 7, close 1012).
+pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    tracing::debug!(?config, "configuration");
+    if config.redis_url.is_some() {
+        // Said loudly: running several nodes against one Redis would otherwise look like it works while
+        // every node only reaches its own clients.
+        tracing::warn!(
+            "redis_url is set, but Redis clustering is not implemented yet: running in memory on a single \
+             node (messages reach only this node's clients; no offline message store)"
+        );
+    }
+    let authenticator = Authenticator::from_config(&config.auth, &config.server)?;
+    let key = resolve_secret(
+        "api.key",
+        config.api.key.as_ref(),
+        config.api.key_env.as_deref(),
+    )?;
+    if key.is_none() {
+        tracing::info!("POST /api/send is disabled: set api.key or api.key_env to enable it");
+    }
+
+    let body_limit = config.api_body_limit();
+    let mesa = authenticator
+        .install(Mesa::builder().config(config.server.clone()))
+        .build();
+    let app = api::router(
+        &config.server.path,
+        ApiState {
+            mesa: mesa.clone(),
+            key,
+            body_limit,
+        },
+    );
+
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        addr = %local,
+        path = %config.server.path,
+        auth = config.auth.mode.name(),
+        "listening on {local}"
+    );
+    mesa.serve_with(listener, app, crate::signal::shutdown())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
