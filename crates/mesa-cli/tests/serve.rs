@@ -1,0 +1,190 @@
+//! `mesa serve` as a process: zero-config defaults, configuration precedence, startup errors, health and
+//! metrics, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn zero_config_serve_sends_hello_with_mesa_defaults() {
+    let mesa = MesaProcess::start(&[], &[]);
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
+    assert_eq!(
+        hello,
+        json!({"op": 10, "d": {
+            "c_heartbeat_interval": 10000,
+            "c_reconnect_interval": 5000,
+            "c_authentication_timeout": 10000,
+            "rules": ["sends_user_object"],
+        }})
+    );
+    // No authentication configured: the server says so instead of staying quiet.
+    mesa.wait_for_log("auth.mode = \"none\"");
+}
+
+#[tokio::test]
+async fn config_file_then_env_then_flags_override_in_order() {
+    let file = temp_file(
+        "precedence.toml",
+        r#"
+        [server]
+        host = "0.0.0.0"        # overridden by --host 127.0.0.1
+        port = 1                # overridden by --port 0
+        path = "/from-file"     # overridden by the environment, then by --path
+
+        [server.heartbeat]
+        interval_ms = 1111      # file only
+
+        [server.reconnect]
+        interval_ms = 2222      # overridden by the environment
+
+        [server.authentication]
+        timeout_ms = 3333       # file only
+        "#,
+    );
+    let file = file.to_str().expect("utf-8 path");
+    let mesa = MesaProcess::start(
+        &["--path", "/from-flag"],
+        &[
+            ("MESA_CONFIG", file),
+            ("MESA_SERVER__RECONNECT__INTERVAL_MS", "4444"),
+            ("MESA_SERVER__PATH", "/from-env"),
+        ],
+    );
+    assert!(mesa.addr.ip().is_loopback(), "--host wins: {}", mesa.addr);
+    assert_ne!(mesa.addr.port(), 1, "--port wins");
+
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/from-flag")).await;
+    assert_eq!(hello["d"]["c_heartbeat_interval"], 1111);
+    assert_eq!(hello["d"]["c_reconnect_interval"], 4444);
+    assert_eq!(hello["d"]["c_authentication_timeout"], 3333);
+    for overridden in ["/from-env", "/from-file"] {
+        let (status, _) = get(&mesa.http_url(overridden)).await;
+        assert_eq!(status, 404, "{overridden} is not the gateway");
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_values_stop_startup_with_status_2() {
+    let file = temp_file("typo.toml", "[server]\nprot = 5000\n");
+    let (status, stderr) = run_to_exit(&["--config", file.to_str().expect("path")], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("prot"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&[], &[("MESA_SERVER__HEARTBEAT__INTERVAL_MS", "soon")]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MESA_"),
+        "the error names the source: {stderr}"
+    );
+
+    let (status, stderr) = run_to_exit(&["--config", "/nonexistent/mesa.toml"], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&["--path", "/healthz"], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("collides"), "{stderr}");
+}
+
+#[tokio::test]
+async fn redis_url_warns_and_runs_in_memory() {
+    let mesa = MesaProcess::start(&["--redis-url", "redis://:hunter2@127.0.0.1:6379"], &[]);
+    let warning = mesa.wait_for_log("Redis clustering is not implemented");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        !mesa.logs().contains("hunter2"),
+        "the URL's password is not logged"
+    );
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
+    assert_eq!(hello["op"], 10);
+
+    let mesa = MesaProcess::start(&[], &[("MESA_REDIS_URL", "redis://127.0.0.1:6379")]);
+    mesa.wait_for_log("Redis clustering is not implemented");
+}
+
+#[tokio::test]
+async fn json_log_format_prints_one_object_per_line() {
+    let mesa = MesaProcess::start(&["--log-format", "json"], &[]);
+    let line = mesa.wait_for_log("listening on");
+    let entry: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(entry["level"], "INFO");
+    assert_eq!(entry["addr"], mesa.addr.to_string());
+    assert_eq!(
+        entry["message"],
+        format!("listening on {}", mesa.addr).as_str()
+    );
+}
+
+#[tokio::test]
+async fn healthz_counts_connections_and_metrics_are_prometheus_text() {
+    let mesa = MesaProcess::start(&[], &[]);
+    let (status, body) = get(&mesa.http_url("/healthz")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json"),
+        json!({"status": "ok", "connections": 0})
+    );
+
+    let (_ws, _) = connect_hello(&mesa.ws_url("/")).await;
+    let (_, body) = get(&mesa.http_url("/healthz")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json"),
+        json!({"status": "ok", "connections": 1})
+    );
+
+    let response = http()
+        .get(mesa.http_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = response.text().await.expect("body");
+    assert!(
+        text.contains("# TYPE mesa_connections_open gauge"),
+        "{text}"
+    );
+    assert!(text.contains("mesa_connections_open 1"), "{text}");
+    assert!(text.contains("mesa_connections_total 1"), "{text}");
+
+    let (status, body) = get(&mesa.http_url("/nowhere")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("error"), "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_op_7_and_1012_then_exits_and_frees_the_port() {
+    let mut mesa = MesaProcess::start(&[], &[]);
+    let (mut ws, _) = connect_hello(&mesa.ws_url("/")).await;
+    authenticate(&mut ws, json!({"id": "alice"})).await;
+
+    let signalled = Instant::now();
+    mesa.sigterm();
+    let reconnect = recv(&mut ws).await;
+    assert_eq!(reconnect["op"], 7, "{reconnect}");
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012);
+    // Reading on completes the closing handshake, as a well-behaved client does.
+    let _ = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await;
+
+    let status = mesa
+        .wait_exit(Duration::from_secs(5))
+        .expect("mesa exits after SIGTERM");
+    let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", mesa.logs());
+    assert!(
+        took < Duration::from_millis(1500),
+        "exit took {took:?}\n{}",
+        mesa.logs()
+    );
+    std::net::TcpListener::bind(mesa.addr).expect("the port is free again");
+}
