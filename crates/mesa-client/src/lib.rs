@@ -1,1 +1,105 @@
-//! Mesa client (work in progress).
+//! A client for the Mesa gateway protocol: connects over `ws://` or `wss://`, answers heartbeats, detects a
+//! dead server, authenticates (and re-authenticates after every reconnection), reconnects with exponential
+//! backoff and full jitter, and queues sends while disconnected without ever dropping one silently.
+//!
+//! It speaks the protocol of `docs/protocol.md` with the wire types of [`mesa_protocol`] (the same
+//! [`Frame`], [`OpCode`], [`Hello`] and close-code rules the server uses), and works against both this
+//! project's server and the Mesa 1.5 Node server (`@cryb/mesa` 1.5.8).
+//!
+//! # Layout
+//! - [`client`]: [`Client`], the cloneable handle (send, authenticate, connect, disconnect), and
+//!   [`Lifecycle`], the named states of the connection.
+//! - [`config`]: [`ClientBuilder`], every option with its default.
+//! - [`event`]: [`Event`] and the [`Events`] stream.
+//! - [`error`]: [`ConnectError`] (`{kind, source}`), [`AuthenticateError`], [`SendError`].
+//! - [`backoff`]: [`Backoff`], exponential backoff with full jitter: pure, seedable.
+//! - [`liveness`]: [`Liveness`], dead-server detection: pure, fed with the time.
+//! - `driver`: the background task that owns the socket and runs the lifecycle; `transport`: TCP, TLS
+//!   (rustls) and the WebSocket upgrade.
+//!
+//! # Example
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use mesa_client::{Client, Event};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = Client::builder("ws://127.0.0.1:4000/")
+//!     .header("Authorization", "Bearer abc")       // sent with every upgrade request
+//!     .credentials(json!({ "token": "user:alice" })) // op 2 after every Hello, before queued sends
+//!     .build()?;
+//! client.dispatch("MESSAGE", json!({ "text": "hello" }))?; // queued until authenticated
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::Authenticated(user) => println!("signed in as {user}"),
+//!         Event::Message(frame) => println!("{:?}: {}", frame.t, frame.d),
+//!         Event::Disconnected(why) if !why.will_reconnect => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Behaviour
+//! **Lifecycle.** One task per client owns the socket and moves through [`Lifecycle`]:
+//! `Disconnected → Connecting → AwaitingHello → Authenticating → Ready`, then `Backoff → Connecting …` after
+//! a drop, or `Closed` after [`Client::disconnect`] or a close code that forbids reconnecting.
+//! [`Client`] handles talk to it through bounded channels; the task ends when the last handle is dropped.
+//!
+//! **Authentication.** [`Client::authenticate`] (or [`ClientBuilder::credentials`]) remembers the
+//! credentials; they are sent after the Hello of every connection. The call resolves with op 22's user, or
+//! [`AuthenticateError::Refused`] (a 1008 close, which also stops reconnection, or op 9), `TimedOut` (the
+//! Hello's `c_authentication_timeout`; the client then closes with 4006 and reconnects), or
+//! `ConnectionLost`. Credentials and the `Authorization` header never appear in `Debug` output.
+//!
+//! **Reconnection.** After a drop the client waits `uniform(0, min(cap, base × 2ⁿ))`, with `base` the
+//! server's `c_reconnect_interval` (or [`ClientBuilder::reconnect_interval`] until a Hello advertised one),
+//! `n` the attempts since the connection last became `Ready`, and `cap` [`ClientBuilder::reconnect_cap`].
+//! A server close whose code [`mesa_protocol::can_reconnect_code`] rejects (1008 authentication refused,
+//! 1000, 1002, 4002, …) stops it; everything the client detects itself (drops, silence, timeouts) is retried.
+//! Unlike Mesa 1.5, a reconnect interval absent from the Hello does not disable reconnection.
+//!
+//! **Dead servers.** When the Hello advertises `c_heartbeat_interval`, the server's own op 1 cadence is
+//! the probe: silence longer than the interval plus [`ClientBuilder::heartbeat_slack`] (default: half the
+//! interval, at least 1 s) drops the connection and reconnects. Every op 1 is answered with op 11. The
+//! client never sends op 1 itself (a Mesa 1.5 server does not answer it). When no heartbeat is advertised
+//! the client sends WebSocket Pings every [`ClientBuilder::ping_interval`] and applies the same rule to the
+//! answers; with pings turned off, a silent half-open connection is not detected.
+//!
+//! **Sends.** [`Client::send`] never waits: the frame joins a bounded queue ([`ClientBuilder::queue_capacity`],
+//! default 1024), or the call fails with [`SendError::QueueFull`]. The queue is drained only in `Ready`
+//! — after op 22 when the client has credentials (Mesa 1.5 flushed before authenticating). Order is kept
+//! across reconnections. Delivery is at most once: a frame written to a socket that then turns out to be
+//! dead is not sent again, since the protocol has no acknowledgements to tell whether it arrived.
+//!
+//! **Events.** [`Events`] is a bounded [`Stream`](futures_util::Stream). If the application stops
+//! reading it, the client stops reading the socket and stops reconnecting once `event_capacity` events wait;
+//! it never drops an event while the stream is alive.
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+mod driver;
+pub mod error;
+pub mod event;
+pub mod liveness;
+mod transport;
+
+pub use backoff::{Backoff, Jitter};
+pub use client::{Client, Lifecycle};
+pub use config::ClientBuilder;
+pub use error::{AuthenticateError, ConnectError, ConnectErrorKind, SendError};
+pub use event::{Connected, ConnectionFailed, Disconnected, Event, Events};
+pub use liveness::{Liveness, LivenessAction, Probe};
+pub use mesa_protocol::{Frame, Hello, OpCode};
+/// The rustls version [`ClientBuilder::tls_config`] takes.
+pub use rustls;
+
+/// Builds a client for `url` with the default options and waits for its first connection (Hello).
+///
+/// Shorthand for `Client::builder(url).connect().await`; use [`Client::builder`] for headers, credentials
+/// and the other options.
+pub async fn connect(url: impl Into<String>) -> Result<(Client, Events), ConnectError> {
+    Client::builder(url).connect().await
+}

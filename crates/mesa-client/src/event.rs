@@ -1,0 +1,203 @@
+//! What the client reports: [`Event`] and the [`Events`] stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use mesa_protocol::{Frame, Hello};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::ConnectError;
+
+/// Something that happened to the client, in the order it happened.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection opened and its Hello arrived (before authentication).
+    Connected(Connected),
+    /// The server accepted the credentials (op 22); carries the user object (`{}` when the server does not
+    /// send it). Queued sends are flushed right after this.
+    Authenticated(Value),
+    /// The server refused the credentials with op 9 and kept the connection open (servers with
+    /// `disconnect_on_fail` off). The credentials are forgotten. A 1008 close is reported as
+    /// [`Event::Disconnected`] instead.
+    AuthenticationRefused {
+        /// The server's reason.
+        reason: String,
+    },
+    /// A dispatch (op 0) from the server.
+    Message(Frame),
+    /// A connection that had reached [`Event::Connected`] ended.
+    Disconnected(Disconnected),
+    /// A connection attempt failed before its Hello arrived.
+    ConnectionFailed(ConnectionFailed),
+}
+
+/// A connection opened. See [`Event::Connected`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Connected {
+    /// The first connection since the client was built (Mesa 1.5 `isInitialConnection`).
+    pub initial: bool,
+    /// Made by the reconnection logic rather than by auto-connect or [`Client::connect`](crate::Client::connect)
+    /// (Mesa 1.5 `isAutomaticReconnection`).
+    pub automatic_reconnection: bool,
+    /// The server's Hello.
+    pub hello: Hello,
+}
+
+/// A connection ended. See [`Event::Disconnected`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Disconnected {
+    /// The close code: the server's close frame, 1006 when the connection dropped without one (including
+    /// when the client declared a silent server dead), or the code the client closed with (1000 for
+    /// [`Client::disconnect`](crate::Client::disconnect), 4006 for an authentication timeout).
+    pub code: u16,
+    /// The close reason, or what went wrong.
+    pub reason: String,
+    /// Whether the client will reconnect (Mesa 1.5 `willAttemptReconnect`).
+    pub will_reconnect: bool,
+    /// The delay before the next attempt, when `will_reconnect`.
+    pub reconnect_delay: Option<Duration>,
+}
+
+/// A connection attempt failed. See [`Event::ConnectionFailed`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionFailed {
+    /// What went wrong.
+    pub error: ConnectError,
+    /// Whether the client will try again.
+    pub will_reconnect: bool,
+    /// The delay before the next attempt, when `will_reconnect`.
+    pub reconnect_delay: Option<Duration>,
+}
+
+/// The stream of [`Event`]s of one client. It ends when the client's task stops (every
+/// [`Client`](crate::Client) handle dropped).
+///
+/// Read it: when `event_capacity` events wait unread, the client stops reading its socket (the server will
+/// eventually drop it for missed heartbeats) and stops reconnecting, until the application catches up.
+/// Dropping `Events` is fine: events are then discarded.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the client's task stopped.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The task's side: a bounded channel plus the few events that did not fit yet.
+pub(crate) struct EventQueue {
+    tx: mpsc::Sender<Event>,
+    pending: VecDeque<Event>,
+    limit: usize,
+    closed: bool,
+}
+
+impl EventQueue {
+    pub(crate) fn new(capacity: usize) -> (EventQueue, Events) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let queue = EventQueue {
+            tx,
+            pending: VecDeque::new(),
+            limit: capacity,
+            closed: false,
+        };
+        (queue, Events { rx })
+    }
+
+    /// Queues an event; it never waits and never drops an event while `Events` is alive.
+    pub(crate) fn push(&mut self, event: Event) {
+        if self.closed {
+            return;
+        }
+        if !self.pending.is_empty() {
+            self.pending.push_back(event);
+            return;
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => self.pending.push_back(event),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.closed = true,
+        }
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the application is so far behind that the client should stop producing events.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.pending.len() >= self.limit
+    }
+
+    /// Moves one pending event into the channel once there is room. Cancel-safe.
+    pub(crate) async fn flush_one(&mut self) {
+        match self.tx.reserve().await {
+            Ok(permit) => {
+                if let Some(event) = self.pending.pop_front() {
+                    permit.send(event);
+                }
+            }
+            Err(_) => {
+                self.closed = true;
+                self.pending.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_slow_reader_stalls_the_queue_without_losing_events() {
+        let (mut queue, mut events) = EventQueue::new(2);
+        for n in 0..5 {
+            queue.push(Event::Authenticated(json!(n)));
+        }
+        assert!(queue.has_pending());
+        assert!(queue.is_stalled());
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            tokio::select! {
+                biased;
+                Some(Event::Authenticated(n)) = events.recv() => seen.push(n),
+                () = queue.flush_one(), if queue.has_pending() => {}
+            }
+        }
+        assert_eq!(seen, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
+        assert!(!queue.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_reader_discards_events() {
+        let (mut queue, events) = EventQueue::new(1);
+        queue.push(Event::Authenticated(json!(1)));
+        queue.push(Event::Authenticated(json!(2)));
+        drop(events);
+        queue.flush_one().await;
+        assert!(!queue.has_pending());
+        queue.push(Event::Authenticated(json!(3)));
+        assert!(!queue.has_pending());
+    }
+}

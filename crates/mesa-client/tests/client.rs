@@ -1,0 +1,431 @@
+//! The client against the real `mesa-server` over sockets on 127.0.0.1: connect, authenticate, dispatch,
+//! restart, queue limits, refusal, disconnect.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mesa_client::{
+    AuthenticateError, Client, ConnectErrorKind, Event, Frame, Lifecycle, SendError,
+};
+use mesa_server::{Identity, Mesa};
+use serde_json::{json, Value};
+
+fn connected(event: &Event) -> Option<mesa_client::Connected> {
+    match event {
+        Event::Connected(connected) => Some(connected.clone()),
+        _ => None,
+    }
+}
+
+fn authenticated(event: &Event) -> Option<Value> {
+    match event {
+        Event::Authenticated(user) => Some(user.clone()),
+        _ => None,
+    }
+}
+
+fn disconnected(event: &Event) -> Option<mesa_client::Disconnected> {
+    match event {
+        Event::Disconnected(why) => Some(why.clone()),
+        _ => None,
+    }
+}
+
+fn message(event: &Event) -> Option<Frame> {
+    match event {
+        Event::Message(frame) => Some(frame.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn connect_receives_hello_and_reports_the_initial_connection() {
+    let server = start(echo_server().reconnect_interval(Duration::from_millis(250))).await;
+    let (client, mut events) = Client::builder(server.url()).build().expect("build");
+    let hello = wait_event(&mut events, connected).await;
+    assert!(hello.initial);
+    assert!(!hello.automatic_reconnection);
+    assert_eq!(hello.hello.c_heartbeat_interval, Some(10_000));
+    assert_eq!(hello.hello.c_reconnect_interval, Some(250));
+    assert_eq!(hello.hello.c_authentication_timeout, Some(10_000));
+    assert!(hello.hello.has_rule("sends_user_object"));
+    // No credentials: Ready right after Hello.
+    assert!(client.wait_for(Lifecycle::Ready).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connect_helper_waits_for_hello_and_reports_a_refused_port() {
+    let server = start(echo_server()).await;
+    let (client, _events) = mesa_client::connect(server.url()).await.expect("connect");
+    assert!(matches!(
+        client.lifecycle(),
+        Lifecycle::AwaitingHello | Lifecycle::Ready
+    ));
+    let url = server.url();
+    server.stop().await;
+    let error = mesa_client::connect(url)
+        .await
+        .expect_err("nothing listens any more");
+    assert_eq!(error.kind(), &ConnectErrorKind::Io, "{error:?}");
+    assert!(std::error::Error::source(&error).is_some());
+}
+
+#[tokio::test]
+async fn authenticate_returns_the_user_object() {
+    let server = start(echo_server()).await;
+    let (client, mut events) = mesa_client::connect(server.url()).await.expect("connect");
+    let user = client
+        .authenticate(json!({"token": "user:alice"}))
+        .await
+        .expect("accepted");
+    assert_eq!(user, json!({"id": "alice"}));
+    assert_eq!(
+        wait_event(&mut events, authenticated).await,
+        json!({"id": "alice"})
+    );
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    assert!(server.mesa.is_user_connected("alice"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_authentication_is_terminal() {
+    let connections = Log::default();
+    let log = connections.clone();
+    let builder = echo_server()
+        .reconnect_interval(Duration::from_millis(10))
+        .on_connection(move |_client| {
+            let log = log.clone();
+            async move { log.push("connection") }
+        });
+    let server = start(builder).await;
+    let (client, mut events) = mesa_client::connect(server.url()).await.expect("connect");
+    let refusal = client.authenticate(json!({"token": "nope"})).await;
+    assert_eq!(
+        refusal,
+        Err(AuthenticateError::Refused {
+            reason: "invalid token".into(),
+            close_code: Some(1008),
+        })
+    );
+    let why = wait_event(&mut events, disconnected).await;
+    assert_eq!(why.code, 1008);
+    assert_eq!(why.reason, "invalid token");
+    assert!(!why.will_reconnect);
+    assert_eq!(why.reconnect_delay, None);
+    assert_eq!(client.lifecycle(), Lifecycle::Closed);
+    assert_eq!(client.dispatch("ECHO", json!({})), Err(SendError::Closed));
+    // Many reconnect intervals later, still one connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(connections.entries().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn op_9_refusal_keeps_the_connection_open() {
+    let server = start(echo_server().disconnect_on_fail(false)).await;
+    let (client, mut events) = mesa_client::connect(server.url()).await.expect("connect");
+    let refusal = client.authenticate(json!({"token": "nope"})).await;
+    assert_eq!(
+        refusal,
+        Err(AuthenticateError::Refused {
+            reason: "invalid token".into(),
+            close_code: None,
+        })
+    );
+    let reason = wait_event(&mut events, |e| match e {
+        Event::AuthenticationRefused { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "invalid token");
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    client
+        .dispatch("ECHO", json!({"still": "here"}))
+        .expect("send");
+    let echo = wait_event(&mut events, message).await;
+    assert_eq!(echo.d, json!({"still": "here"}));
+    let user = client
+        .authenticate(json!({"token": "user:bob"}))
+        .await
+        .expect("second try accepted");
+    assert_eq!(user, json!({"id": "bob"}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dispatch_both_ways() {
+    let server = start(echo_server()).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .build()
+        .expect("build");
+    wait_event(&mut events, authenticated).await;
+
+    client.dispatch("ECHO", json!({"n": 1})).expect("send");
+    let echo = wait_event(&mut events, message).await;
+    assert_eq!(echo, Frame::dispatch("ECHO", json!({"n": 1})));
+
+    let notice = Frame::dispatch("NOTICE", json!({"to": "alice"}));
+    server
+        .mesa
+        .send_to(["alice"], &notice)
+        .await
+        .expect("send_to");
+    assert_eq!(wait_event(&mut events, message).await, notice);
+    let everyone = Frame::dispatch("BROADCAST", json!({}));
+    server.mesa.broadcast(&everyone).await.expect("broadcast");
+    assert_eq!(wait_event(&mut events, message).await, everyone);
+
+    // The handle is cloneable and usable from another task.
+    let other = client.clone();
+    tokio::spawn(async move { other.dispatch("ECHO", json!({"from": "task"})) })
+        .await
+        .expect("join")
+        .expect("send");
+    assert_eq!(
+        wait_event(&mut events, message).await.d,
+        json!({"from": "task"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn custom_headers_reach_the_server() {
+    let builder = Mesa::builder().authenticate(|_data, client| async move {
+        match client.headers().get("authorization").map(|v| v.to_str()) {
+            Some(Ok("Bearer s3cret")) => Ok(Identity::new("carol", json!({"via": "header"}))),
+            _ => Err(mesa_server::AuthError::new("missing header")),
+        }
+    });
+    let server = start(builder).await;
+    let (client, _events) = Client::builder(server.url())
+        .header("Authorization", "Bearer s3cret")
+        .connect()
+        .await
+        .expect("connect");
+    let user = client.authenticate(json!({})).await.expect("accepted");
+    assert_eq!(user, json!({"via": "header"}));
+    assert!(!format!("{client:?}").contains("s3cret"));
+    server.stop().await;
+}
+
+/// The server restarts mid-stream: the client reconnects and re-authenticates by itself, and the sends
+/// queued meanwhile reach the new server in order, after authentication.
+#[tokio::test]
+async fn server_restart_reconnects_reauthenticates_and_flushes_in_order() {
+    let log = Log::default();
+    let builder = |log: Log| {
+        let on_auth = log.clone();
+        with_token_auth(Mesa::builder())
+            .reconnect_interval(Duration::from_millis(50))
+            .on_authenticated(move |client| {
+                let log = on_auth.clone();
+                async move { log.push(format!("auth {}", client.id().unwrap_or_default())) }
+            })
+            .on_message(move |client, frame| {
+                let log = log.clone();
+                async move {
+                    let who = client.id().unwrap_or_else(|| "<anonymous>".into());
+                    log.push(format!("msg {} from {who}", frame.d["n"]));
+                }
+            })
+    };
+    let server = start(builder(log.clone())).await;
+    let addr = server.addr;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .reconnect_cap(Duration::from_millis(400))
+        .jitter_seed(11)
+        .build()
+        .expect("build");
+    wait_event(&mut events, authenticated).await;
+    client.dispatch("SEQ", json!({"n": 0})).expect("send");
+    log.wait_until("msg 0", |l| l.len() == 2).await;
+
+    server.stop().await; // op 7, then 1012
+    let why = wait_event(&mut events, disconnected).await;
+    assert_eq!(why.code, 1012);
+    assert!(why.will_reconnect);
+    assert!(why
+        .reconnect_delay
+        .is_some_and(|d| d <= Duration::from_millis(50)));
+    for n in 1..=5 {
+        client
+            .dispatch("SEQ", json!({"n": n}))
+            .expect("queued while down");
+    }
+    assert_eq!(client.queued(), 5);
+    assert_ne!(client.lifecycle(), Lifecycle::Ready);
+
+    let restarted = start_on(builder(log.clone()), addr).await;
+    let again = wait_event(&mut events, connected).await;
+    assert!(!again.initial);
+    assert!(again.automatic_reconnection);
+    assert_eq!(
+        wait_event(&mut events, authenticated).await,
+        json!({"id": "alice"})
+    );
+    let entries = log.wait_until("the queued sends", |l| l.len() == 8).await;
+    assert_eq!(
+        entries,
+        [
+            "auth alice",
+            "msg 0 from alice",
+            "auth alice",
+            "msg 1 from alice",
+            "msg 2 from alice",
+            "msg 3 from alice",
+            "msg 4 from alice",
+            "msg 5 from alice",
+        ]
+    );
+    assert_eq!(client.queued(), 0);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_is_an_error_and_queued_frames_flush_on_connect() {
+    let log = Log::default();
+    let on_message = log.clone();
+    let builder = echo_server().on_message(move |_client, frame| {
+        let log = on_message.clone();
+        async move { log.push(frame.d["n"].to_string()) }
+    });
+    let server = start(builder).await;
+    let (client, _events) = Client::builder(server.url())
+        .auto_connect(false)
+        .queue_capacity(3)
+        .build()
+        .expect("build");
+    assert_eq!(client.lifecycle(), Lifecycle::Disconnected);
+    for n in 0..3 {
+        client
+            .dispatch("SEQ", json!({"n": n}))
+            .expect("room in the queue");
+    }
+    assert_eq!(
+        client.dispatch("SEQ", json!({"n": 3})),
+        Err(SendError::QueueFull { capacity: 3 })
+    );
+    assert_eq!(client.queued(), 3);
+    // Authentication needs a connection: nothing is remembered while idle.
+    assert_eq!(
+        client.authenticate(json!({"token": "user:x"})).await,
+        Err(AuthenticateError::NotConnected)
+    );
+
+    client.connect().await.expect("connect");
+    log.wait_until("the queued frames", |l| l.len() == 3).await;
+    assert_eq!(log.entries(), ["0", "1", "2"]);
+    client.dispatch("SEQ", json!({"n": 4})).expect("room again");
+    log.wait_until("the next frame", |l| l.len() == 4).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn disconnect_closes_cleanly_and_stops_reconnecting() {
+    let log = Log::default();
+    let (on_connection, on_disconnection) = (log.clone(), log.clone());
+    let builder = echo_server()
+        .reconnect_interval(Duration::from_millis(10))
+        .on_connection(move |_client| {
+            let log = on_connection.clone();
+            async move { log.push("open") }
+        })
+        .on_disconnection(move |_client, why| {
+            let log = on_disconnection.clone();
+            async move { log.push(format!("closed {} by_server={}", why.code, why.by_server)) }
+        });
+    let server = start(builder).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .build()
+        .expect("build");
+    wait_event(&mut events, authenticated).await;
+
+    client.disconnect().await;
+    assert_eq!(client.lifecycle(), Lifecycle::Closed);
+    let why = wait_event(&mut events, disconnected).await;
+    assert_eq!((why.code, why.will_reconnect), (1000, false));
+    log.wait_until("the server-side close", |l| l.len() == 2)
+        .await;
+    assert_eq!(log.entries(), ["open", "closed 1000 by_server=false"]);
+    assert_eq!(client.dispatch("ECHO", json!({})), Err(SendError::Closed));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log.entries().len(),
+        2,
+        "the client reconnected: {:?}",
+        log.entries()
+    );
+
+    // connect() starts again, with the remembered credentials.
+    client.connect().await.expect("reconnect on request");
+    let again = wait_event(&mut events, connected).await;
+    assert!(!again.initial && !again.automatic_reconnection);
+    assert_eq!(
+        wait_event(&mut events, authenticated).await,
+        json!({"id": "alice"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection() {
+    let log = Log::default();
+    let on_disconnection = log.clone();
+    let builder = echo_server().on_disconnection(move |_client, why| {
+        let log = on_disconnection.clone();
+        async move { log.push(format!("closed {} by_server={}", why.code, why.by_server)) }
+    });
+    let server = start(builder).await;
+    let (client, mut events) = mesa_client::connect(server.url()).await.expect("connect");
+    let clone = client.clone();
+    drop(client);
+    assert!(clone.wait_for(Lifecycle::Ready).await);
+    drop(clone);
+    log.wait_until("the close", |l| !l.is_empty()).await;
+    assert_eq!(log.entries(), ["closed 1000 by_server=false"]);
+    // The stream ends with the task.
+    loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("stream ends")
+        {
+            None => break,
+            Some(_) => continue,
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_version_rule_is_answered() {
+    let builder = echo_server()
+        .enforce_equal_versions("1.2.3")
+        .reconnect_interval(Duration::from_millis(10));
+    let server = start(builder).await;
+
+    let (good, mut good_events) = Client::builder(server.url())
+        .client_version("1.2.3")
+        .build()
+        .expect("build");
+    wait_event(&mut good_events, connected).await;
+    good.dispatch("ECHO", json!({"v": "ok"})).expect("send");
+    assert_eq!(
+        wait_event(&mut good_events, message).await.d,
+        json!({"v": "ok"})
+    );
+
+    let (_bad, mut bad_events) = Client::builder(server.url())
+        .client_version("0.0.1")
+        .build()
+        .expect("build");
+    let why = wait_event(&mut bad_events, disconnected).await;
+    assert_eq!((why.code, why.will_reconnect), (1002, false));
+    server.stop().await;
+}
