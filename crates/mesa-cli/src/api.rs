@@ -67,10 +67,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// Any other path: 404 `{"error": "not found"}`.
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
 }
 
+/// `GET /healthz`: liveness plus the open connection count; 503 once a graceful shutdown has started.
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     if state.mesa.is_shutting_down() {
         let body = Json(json!({ "status": "shutting_down" }));
@@ -80,6 +82,7 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     Json(json!({ "status": "ok", "connections": connections })).into_response()
 }
 
+/// `GET /metrics`: the server's counters in the Prometheus text format.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     (
@@ -94,13 +97,17 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendRequest {
+    /// The frame to send (`op`, `d`, `t`; `o` is dropped).
     message: Frame,
+    /// `["*"]` or absent: everyone; otherwise these user ids.
     #[serde(default)]
     recipients: Option<Vec<String>>,
+    /// User ids that must not receive the message.
     #[serde(default)]
     excluding: Option<Vec<String>>,
 }
 
+/// `POST /api/send` (see the module docs).
 async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     // Authorise before reading the body, so that anonymous peers cannot make the server buffer anything.
     let Some(key) = &state.key else {
@@ -233,6 +240,56 @@ fn is_length_limit(problem: &axum::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn call(app: &Router, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn routes_beat_a_root_gateway_and_healthz_reports_shutdown() {
+        let mesa = Mesa::builder().build();
+        let app = router(
+            "/",
+            ApiState {
+                mesa: mesa.clone(),
+                key: None,
+                body_limit: 1024,
+            },
+        );
+        assert_eq!(
+            call(&app, "GET", "/healthz").await,
+            (StatusCode::OK, json!({"status": "ok", "connections": 0}))
+        );
+        assert_eq!(call(&app, "GET", "/metrics").await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, "POST", "/api/send").await.0,
+            StatusCode::NOT_FOUND
+        );
+        // The gateway answers a plain GET on its path: upgrade required.
+        assert_eq!(call(&app, "GET", "/").await.0, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(call(&app, "GET", "/other").await.0, StatusCode::NOT_FOUND);
+
+        assert!(mesa.shutdown().await);
+        assert_eq!(
+            call(&app, "GET", "/healthz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "shutting_down"})
+            )
+        );
+    }
 
     #[test]
     fn bearer_key_is_checked() {

@@ -464,6 +464,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_are_zero_config() {
+        let config = ServeConfig::default();
+        assert_eq!(
+            (config.server.host.as_str(), config.server.port),
+            ("0.0.0.0", 4000)
+        );
+        assert_eq!(config.server.path, "/");
+        assert_eq!(config.auth.mode, AuthMode::None);
+        assert!(config.api.key.is_none() && config.api.key_env.is_none());
+        assert!(config.redis_url.is_none());
+        assert_eq!(
+            (config.log.format, config.log.filter.as_str()),
+            (LogFormat::Text, "info")
+        );
+        assert_eq!(config.api_body_limit(), 64 * 1024 + 16 * 1024);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let config = AuthConfig {
             secret: Some(Secret::new("hunter2")),

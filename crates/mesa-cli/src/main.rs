@@ -41,10 +41,12 @@ use crate::config::{LogFormat, Overrides, ServeConfig};
 #[derive(Debug, Parser)]
 #[command(name = "mesa", version, propagate_version = true)]
 struct Cli {
+    /// What to do.
     #[command(subcommand)]
     command: Command,
 }
 
+/// The subcommands (`mesa bench` is planned next to `serve`).
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway (and its HTTP API) until SIGTERM or SIGINT.
@@ -77,6 +79,7 @@ struct ServeArgs {
     redis_url: Option<String>,
 }
 
+/// Parses the command line and runs the subcommand.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// `mesa serve`: configuration, then logging, then the server on a multi-threaded runtime.
 fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         host: args.host,

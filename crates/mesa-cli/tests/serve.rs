@@ -26,6 +26,16 @@ async fn zero_config_serve_sends_hello_with_mesa_defaults() {
 }
 
 #[tokio::test]
+async fn the_example_config_file_loads_and_states_the_defaults() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/mesa.example.toml");
+    let mesa = MesaProcess::start(&["--config", example], &[]);
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
+    assert_eq!(hello["d"]["c_heartbeat_interval"], 10000);
+    assert_eq!(hello["d"]["c_reconnect_interval"], 5000);
+    assert_eq!(hello["d"]["c_authentication_timeout"], 10000);
+}
+
+#[tokio::test]
 async fn config_file_then_env_then_flags_override_in_order() {
     let file = temp_file(
         "precedence.toml",

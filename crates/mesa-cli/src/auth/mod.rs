@@ -39,7 +39,7 @@ impl Authenticator {
         Ok(match config.mode {
             AuthMode::None => {
                 tracing::warn!(
-                    "auth.mode = \"none\": clients are not authenticated and may claim any id; \
+                    "INSECURE: auth.mode = \"none\": clients are not authenticated and may claim any id; \
                      for development only (set auth.mode to \"jwt\" or \"webhook\" in production)"
                 );
                 Authenticator::None

@@ -39,7 +39,9 @@ pub(crate) struct WebhookAuth {
 /// The body of a 2xx answer.
 #[derive(Deserialize)]
 struct Accepted {
+    /// The user id, a string or a number.
     id: Value,
+    /// The user object for op 22; `{"id": id}` when absent or null.
     #[serde(default)]
     user: Option<Value>,
 }
@@ -144,8 +146,10 @@ fn refusal_reason(body: &[u8]) -> String {
 /// Why reading an answer failed.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
+    /// The connection failed or timed out mid-body.
     #[error("{0}")]
     Http(#[from] reqwest::Error),
+    /// The body exceeded [`MAX_RESPONSE_BYTES`].
     #[error("answer larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
 }
@@ -169,6 +173,31 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Bytes, ReadErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_is_checked_and_header_names_are_case_insensitive() {
+        let server = mesa_server::Config::default();
+        let config = |url: &str, header: &str| AuthConfig {
+            mode: crate::config::AuthMode::Webhook,
+            url: Some(url.into()),
+            headers: [(header.to_string(), crate::config::Secret::new("Bearer k"))].into(),
+            ..AuthConfig::default()
+        };
+        assert!(WebhookAuth::from_config(
+            &config("http://127.0.0.1:1/a", "Authorization"),
+            &server
+        )
+        .is_ok());
+        assert!(
+            WebhookAuth::from_config(&config("ftp://127.0.0.1/a", "Authorization"), &server)
+                .is_err()
+        );
+        assert!(WebhookAuth::from_config(&config("not a url", "Authorization"), &server).is_err());
+        assert!(
+            WebhookAuth::from_config(&config("http://127.0.0.1:1/a", "bad header"), &server)
+                .is_err()
+        );
+    }
 
     #[test]
     fn answers_are_interpreted() {
