@@ -175,6 +175,15 @@ async fn sigterm_drains_clients_with_op_7_and_1012_then_exits_and_frees_the_port
     let mut mesa = MesaProcess::start(&[], &[]);
     let (mut ws, _) = connect_hello(&mesa.ws_url("/")).await;
     authenticate(&mut ws, json!({"id": "alice"})).await;
+    // A load balancer's kept-alive health-check connection must not hold the shutdown up.
+    let health_checker = http();
+    let status = health_checker
+        .get(mesa.http_url("/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz")
+        .status();
+    assert_eq!(status, 200);
 
     let signalled = Instant::now();
     mesa.sigterm();
@@ -197,4 +206,20 @@ async fn sigterm_drains_clients_with_op_7_and_1012_then_exits_and_frees_the_port
         mesa.logs()
     );
     std::net::TcpListener::bind(mesa.addr).expect("the port is free again");
+}
+
+#[tokio::test]
+async fn sigterm_with_an_unresponsive_client_exits_after_the_shutdown_timeout() {
+    let mut mesa = MesaProcess::start(&[], &[("MESA_SERVER__SHUTDOWN_TIMEOUT_MS", "300")]);
+    // Connected, but never reads again: it will not answer the close.
+    let (_silent, _) = connect_hello(&mesa.ws_url("/")).await;
+    let signalled = Instant::now();
+    mesa.sigterm();
+    let status = mesa
+        .wait_exit(Duration::from_secs(5))
+        .expect("mesa exits once the shutdown timeout has passed");
+    let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with an unresponsive client");
+    assert!(status.success(), "{status:?}\n{}", mesa.logs());
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
 }
