@@ -1,10 +1,13 @@
 //! [`ClientBuilder`]: the URL, headers, TLS, credentials and every limit and timing, each with its default.
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{header, HeaderMap, HeaderName, HeaderValue, Uri};
@@ -15,6 +18,7 @@ use crate::client::Client;
 use crate::error::{ConnectError, ConnectErrorKind};
 use crate::event::Events;
 use crate::liveness::default_slack;
+use crate::transport::{BoxedIo, Dial};
 
 /// Credentials sent as op 2's `d`. Never printed: `Debug` shows `<redacted>`.
 #[derive(Clone, PartialEq)]
@@ -51,6 +55,7 @@ pub struct ClientBuilder {
     max_message_size: usize,
     client_version: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    dial: Option<Dial>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -73,6 +78,7 @@ impl fmt::Debug for ClientBuilder {
             .field("ping_interval", &self.ping_interval)
             .field("client_version", &self.client_version)
             .field("custom_tls", &self.tls.is_some())
+            .field("custom_dial", &self.dial.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +105,7 @@ impl ClientBuilder {
             max_message_size: 16 << 20,
             client_version: None,
             tls: None,
+            dial: None,
         }
     }
 
@@ -226,6 +233,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Opens the byte stream of every connection attempt with `dial` instead of a TCP connection to the
+    /// URL's host and port: a Unix socket, a tunnel through a proxy, or an in-memory pipe in tests. The URL
+    /// still gives the request path, the `Host` header and (with `wss://`) TLS over the stream. Each call is
+    /// one attempt, bounded by the connect timeout. Default: TCP (with `TCP_NODELAY`).
+    pub fn dial<F, Fut, S>(mut self, dial: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let dial: Dial = Arc::new(move || {
+            let opening = dial();
+            Box::pin(async move { opening.await.map(|stream| Box::new(stream) as BoxedIo) })
+        });
+        self.dial = Some(dial);
+        self
+    }
+
     /// Validates the configuration and starts the client's task on the current Tokio runtime; with
     /// auto-connect (the default) it starts connecting at once.
     ///
@@ -260,6 +285,13 @@ impl ClientBuilder {
             Some("ws") => false,
             _ => return Err(ConnectError::new(ConnectErrorKind::InvalidUrl)),
         };
+        let host = match uri.host() {
+            // `[::1]` in a URL is the address `::1`.
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => return Err(ConnectError::new(ConnectErrorKind::InvalidUrl)),
+        }
+        .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             let invalid = || ConnectErrorKind::InvalidHeader { name: name.clone() };
@@ -286,8 +318,11 @@ impl ClientBuilder {
         };
         Ok(Config {
             uri,
+            host,
+            port,
             headers,
             tls,
+            dial: self.dial,
             credentials: self.credentials,
             reconnect: self.reconnect,
             reconnect_interval: self.reconnect_interval,
@@ -324,8 +359,11 @@ fn default_tls() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
 /// The validated configuration the client's task runs with.
 pub(crate) struct Config {
     uri: Uri,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     headers: HeaderMap,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) dial: Option<Dial>,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) reconnect: bool,
     pub(crate) reconnect_interval: Duration,
@@ -429,6 +467,12 @@ mod tests {
         assert_eq!(request.headers()["x-trace"], "1");
         assert_eq!(request.headers()["authorization"], "Bearer t");
         assert!(config.tls.is_none());
+        assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
+        let v6 = ClientBuilder::new("wss://[::1]/")
+            .into_config()
+            .expect("valid");
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 443));
+        assert!(v6.tls.is_some());
     }
 
     #[test]

@@ -678,10 +678,11 @@ impl Driver {
             }
             End::AuthTimeout => {
                 let code = CloseCode::AuthenticationTimeout;
-                conn.close(code.code(), code.reason()).await;
+                // Answer the callers first: the closing handshake may take a while.
                 self.fail_auth_waiters(&AuthenticateError::TimedOut {
                     after: conn.auth_timeout,
                 });
+                conn.close(code.code(), code.reason()).await;
                 (code.code(), code.reason().to_string(), None, true)
             }
         };

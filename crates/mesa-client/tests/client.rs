@@ -429,3 +429,52 @@ async fn the_version_rule_is_answered() {
     assert_eq!((why.code, why.will_reconnect), (1002, false));
     server.stop().await;
 }
+
+/// Over real TCP: a server that accepts, sends Hello, then goes silent with the socket open (a half-open
+/// connection as far as the client can tell) is dropped after interval + slack and replaced.
+#[tokio::test]
+async fn a_silent_server_over_tcp_is_detected_and_replaced() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ws://{}/", listener.local_addr().expect("addr"));
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                continue;
+            };
+            let hello = json!({"op": 10, "d": {"c_heartbeat_interval": 300, "c_reconnect_interval": 20, "rules": []}});
+            let _ = ws.send(Message::Text(hello.to_string().into())).await;
+            let _ = accepted_tx.send(std::time::Instant::now());
+            held.push(ws); // never read, never written again
+        }
+    });
+    let (_client, mut events) = Client::builder(url)
+        .heartbeat_slack(Duration::from_millis(200))
+        .build()
+        .expect("build");
+    let first = tokio::time::timeout(WAIT, accepted.recv())
+        .await
+        .expect("first")
+        .expect("open");
+    let why = wait_event(&mut events, disconnected).await;
+    let detected = first.elapsed();
+    assert_eq!(why.code, 1006);
+    assert!(why.will_reconnect);
+    assert!(
+        detected >= Duration::from_millis(500) && detected < Duration::from_millis(2000),
+        "dead after {detected:?}, expected 300 ms interval + 200 ms slack"
+    );
+    let second = tokio::time::timeout(WAIT, accepted.recv())
+        .await
+        .expect("reconnected")
+        .expect("open");
+    assert!(second.duration_since(first) < Duration::from_millis(2500));
+    let again = wait_event(&mut events, connected).await;
+    assert!(again.automatic_reconnection);
+}

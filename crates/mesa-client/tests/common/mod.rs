@@ -134,9 +134,18 @@ pub async fn next_event(events: &mut Events) -> Event {
         .expect("event stream ended")
 }
 
-/// Skips events until one matches `pick`; returns what `pick` extracted.
-pub async fn wait_event<T>(events: &mut Events, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// Skips events until one matches `pick`; returns what `pick` extracted. Fails after [`WAIT`].
+pub async fn wait_event<T>(events: &mut Events, pick: impl FnMut(&Event) -> Option<T>) -> T {
+    wait_event_for(events, WAIT, pick).await
+}
+
+/// [`wait_event`] with a custom limit (on a paused clock, long limits cost nothing).
+pub async fn wait_event_for<T>(
+    events: &mut Events,
+    limit: Duration,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let event = tokio::time::timeout_at(deadline, events.next())
             .await
