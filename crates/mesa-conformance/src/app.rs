@@ -3,7 +3,6 @@
 //! Everything here is fixed on purpose (see the [crate docs](crate) for the contract); `main` only adds the
 //! listener and the signals.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mesa_server::{AuthError, Client, Frame, Identity, Mesa, MesaBuilder, Target};
@@ -36,25 +35,15 @@ const TOKEN_PREFIX: &str = "user:";
 
 /// The gateway with the conformance settings and handlers.
 pub(crate) fn build() -> Mesa {
-    // The handler needs the server handle to broadcast, and the handle exists only after `build`:
-    // the handler reads it from this cell, filled right after.
-    let server: Arc<OnceLock<Mesa>> = Arc::new(OnceLock::new());
-    let handler_server = server.clone();
-    let mesa = configure(Mesa::builder())
+    configure(Mesa::builder())
         .authenticate(|data, _client| async move { authenticate(&data) })
-        .on_message(move |client, frame| {
-            let server = handler_server.clone();
-            async move {
-                match server.get() {
-                    Some(mesa) => on_dispatch(mesa, &client, frame).await,
-                    None => tracing::warn!("dispatch before the server was ready; ignored"),
-                }
+        .on_message(|client, frame| async move {
+            match client.server() {
+                Some(mesa) => on_dispatch(&mesa, &client, frame).await,
+                None => tracing::debug!("dispatch after the server was dropped; ignored"),
             }
         })
-        .build();
-    // `set` fails only if the cell is already full, and nothing else fills it.
-    let _ = server.set(mesa.clone());
-    mesa
+        .build()
 }
 
 /// The fixed settings: timings, rules and limits. Everything else keeps the library's defaults.

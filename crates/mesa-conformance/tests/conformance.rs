@@ -369,7 +369,7 @@ async fn sigint_stops_it_the_same_way() {
 }
 
 #[tokio::test]
-async fn silent_client_does_not_stall_shutdown() {
+async fn clients_that_never_read_do_not_stall_shutdown() {
     // A client that never reads cannot keep the process alive past the shutdown deadline.
     let mut server = Server::start();
     let _reader_that_never_reads = connect_raw(&server).await;

@@ -211,17 +211,20 @@ pub async fn expect_silence(ws: &mut Ws, wait: Duration) {
 }
 
 /// Reads until the server's close frame and returns its code and reason; frames before it are returned too.
+///
+/// Then finishes the closing handshake like a real client: tungstenite sends its close reply only when the
+/// stream is polled again, so this reads on until the server ends the connection.
 pub async fn expect_close(ws: &mut Ws) -> (u16, String, Vec<Value>) {
     let mut before = Vec::new();
-    loop {
+    let (code, reason) = loop {
         let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .expect("timed out waiting for close");
         match message {
             Some(Ok(Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string(), before)
+                break (u16::from(frame.code), frame.reason.to_string());
             }
-            Some(Ok(Message::Close(None))) => return (1005, String::new(), before),
+            Some(Ok(Message::Close(None))) => break (1005, String::new()),
             Some(Ok(Message::Text(text))) => {
                 before.push(serde_json::from_str(&text).expect("json"));
             }
@@ -229,7 +232,12 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String, Vec<Value>) {
             Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
             None => panic!("connection ended without a close frame"),
         }
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    (code, reason, before)
 }
 
 /// The connection still works: an ECHO round trip.
