@@ -152,8 +152,8 @@ async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response 
     }
 }
 
-/// Op 5 `DISCONNECT_CLIENT`: closes the named users' connections with 1000, as Mesa 1.5 nodes do when it
-/// arrives on the `ws` channel.
+/// Op 5 `DISCONNECT_CLIENT`: closes the recipients' connections (everyone for `["*"]`, minus `excluding`) with
+/// 1000, as Mesa 1.5 nodes do when it arrives on the `ws` channel.
 fn disconnect(
     mesa: &Mesa,
     message: &Frame,
@@ -166,20 +166,14 @@ fn disconnect(
             "op 5 (internal event) supports only t = \"DISCONNECT_CLIENT\"",
         );
     }
-    let excluding = excluding.unwrap_or_default();
-    let ids: Vec<String> = match recipients {
-        Some(ids) if !ids.iter().any(|id| id == "*") => ids
-            .into_iter()
-            .filter(|id| !excluding.contains(id))
-            .collect(),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "DISCONNECT_CLIENT needs explicit recipients (user ids, not \"*\")",
-            )
-        }
-    };
-    mesa.disconnect_users(&ids, 1000, "");
+    // Unlike a send, a missing `recipients` is refused: disconnecting everyone must be asked for with `["*"]`.
+    if recipients.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "DISCONNECT_CLIENT needs recipients: user ids, or [\"*\"] for everyone",
+        );
+    }
+    mesa.disconnect(&Target::from_mesa(recipients, excluding), 1000, "");
     (StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()
 }
 

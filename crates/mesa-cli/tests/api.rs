@@ -135,7 +135,17 @@ async fn disconnect_client_closes_the_named_users() {
         r#"{"message": {"op": 5, "d": {}, "t": "DISCONNECT_CLIENT"}}"#,
     )
     .await;
-    assert_eq!(status, 400, "disconnecting everyone needs explicit ids");
+    assert_eq!(
+        status, 400,
+        "disconnecting everyone must be asked for explicitly"
+    );
+
+    dispatch(
+        &mesa,
+        json!({"message": {"op": 5, "d": {}, "t": "DISCONNECT_CLIENT"}, "recipients": ["*"]}),
+    )
+    .await;
+    assert_eq!(recv_close(&mut all[1]).await.0, 1000);
 }
 
 #[tokio::test]

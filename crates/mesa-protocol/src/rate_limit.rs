@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// How many frames a client may send: `burst` at once, refilled at `per_second`.
+///
+/// A zero in either field turns the limit off (so that a config file, which cannot say "none", can).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RateLimit {
     /// Frames a client may send back to back (the bucket size).
     pub burst: u32,
@@ -30,6 +33,13 @@ pub struct TokenBucket {
     limit: RateLimit,
     tokens: f64,
     updated: Instant,
+}
+
+impl RateLimit {
+    /// Whether the limit applies (both fields non-zero).
+    pub fn is_enabled(&self) -> bool {
+        self.burst > 0 && self.per_second > 0
+    }
 }
 
 impl TokenBucket {

@@ -34,7 +34,7 @@ pub struct SessionRules {
     pub authentication_timeout: Duration,
     /// Dispatches before authentication are refused (close 4003) and the timeout is enforced.
     pub authentication_required: bool,
-    /// The inbound rate limit, or `None` for none.
+    /// The inbound rate limit, or `None` for none (a limit with a zero field is none too).
     pub rate_limit: Option<RateLimit>,
     /// With `enforce_equal_versions`: the version a client must announce in `CLIENT_VERSION`.
     pub required_client_version: Option<String>,
@@ -125,7 +125,10 @@ impl Session {
                 .authentication_required
                 .then(|| now + rules.authentication_timeout),
             authentication_required: rules.authentication_required,
-            rate: rules.rate_limit.map(|limit| TokenBucket::new(limit, now)),
+            rate: rules
+                .rate_limit
+                .filter(RateLimit::is_enabled)
+                .map(|limit| TokenBucket::new(limit, now)),
             required_client_version: rules.required_client_version.clone(),
         }
     }

@@ -141,8 +141,8 @@ pub struct Limits {
     /// Largest text message (after reassembling fragments) and largest single frame, in bytes.
     /// Larger input closes the connection with 1009. Default 65536.
     pub max_message_size: usize,
-    /// Inbound frames per connection, or `None` for no limit. Exceeding it closes with 4008.
-    /// Default: burst 200, 100 per second.
+    /// Inbound frames per connection, or `None` for no limit (as is `burst = 0` or `per_second = 0`, for
+    /// config files). Exceeding it closes with 4008. Default: burst 200, 100 per second.
     pub rate_limit: Option<RateLimit>,
     /// Frames that may wait in one connection's outbound queue. A client that falls further behind is
     /// closed with 4010 instead of buffering without end. Default 1024.

@@ -85,11 +85,21 @@ impl Registry {
         authenticated_only: bool,
     ) -> usize {
         let mut delivered = 0;
-        let mut push = |client: &Client| {
+        self.for_each(target, authenticated_only, |client| {
             if client.send_encoded(text.clone()).is_ok() {
                 delivered += 1;
             }
-        };
+        });
+        delivered
+    }
+
+    /// Calls `f` once for every local connection `target` names (each connection at most once).
+    pub(crate) fn for_each(
+        &self,
+        target: &Target,
+        authenticated_only: bool,
+        mut f: impl FnMut(&Client),
+    ) {
         match &target.recipients {
             Recipients::All => {
                 let excluded: HashSet<ConnectionId> = if target.excluding.is_empty() {
@@ -109,7 +119,7 @@ impl Registry {
                         continue;
                     }
                     if !excluded.contains(&client.connection_id()) {
-                        push(client);
+                        f(client);
                     }
                 }
             }
@@ -121,7 +131,7 @@ impl Registry {
                         continue;
                     }
                     for client in users.get(id).into_iter().flatten() {
-                        push(client);
+                        f(client);
                     }
                 }
             }
@@ -129,21 +139,10 @@ impl Registry {
                 if let Some(client) = read(&self.clients).get(connection_id) {
                     let excluded = client.id().is_some_and(|id| target.excluding.contains(&id));
                     if !excluded {
-                        push(client);
+                        f(client);
                     }
                 }
             }
         }
-        delivered
-    }
-
-    /// Every connection authenticated as one of `ids`.
-    pub(crate) fn clients_of(&self, ids: &[String]) -> Vec<Client> {
-        let users = read(&self.users);
-        ids.iter()
-            .filter_map(|id| users.get(id))
-            .flatten()
-            .cloned()
-            .collect()
     }
 }

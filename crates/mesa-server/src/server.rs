@@ -124,11 +124,20 @@ impl Mesa {
         self.send(frame, &Target::users(ids)).await
     }
 
-    /// Closes every connection of these user ids with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`).
-    pub fn disconnect_users(&self, ids: &[String], code: u16, reason: &str) {
-        for client in self.inner.registry.clients_of(ids) {
+    /// Closes every connection `target` names with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`,
+    /// which uses 1000). Queued frames are written first. Returns how many connections were asked to close.
+    pub fn disconnect(&self, target: &Target, code: u16, reason: &str) -> usize {
+        let mut closed = 0;
+        self.inner.registry.for_each(target, false, |client| {
             client.disconnect(code, reason);
-        }
+            closed += 1;
+        });
+        closed
+    }
+
+    /// Closes every connection of these user ids with `code` and `reason`.
+    pub fn disconnect_users(&self, ids: &[String], code: u16, reason: &str) -> usize {
+        self.disconnect(&Target::users(ids.iter().cloned()), code, reason)
     }
 
     /// The handle of a connection of this node.
