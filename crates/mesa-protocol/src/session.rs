@@ -492,6 +492,32 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_rate_limit_is_no_limit() {
+        let t0 = Instant::now();
+        for limit in [
+            RateLimit {
+                burst: 0,
+                per_second: 10,
+            },
+            RateLimit {
+                burst: 10,
+                per_second: 0,
+            },
+        ] {
+            let mut s = Session::new(
+                &SessionRules {
+                    rate_limit: Some(limit),
+                    ..rules()
+                },
+                t0,
+            );
+            for _ in 0..1000 {
+                assert_eq!(s.on_frame(ack(), t0), Inbound::HeartbeatAck);
+            }
+        }
+    }
+
+    #[test]
     fn flood_is_closed_by_the_rate_limit() {
         let t0 = Instant::now();
         let limited = SessionRules {
