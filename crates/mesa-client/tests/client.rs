@@ -478,3 +478,79 @@ async fn a_silent_server_over_tcp_is_detected_and_replaced() {
     let again = wait_event(&mut events, connected).await;
     assert!(again.automatic_reconnection);
 }
+
+/// End to end on a server that requires authentication (a dispatch before op 2 would be closed with 4003):
+/// sends queued while connecting arrive after authentication and the connection survives. (The exact
+/// rule, nothing before op 22, is pinned by `timing::queued_sends_wait_for_the_authentication_ack` and
+/// `sends_queued_behind_refused_credentials_stay_queued`.)
+#[tokio::test]
+async fn queued_sends_are_delivered_after_authentication_where_it_is_required() {
+    let server = start(echo_server().authentication_required(true)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("ECHO", json!({"n": n})).expect("queued");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match next_event(&mut events).await {
+            Event::Connected(_) => seen.push("connected".to_string()),
+            Event::Authenticated(_) => seen.push("authenticated".to_string()),
+            Event::Message(frame) => seen.push(format!("echo {}", frame.d["n"])),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        ["connected", "authenticated", "echo 0", "echo 1", "echo 2"]
+    );
+    server.stop().await;
+}
+
+/// A server without heartbeats: the client pings, the server's WebSocket layer answers, nothing drops.
+#[tokio::test]
+async fn pings_keep_a_server_without_heartbeats_alive() {
+    let server = start(echo_server().without_heartbeat()).await;
+    let (client, mut events) = Client::builder(server.url())
+        .ping_interval(Some(Duration::from_millis(100)))
+        .heartbeat_slack(Duration::from_millis(150))
+        .build()
+        .expect("build");
+    let hello = wait_event(&mut events, connected).await;
+    assert_eq!(hello.hello.c_heartbeat_interval, None);
+    // Ten ping intervals; silence for 250 ms would have been declared death.
+    expect_no_event(&mut events, Duration::from_millis(1000), |e| {
+        !matches!(e, Event::Disconnected(_) | Event::Connected(_))
+    })
+    .await;
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    server.stop().await;
+}
+
+/// Sends queued behind credentials the server refuses are not sent on that connection: they stay queued.
+#[tokio::test]
+async fn sends_queued_behind_refused_credentials_stay_queued() {
+    let log = Log::default();
+    let on_message = log.clone();
+    let builder = echo_server().on_message(move |_client, frame| {
+        let log = on_message.clone();
+        async move { log.push(frame.d.to_string()) }
+    });
+    let server = start(builder).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "forged"}))
+        .auto_connect(false)
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    client.connect().await.expect("connect");
+    let why = wait_event(&mut events, disconnected).await;
+    assert_eq!((why.code, why.will_reconnect), (1008, false));
+    assert_eq!(client.queued(), 3);
+    assert!(log.entries().is_empty(), "{:?}", log.entries());
+    server.stop().await;
+}

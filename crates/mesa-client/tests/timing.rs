@@ -369,3 +369,34 @@ async fn authentication_times_out_closes_with_4006_and_credentials_are_sent_agai
     send(&mut second, json!({"op": 22, "d": {"id": "slow"}})).await;
     assert!(client.wait_for(mesa_client::Lifecycle::Ready).await);
 }
+
+/// Queued sends wait for op 22, not merely for op 2 to be written.
+#[tokio::test(start_paused = true)]
+async fn queued_sends_wait_for_the_authentication_ack() {
+    let (builder, mut pipes) = client_over_pipes();
+    let (client, _events) = builder
+        .credentials(json!({"token": "t"}))
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    let (mut ws, _) = accept(&mut pipes).await;
+    send(
+        &mut ws,
+        hello(json!({"c_authentication_timeout": 10_000, "rules": []})),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, json!({"op": 2, "d": {"token": "t"}}));
+    // The server takes its time: nothing may arrive before op 22.
+    let early = tokio::time::timeout(5 * SECOND, ws.next()).await;
+    assert!(early.is_err(), "sent before op 22: {early:?}");
+    assert_eq!(client.queued(), 3);
+    send(&mut ws, json!({"op": 22, "d": {}})).await;
+    for n in 0..3 {
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"op": 0, "d": {"n": n}, "t": "SEQ"})
+        );
+    }
+}
