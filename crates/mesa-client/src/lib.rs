@@ -52,12 +52,17 @@
 //! [`AuthenticateError::Refused`] (a 1008 close, which also stops reconnection, or op 9), `TimedOut` (the
 //! Hello's `c_authentication_timeout`; the client then closes with 4006 and reconnects), or
 //! `ConnectionLost`. Credentials and the `Authorization` header never appear in `Debug` output.
+//! Calling `authenticate` again on an authenticated connection sends op 2 again: this project's server
+//! answers with op 22 each time, but a Mesa 1.5 server answers only the first success of a connection, so
+//! there the call times out (and the reconnection that follows applies the new credentials).
 //!
 //! **Reconnection.** After a drop the client waits `uniform(0, min(cap, base × 2ⁿ))`, with `base` the
 //! server's `c_reconnect_interval` (or [`ClientBuilder::reconnect_interval`] until a Hello advertised one),
 //! `n` the attempts since the connection last became `Ready`, and `cap` [`ClientBuilder::reconnect_cap`].
 //! A server close whose code [`mesa_protocol::can_reconnect_code`] rejects (1008 authentication refused,
-//! 1000, 1002, 4002, …) stops it; everything the client detects itself (drops, silence, timeouts) is retried.
+//! 1000, 1002, 4002, …) stops it; everything else is retried: drops, silence, timeouts, refused TCP
+//! connections and HTTP answers other than 101 (a 503 during a deploy, but also a 404 for a wrong path: the
+//! [`Event::ConnectionFailed`] events say why).
 //! Unlike Mesa 1.5, a reconnect interval absent from the Hello does not disable reconnection.
 //!
 //! **Dead servers.** When the Hello advertises `c_heartbeat_interval`, the server's own op 1 cadence is
