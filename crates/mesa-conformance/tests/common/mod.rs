@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,11 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts the binary on a free port and waits until it accepts connections.
     pub fn start() -> Server {
+        Server::start_with(&[], None)
+    }
+
+    /// Like [`Server::start`], with extra environment variables, and the log written to `log` if given.
+    pub fn start_with(env: &[(&str, &str)], log: Option<&Path>) -> Server {
         // Another process may take the port between our probe and the server's bind; then try another.
         for _ in 0..3 {
             let port = free_port();
@@ -41,9 +47,14 @@ impl Server {
             command
                 .env("PORT", port.to_string())
                 .env_remove("REDIS_URL")
+                .env_remove("RUST_LOG")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
-            if std::env::var_os("MESA_CONFORMANCE_TEST_LOG").is_some() {
+            if let Some(log) = log {
+                let file = std::fs::File::create(log).expect("create log file");
+                command.env("NO_COLOR", "1").stderr(file);
+            } else if std::env::var_os("MESA_CONFORMANCE_TEST_LOG").is_some() {
                 command.env("RUST_LOG", "debug").stderr(Stdio::inherit());
             } else {
                 command.stderr(Stdio::null());
