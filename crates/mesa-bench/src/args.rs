@@ -1,0 +1,326 @@
+//! Command-line arguments and their validation.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::target::{Target, TargetError};
+
+/// Load generator for Mesa-protocol WebSocket gateways (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(name = "mesa-bench", version, about)]
+pub struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The scenarios, plus the comparison table.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold N connections open (answering heartbeats) and report the server's RSS per connection.
+    Idle(IdleArgs),
+    /// Broadcast from senders to receivers: deliveries/s, lost, duplicated, latency percentiles.
+    Fanout(FanoutArgs),
+    /// C connections × K ECHO requests in flight: round trips/s and latency percentiles.
+    Echo(EchoArgs),
+    /// Connect + authenticate (+ close) as fast as possible with a given concurrency.
+    Connect(ConnectArgs),
+    /// Prints a side-by-side table (with ratios) of JSON result lines from several servers.
+    Compare(CompareArgs),
+}
+
+/// Settings shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// The server's WebSocket URL; loopback only (127.0.0.0/8, localhost, [::1]).
+    #[arg(long, default_value = "ws://127.0.0.1:4000/")]
+    pub url: String,
+    /// Process id of the server, to read its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Loopback source addresses to spread connections over (127.0.0.1, 127.0.0.2, …); raised
+    /// automatically when the connections need more.
+    #[arg(long, default_value_t = 8)]
+    pub sources: usize,
+    /// Name of this run in the report (default: the scenario).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Label of the server under test in the report (e.g. ours, baseline, node).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Connections opened at once while ramping up.
+    #[arg(long, default_value_t = 200)]
+    pub ramp_concurrency: usize,
+}
+
+/// `idle` settings.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections to hold.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub connections: usize,
+    /// Do not authenticate (default: each connection authenticates as `user:idle-<i>`).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// How long to hold the connections once all are open (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+}
+
+/// `fanout` settings.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections that only receive.
+    #[arg(long, short = 'r', default_value_t = 1000)]
+    pub receivers: usize,
+    /// Connections that send BROADCAST (they receive every broadcast too).
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub senders: usize,
+    /// Size in bytes of each broadcast's `d` (JSON), at least about 30 for the sequence number and timestamp.
+    #[arg(long, short = 'p', default_value_t = 64)]
+    pub payload: usize,
+    /// Broadcasts per second across all senders; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// With --rate 0: broadcasts each sender may have in flight (sent, its own copy not yet back).
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// How long to send.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// After sending stops, how long to wait for the remaining deliveries; what has not arrived then is lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Do not authenticate the connections.
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+/// `echo` settings.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub connections: usize,
+    /// ECHO requests each connection keeps in flight.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub in_flight: usize,
+    /// Size in bytes of each request's `d` (JSON).
+    #[arg(long, short = 'p', default_value_t = 64)]
+    pub payload: usize,
+    /// How long to run.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Do not authenticate the connections.
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+/// `connect` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections being opened at any moment.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub concurrency: usize,
+    /// How long to run.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+/// `compare` settings.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Files of JSON result lines (other lines are skipped); `-` reads stdin.
+    pub files: Vec<String>,
+    /// The label the ratios are computed for.
+    #[arg(long, default_value = "ours")]
+    pub ours: String,
+    /// Labels compared against, in column order.
+    #[arg(long, value_delimiter = ',', default_value = "baseline,node")]
+    pub against: Vec<String>,
+}
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{text:?} is out of range (0 to 24 h)"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidArgs(pub String);
+
+impl std::fmt::Display for InvalidArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidArgs {}
+
+impl From<TargetError> for InvalidArgs {
+    fn from(e: TargetError) -> Self {
+        InvalidArgs(e.to_string())
+    }
+}
+
+fn positive(name: &str, value: usize) -> Result<(), InvalidArgs> {
+    if value == 0 {
+        return Err(InvalidArgs(format!("--{name} must be at least 1")));
+    }
+    Ok(())
+}
+
+impl CommonArgs {
+    /// The target, refused unless it is loopback.
+    pub fn target(&self) -> Result<Target, InvalidArgs> {
+        Ok(Target::parse(&self.url)?)
+    }
+
+    fn validate(&self) -> Result<(), InvalidArgs> {
+        self.target()?;
+        positive("sources", self.sources)?;
+        positive("ramp-concurrency", self.ramp_concurrency)
+    }
+}
+
+impl IdleArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        positive("connections", self.connections)
+    }
+}
+
+impl FanoutArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        positive("senders", self.senders)?;
+        positive("window", self.window)?;
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return Err(InvalidArgs(
+                "--rate must be 0 (as fast as possible) or positive".into(),
+            ));
+        }
+        if self.duration.is_zero() {
+            return Err(InvalidArgs("--duration must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+impl EchoArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        positive("connections", self.connections)?;
+        positive("in-flight", self.in_flight)?;
+        if self.duration.is_zero() {
+            return Err(InvalidArgs("--duration must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+impl ConnectArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        positive("concurrency", self.concurrency)?;
+        if self.duration.is_zero() {
+            return Err(InvalidArgs("--duration must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mesa-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("100000").is_err());
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let Command::Fanout(f) = parse(&["fanout", "-r", "5000", "--rate", "50", "-p", "256"])
+            .unwrap()
+            .command
+        else {
+            panic!("fanout expected")
+        };
+        assert_eq!(f.receivers, 5000);
+        assert_eq!(f.senders, 1);
+        assert_eq!(f.duration, Duration::from_secs(10));
+        assert!(f.validate().is_ok());
+
+        let Command::Fanout(f) = parse(&["fanout", "--rate=-5"]).unwrap().command else {
+            panic!("fanout expected")
+        };
+        assert!(f.validate().is_err());
+
+        let Command::Echo(e) = parse(&["echo", "-k", "0"]).unwrap().command else {
+            panic!("echo expected")
+        };
+        assert!(e.validate().is_err());
+
+        let Command::Idle(i) = parse(&["idle", "--url", "ws://10.1.2.3:4000/"])
+            .unwrap()
+            .command
+        else {
+            panic!("idle expected")
+        };
+        assert!(i.validate().unwrap_err().0.contains("loopback"));
+
+        let Command::Connect(c) = parse(&["connect", "--sources", "0"]).unwrap().command else {
+            panic!("connect expected")
+        };
+        assert!(c.validate().is_err());
+
+        assert!(parse(&["idle", "--hold", "forever"]).is_err());
+        assert!(parse(&["nonsense"]).is_err());
+    }
+}

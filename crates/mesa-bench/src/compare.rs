@@ -1,0 +1,175 @@
+//! The side-by-side table: JSON result lines of several servers (told apart by their `label`), grouped by run
+//! `name`, with the ratio of one server to each of the others.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// The metrics shown for each scenario: (JSON path inside `results`, row title).
+pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
+    match scenario {
+        "idle" => &[
+            (
+                "server_rss_per_conn_bytes",
+                "server RSS per connection (bytes)",
+            ),
+            ("connections_open", "connections open"),
+            ("connections.closed_by_server", "closed by server"),
+        ],
+        "fanout" => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("broadcasts_per_s", "broadcasts/s"),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p90_ms", "latency p90 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("latency.max_ms", "latency max (ms)"),
+            ("lost", "lost"),
+            ("duplicated", "duplicated"),
+            ("server_cpu_pct", "server CPU (% of a core)"),
+            ("generator_cpu_pct", "generator CPU (% of a core)"),
+        ],
+        "echo" => &[
+            ("round_trips_per_s", "round trips/s"),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("server_cpu_pct", "server CPU (% of a core)"),
+            ("generator_cpu_pct", "generator CPU (% of a core)"),
+        ],
+        "connect" => &[
+            ("connects_per_s", "connect+auth/s"),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("failed", "failed"),
+            ("server_cpu_pct", "server CPU (% of a core)"),
+        ],
+        _ => &[],
+    }
+}
+
+/// The report lines among `text` (lines that parse as JSON objects with `"tool":"mesa-bench"`).
+pub fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v["tool"] == "mesa-bench")
+        .collect()
+}
+
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+fn format_value(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "–".into(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.abs() < 100.0 => format!("{f:.2}"),
+            Some(f) => format!("{f:.0}"),
+            None => n.to_string(),
+        },
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `ours / other`, when both are positive numbers.
+pub fn ratio(ours: Option<&Value>, other: Option<&Value>) -> Option<f64> {
+    let a = ours?.as_f64()?;
+    let b = other?.as_f64()?;
+    (a >= 0.0 && b > 0.0).then(|| a / b)
+}
+
+/// A Markdown table: one row per run and metric, one column per label, then `ours/<label>` ratio columns.
+pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
+    let mut names: Vec<(String, String)> = Vec::new();
+    for r in reports {
+        let name = r["name"].as_str().unwrap_or("?").to_string();
+        let scenario = r["scenario"].as_str().unwrap_or("?").to_string();
+        if !names.iter().any(|(n, _)| *n == name) {
+            names.push((name, scenario));
+        }
+    }
+    let find = |name: &str, label: &str| {
+        reports
+            .iter()
+            .rev()
+            .find(|r| r["name"] == name && r["label"] == label)
+    };
+    let mut out = String::new();
+    let _ = write!(out, "| run | metric | {ours} |");
+    for label in against {
+        let _ = write!(out, " {label} |");
+    }
+    for label in against {
+        let _ = write!(out, " {ours}/{label} |");
+    }
+    out.push('\n');
+    out.push_str("|---|---|---:|");
+    for _ in 0..against.len() * 2 {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for (name, scenario) in &names {
+        for (path, title) in metrics(scenario) {
+            let mine = find(name, ours).and_then(|r| lookup(&r["results"], path));
+            let _ = write!(out, "| {name} | {title} | {} |", format_value(mine));
+            let others: Vec<Option<&Value>> = against
+                .iter()
+                .map(|label| find(name, label).and_then(|r| lookup(&r["results"], path)))
+                .collect();
+            for other in &others {
+                let _ = write!(out, " {} |", format_value(*other));
+            }
+            for other in &others {
+                match ratio(mine, *other) {
+                    Some(x) => {
+                        let _ = write!(out, " {x:.2}× |");
+                    }
+                    None => out.push_str(" – |"),
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn builds_a_side_by_side_table() {
+        let text = [
+            "some log line",
+            &json!({"tool":"mesa-bench","scenario":"echo","name":"echo-100x10","label":"ours",
+                "results":{"round_trips_per_s":600000.0,"latency":{"p50_ms":1.0,"p99_ms":2.0}}})
+            .to_string(),
+            &json!({"tool":"mesa-bench","scenario":"echo","name":"echo-100x10","label":"baseline",
+                "results":{"round_trips_per_s":500000.0,"latency":{"p50_ms":1.0,"p99_ms":4.0}}})
+            .to_string(),
+            &json!({"tool":"other"}).to_string(),
+            "{not json",
+        ]
+        .join("\n");
+        let reports = parse_lines(&text);
+        assert_eq!(reports.len(), 2);
+        let t = table(&reports, "ours", &["baseline".into(), "node".into()]);
+        assert!(
+            t.contains("| echo-100x10 | round trips/s | 600000 | 500000 | – | 1.20× | – |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| echo-100x10 | latency p99 (ms) | 2.00 | 4.00 | – | 0.50× | – |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn ratios_need_positive_denominators() {
+        assert_eq!(ratio(Some(&json!(2.0)), Some(&json!(4))), Some(0.5));
+        assert_eq!(ratio(Some(&json!(2.0)), Some(&json!(0))), None);
+        assert_eq!(ratio(None, Some(&json!(1))), None);
+        assert_eq!(ratio(Some(&json!("x")), Some(&json!(1))), None);
+    }
+}

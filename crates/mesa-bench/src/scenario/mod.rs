@@ -1,0 +1,269 @@
+//! The scenarios, and what they share: preparing the connector under the open-files limit, opening many
+//! connections at once (each in its own task, answering heartbeats from the moment it opens), and counting
+//! what went wrong.
+
+pub mod connect;
+pub mod echo;
+pub mod fanout;
+pub mod idle;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::args::{CommonArgs, InvalidArgs};
+use crate::conn::{Conn, Connector};
+use crate::limits::{cap_connections, raise_nofile_limit, Capped};
+use crate::procfs;
+use crate::report::Report;
+use crate::target::{SourceAddrs, MAX_SOURCES};
+
+/// How long the generator waits for all connections of a scenario to open.
+pub const RAMP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A connector sized for a scenario, and the notes about how it was sized.
+#[derive(Debug)]
+pub struct Setup {
+    /// Opens the connections.
+    pub connector: Arc<Connector>,
+    /// The connection count after the open-files cap.
+    pub capped: Capped,
+    /// Remarks for the report (capping, extra source addresses).
+    pub notes: Vec<String>,
+}
+
+/// Raises the open-files limit, caps `connections` to it (saying so on stderr) and picks enough source
+/// addresses.
+pub fn prepare(common: &CommonArgs, connections: usize) -> Result<Setup, InvalidArgs> {
+    let target = common.target()?;
+    let nofile = match raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!("warning: cannot read or raise RLIMIT_NOFILE ({error}); assuming 1024");
+            1024
+        }
+    };
+    let capped = cap_connections(connections, nofile);
+    let mut notes = Vec::new();
+    if let Some(notice) = capped.notice() {
+        eprintln!("{notice}");
+        notes.push(notice);
+    }
+    if capped.granted == 0 {
+        return Err(InvalidArgs(format!(
+            "no connection fits under the open-files limit ({nofile})"
+        )));
+    }
+    let needed = SourceAddrs::needed_for(capped.granted);
+    let count = common.sources.max(needed).min(MAX_SOURCES);
+    if count > common.sources {
+        let note = format!(
+            "using {count} source addresses instead of {} for {} connections",
+            common.sources, capped.granted
+        );
+        eprintln!("{note}");
+        notes.push(note);
+    }
+    let sources = SourceAddrs::new(&target, count);
+    Ok(Setup {
+        connector: Connector::new(target, sources),
+        capped,
+        notes,
+    })
+}
+
+/// Counters of a ramp (opening many connections) and of connections that ended early.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections open (and authenticated when asked).
+    pub opened: AtomicU64,
+    /// Connections that failed to open.
+    pub failed: AtomicU64,
+    /// Open connections the server closed (or dropped) before the scenario ended.
+    pub closed: AtomicU64,
+    /// Heartbeats answered, summed when connections end.
+    pub heartbeats: AtomicU64,
+    /// Frames that could not be read, summed when connections end.
+    pub unreadable: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    close_codes: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ConnStats {
+    /// Counts a failure to open, by kind.
+    pub fn open_failed(&self, label: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.errors).entry(label).or_default() += 1;
+    }
+
+    /// Counts an open connection that the server ended.
+    pub fn closed_by_server(&self, code: Option<u16>) {
+        self.closed.fetch_add(1, Ordering::Relaxed);
+        let key = code.map_or_else(|| "dropped".to_string(), |c| c.to_string());
+        *lock(&self.close_codes).entry(key).or_default() += 1;
+    }
+
+    /// Adds a finished connection's own counters.
+    pub fn finished(&self, conn: &Conn) {
+        self.heartbeats
+            .fetch_add(conn.heartbeats, Ordering::Relaxed);
+        self.unreadable
+            .fetch_add(conn.unreadable, Ordering::Relaxed);
+    }
+
+    /// Opened plus failed.
+    pub fn attempted(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The counters as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "opened": self.opened.load(Ordering::Relaxed),
+            "open_failed": self.failed.load(Ordering::Relaxed),
+            "open_errors": *lock(&self.errors),
+            "closed_by_server": self.closed.load(Ordering::Relaxed),
+            "close_codes": *lock(&self.close_codes),
+            "heartbeats_answered": self.heartbeats.load(Ordering::Relaxed),
+            "unreadable_frames": self.unreadable.load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spawns `count` connection tasks. Each opens a connection (at most `ramp` at a time), authenticates as
+/// `user:<token_prefix><index>` when a prefix is given, then runs `role(index, conn)`.
+pub fn spawn_connections<F, Fut>(
+    connector: &Arc<Connector>,
+    count: usize,
+    ramp: usize,
+    token_prefix: Option<&str>,
+    stats: &Arc<ConnStats>,
+    role: F,
+) -> JoinSet<()>
+where
+    F: Fn(usize, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let semaphore = Arc::new(Semaphore::new(ramp.max(1)));
+    let mut tasks = JoinSet::new();
+    for index in 0..count {
+        let connector = connector.clone();
+        let semaphore = semaphore.clone();
+        let stats = stats.clone();
+        let role = role.clone();
+        let token = token_prefix.map(|prefix| format!("user:{prefix}{index}"));
+        tasks.spawn(async move {
+            let opened = {
+                let Ok(_permit) = semaphore.acquire().await else {
+                    return;
+                };
+                open_one(&connector, token.as_deref()).await
+            };
+            match opened {
+                Ok(conn) => {
+                    stats.opened.fetch_add(1, Ordering::Relaxed);
+                    role(index, conn).await;
+                }
+                Err(error) => stats.open_failed(error.label()),
+            }
+        });
+    }
+    tasks
+}
+
+async fn open_one(
+    connector: &Connector,
+    token: Option<&str>,
+) -> Result<Conn, crate::conn::OpenError> {
+    let mut conn = connector.open().await?;
+    if let Some(token) = token {
+        conn.authenticate(token).await?;
+    }
+    Ok(conn)
+}
+
+/// Waits (printing progress) until every connection of a ramp opened or failed, at most [`RAMP_TIMEOUT`].
+/// Returns how long the ramp took.
+pub async fn wait_for_ramp(stats: &ConnStats, count: usize, label: &str) -> Duration {
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    while (stats.attempted() as usize) < count && start.elapsed() < RAMP_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "[{label} ramp {:>4.0}s] open {}/{count}, failed {}",
+                start.elapsed().as_secs_f64(),
+                stats.opened.load(Ordering::Relaxed),
+                stats.failed.load(Ordering::Relaxed)
+            );
+        }
+    }
+    start.elapsed()
+}
+
+/// Waits for the connection tasks to finish (they were told to stop), at most `limit`; aborts the rest.
+pub async fn join_all(mut tasks: JoinSet<()>, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
+    tasks.abort_all();
+}
+
+/// The server's RSS in KiB, when a pid was given and is readable.
+pub fn server_rss(common: &CommonArgs) -> Option<u64> {
+    common.server_pid.and_then(|pid| procfs::rss_kib(pid).ok())
+}
+
+/// Starts measuring the server's CPU time, when a pid was given.
+pub fn server_cpu(common: &CommonArgs) -> Option<procfs::CpuMeter> {
+    common.server_pid.map(procfs::CpuMeter::start)
+}
+
+/// Starts measuring the generator's own CPU time.
+pub fn own_cpu() -> procfs::CpuMeter {
+    procfs::CpuMeter::start(std::process::id())
+}
+
+/// A report with the fields every scenario fills the same way.
+pub fn report(
+    scenario: &'static str,
+    common: &CommonArgs,
+    url: &str,
+    params: Value,
+    results: Value,
+    notes: Vec<String>,
+) -> Report {
+    Report {
+        tool: "mesa-bench",
+        scenario,
+        name: common.name.clone().unwrap_or_else(|| scenario.to_string()),
+        label: common.label.clone(),
+        target: url.to_string(),
+        server_pid: common.server_pid,
+        params,
+        results,
+        notes,
+    }
+}
+
+/// Microseconds since `epoch`, the time base of the timestamps in probe payloads.
+pub fn micros_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A CPU percentage rounded for the report, or `null`.
+pub fn cpu_json(meter: Option<procfs::CpuMeter>) -> Value {
+    meter
+        .and_then(|m| m.percent())
+        .map_or(Value::Null, |p| json!(crate::report::round3(p)))
+}

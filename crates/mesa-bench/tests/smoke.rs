@@ -1,0 +1,161 @@
+//! Smoke runs of every scenario against in-process servers: the thin baseline and a mesa-server app with the
+//! conformance contract. Short (about a second each) and small; they prove the tools work, not how fast.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mesa_bench::args::{Cli, Command};
+use mesa_bench::baseline::{self, Baseline};
+use mesa_bench::report::Report;
+use mesa_bench::scenario;
+use mesa_server::{AuthError, Frame, Identity, Mesa, Target};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+async fn run(args: &[&str]) -> Report {
+    let cli = Cli::try_parse_from(std::iter::once("mesa-bench").chain(args.iter().copied()))
+        .expect("valid arguments");
+    let outcome = match &cli.command {
+        Command::Idle(a) => scenario::idle::run(a).await,
+        Command::Fanout(a) => scenario::fanout::run(a).await,
+        Command::Echo(a) => scenario::echo::run(a).await,
+        Command::Connect(a) => scenario::connect::run(a).await,
+        Command::Compare(_) => panic!("not a scenario"),
+    };
+    let report = outcome.expect("scenario runs");
+    // The machine-readable line is one line of JSON.
+    let line = report.json_line();
+    assert!(!line.contains('\n'));
+    let _: Value = serde_json::from_str(&line).expect("JSON line");
+    report
+}
+
+async fn start_baseline() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/", listener.local_addr().expect("address"));
+    tokio::spawn(baseline::serve(
+        listener,
+        Arc::new(Baseline::default()),
+        std::future::pending(),
+    ));
+    url
+}
+
+/// mesa-server with the conformance contract's settings and handlers (ECHO, BROADCAST).
+async fn start_mesa_server() -> String {
+    let mesa = Mesa::builder()
+        .heartbeat(Duration::from_millis(1000), 2)
+        .rate_limit(None)
+        .authenticate(|data, _client| async move {
+            let id = data["token"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("user:"))
+                .filter(|id| !id.is_empty())
+                .map(str::to_string);
+            match id {
+                Some(id) => Ok(Identity::new(
+                    id.clone(),
+                    json!({"id": id, "name": format!("User {id}")}),
+                )),
+                None => Err(AuthError::new("invalid token")),
+            }
+        })
+        .on_message(|client, frame| async move {
+            match frame.t.as_deref() {
+                Some("ECHO") => {
+                    let _ = client.send(&Frame::dispatch("ECHO", frame.d));
+                }
+                Some("BROADCAST") => {
+                    if let Some(mesa) = client.server() {
+                        let _ = mesa
+                            .send(&Frame::dispatch("BROADCAST", frame.d), &Target::all())
+                            .await;
+                    }
+                }
+                _ => {}
+            }
+        })
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/", listener.local_addr().expect("address"));
+    tokio::spawn(async move { mesa.serve(listener, std::future::pending()).await });
+    url
+}
+
+fn u64_at(report: &Report, path: &str) -> u64 {
+    path.split('.')
+        .fold(&report.results, |v, k| &v[k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} in {}", report.results))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_and_fanout_against_the_baseline() {
+    let url = start_baseline().await;
+    let echo = run(&["echo", "--url", &url, "-c", "4", "-k", "2", "-d", "1s"]).await;
+    assert!(u64_at(&echo, "round_trips") > 0);
+    assert_eq!(u64_at(&echo, "connections.closed_by_server"), 0);
+
+    let fanout = run(&[
+        "fanout", "--url", &url, "-r", "20", "-s", "2", "-d", "1s", "--drain", "3s",
+    ])
+    .await;
+    assert!(u64_at(&fanout, "broadcasts_sent") > 0);
+    assert_eq!(u64_at(&fanout, "lost"), 0, "{}", fanout.results);
+    assert_eq!(u64_at(&fanout, "duplicated"), 0);
+    assert_eq!(
+        u64_at(&fanout, "delivered"),
+        u64_at(&fanout, "broadcasts_sent") * 22
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_against_mesa_server() {
+    let url = start_mesa_server().await;
+    let pid = std::process::id().to_string();
+
+    let idle = run(&[
+        "idle",
+        "--url",
+        &url,
+        "-n",
+        "30",
+        "--hold",
+        "200ms",
+        "--server-pid",
+        &pid,
+        "--sources",
+        "2",
+    ])
+    .await;
+    assert_eq!(u64_at(&idle, "connections_open"), 30);
+    assert!(idle.results["server_rss_per_conn_bytes"].is_number());
+    // The hold lasts past a heartbeat: every connection answered at least one.
+    assert!(u64_at(&idle, "connections.heartbeats_answered") >= 30);
+
+    let fanout = run(&[
+        "fanout", "--url", &url, "-r", "10", "--rate", "50", "-p", "256", "-d", "1s",
+    ])
+    .await;
+    assert!(u64_at(&fanout, "broadcasts_sent") >= 40);
+    assert_eq!(u64_at(&fanout, "lost"), 0, "{}", fanout.results);
+
+    let echo = run(&["echo", "--url", &url, "-c", "3", "-k", "3", "-d", "500ms"]).await;
+    assert!(u64_at(&echo, "round_trips") > 0);
+
+    let connect = run(&["connect", "--url", &url, "-c", "4", "-d", "500ms"]).await;
+    assert!(u64_at(&connect, "authenticated") > 0);
+    assert_eq!(u64_at(&connect, "failed"), 0, "{}", connect.results);
+}
+
+#[tokio::test]
+async fn non_loopback_targets_are_refused_before_connecting() {
+    let cli =
+        Cli::try_parse_from(["mesa-bench", "echo", "--url", "ws://192.168.1.1:4000/"]).unwrap();
+    let Command::Echo(args) = cli.command else {
+        unreachable!()
+    };
+    let error = scenario::echo::run(&args).await.unwrap_err();
+    assert!(error.to_string().contains("loopback"), "{error}");
+}
