@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesa_protocol::RateLimit;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -54,9 +55,17 @@ pub struct ClientBuilder {
     write_timeout: Duration,
     max_message_size: usize,
     client_version: Option<String>,
+    send_rate: Option<RateLimit>,
     tls: Option<Arc<rustls::ClientConfig>>,
     dial: Option<Dial>,
 }
+
+/// The default pace of outgoing frames: below the server's default inbound limit (burst 200, 100 per
+/// second), with room for heartbeat answers and for bunching on the way.
+pub const DEFAULT_SEND_RATE: RateLimit = RateLimit {
+    burst: 150,
+    per_second: 80,
+};
 
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,6 +86,7 @@ impl fmt::Debug for ClientBuilder {
             .field("heartbeat_slack", &self.heartbeat_slack)
             .field("ping_interval", &self.ping_interval)
             .field("client_version", &self.client_version)
+            .field("send_rate", &self.send_rate)
             .field("custom_tls", &self.tls.is_some())
             .field("custom_dial", &self.dial.is_some())
             .finish_non_exhaustive()
@@ -104,6 +114,7 @@ impl ClientBuilder {
             write_timeout: Duration::from_secs(10),
             max_message_size: 16 << 20,
             client_version: None,
+            send_rate: Some(DEFAULT_SEND_RATE),
             tls: None,
             dial: None,
         }
@@ -226,6 +237,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Paces every frame the client sends (queued sends, and also op 2 and heartbeat answers, which count
+    /// against the same server limit): at most `burst` back to back, then `per_second`. A server closes a
+    /// client that exceeds its inbound rate limit (4008), and frames written before the close are lost, so
+    /// flushing a long queue after a reconnection must not outrun it. `None` (or a zero field) sends as fast
+    /// as the socket takes. Default: burst 150, 80 per second ([`DEFAULT_SEND_RATE`]), under this project's
+    /// server default (200, 100 per second); match a server configured lower.
+    pub fn send_rate(mut self, limit: Option<RateLimit>) -> Self {
+        self.send_rate = limit;
+        self
+    }
+
     /// The rustls configuration for `wss://` URLs (custom roots, client certificates). Default: the
     /// webpki (Mozilla) roots with the ring provider.
     pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
@@ -337,6 +359,7 @@ impl ClientBuilder {
             write_timeout: self.write_timeout,
             max_message_size: self.max_message_size,
             client_version: self.client_version,
+            send_rate: self.send_rate.filter(RateLimit::is_enabled),
         })
     }
 }
@@ -378,6 +401,7 @@ pub(crate) struct Config {
     pub(crate) write_timeout: Duration,
     max_message_size: usize,
     pub(crate) client_version: Option<String>,
+    pub(crate) send_rate: Option<RateLimit>,
 }
 
 impl Config {

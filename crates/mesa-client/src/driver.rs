@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use mesa_protocol::session::CLIENT_VERSION_EVENT;
-use mesa_protocol::{can_reconnect_code, rules, CloseCode, Frame, Hello, OpCode};
+use mesa_protocol::{can_reconnect_code, rules, CloseCode, Frame, Hello, OpCode, TokenBucket};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -123,6 +123,12 @@ struct Connection {
     /// Credentials were sent on this connection and not answered yet.
     auth_sent: bool,
     write_timeout: Duration,
+    /// The client's estimate of the server's inbound rate limit (`None`: no pacing).
+    pace: Option<TokenBucket>,
+    /// A token taken from `pace` for the next queued frame.
+    token: bool,
+    /// No token before this instant.
+    pace_until: Option<Instant>,
 }
 
 impl Connection {
@@ -132,10 +138,33 @@ impl Connection {
             .liveness
             .as_ref()
             .map(|l| Instant::from_std(l.next_deadline()));
-        [hello, self.auth_deadline, liveness]
+        let pace = (self.phase == Lifecycle::Ready)
+            .then_some(self.pace_until)
+            .flatten();
+        [hello, self.auth_deadline, liveness, pace]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Whether a queued frame may be sent now (holding a token from the pace bucket when pacing).
+    fn may_send(&mut self, now: Instant) -> bool {
+        let Some(bucket) = self.pace.as_mut() else {
+            return true;
+        };
+        if self.token {
+            return true;
+        }
+        if self.pace_until.is_some_and(|at| now < at) {
+            return false;
+        }
+        if bucket.try_take(now.into_std()) {
+            self.token = true;
+            self.pace_until = None;
+        } else {
+            self.pace_until = Some(now + bucket.time_to_next());
+        }
+        self.token
     }
 
     fn heard(&mut self, now: Instant) {
@@ -156,8 +185,19 @@ impl Connection {
         }
     }
 
+    /// Writes a frame of the client's own (op 2, op 11, the version): it is not held back, but it counts
+    /// against the pace like everything the server receives.
     async fn write_frame(&mut self, frame: &Frame) -> Result<(), End> {
+        if let Some(bucket) = self.pace.as_mut() {
+            let _ = bucket.try_take(Instant::now().into_std());
+        }
         self.write(Message::Text(frame.encode().into())).await
+    }
+
+    /// Writes a queued frame with the token `may_send` took.
+    async fn write_queued(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.token = false;
+        self.write(Message::Text(text)).await
     }
 
     /// Sends a close frame and waits (briefly) for the server's answer.
@@ -368,11 +408,18 @@ impl Driver {
             auth_deadline: None,
             auth_sent: false,
             write_timeout: self.config.write_timeout,
+            pace: self
+                .config
+                .send_rate
+                .map(|limit| TokenBucket::new(limit, Instant::now().into_std())),
+            token: false,
+            pace_until: None,
         };
         let end = loop {
             let stalled = self.events.is_stalled();
+            // Before the deadline: when no token is left, `may_send` sets the time of the next one.
+            let ready = conn.phase == Lifecycle::Ready && conn.may_send(Instant::now());
             let deadline = conn.next_deadline();
-            let ready = conn.phase == Lifecycle::Ready;
             let step = tokio::select! {
                 biased;
                 command = self.commands.recv() => self.on_command(&mut conn, command).await,
@@ -385,7 +432,7 @@ impl Driver {
                 }
                 message = conn.socket.next(), if !stalled => self.on_socket(&mut conn, message).await,
                 text = self.outbox.recv(), if ready => match text {
-                    Some(text) => conn.write(Message::Text(text)).await.err(),
+                    Some(text) => conn.write_queued(text).await.err(),
                     None => Some(End::HandlesDropped),
                 },
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)),

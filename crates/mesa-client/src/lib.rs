@@ -75,7 +75,9 @@
 //! **Sends.** [`Client::send`] never waits: the frame joins a bounded queue ([`ClientBuilder::queue_capacity`],
 //! default 1024), or the call fails with [`SendError::QueueFull`]. The queue is drained only in `Ready`
 //! — after op 22 when the client has credentials (Mesa 1.5 flushed before authenticating). Order is kept
-//! across reconnections. Delivery is at most once: a frame written to a socket that then turns out to be
+//! across reconnections. Everything the client sends is paced by [`ClientBuilder::send_rate`] (default
+//! burst 150, then 80 per second), under the server's default inbound rate limit, so that flushing a long
+//! queue does not get the client closed with 4008 and lose the frames already written. Delivery is at most once: a frame written to a socket that then turns out to be
 //! dead is not sent again, since the protocol has no acknowledgements to tell whether it arrived.
 //!
 //! **Events.** [`Events`] is a bounded [`Stream`](futures_util::Stream). If the application stops
@@ -93,11 +95,11 @@ mod transport;
 
 pub use backoff::{Backoff, Jitter};
 pub use client::{Client, Lifecycle};
-pub use config::ClientBuilder;
+pub use config::{ClientBuilder, DEFAULT_SEND_RATE};
 pub use error::{AuthenticateError, ConnectError, ConnectErrorKind, SendError};
 pub use event::{Connected, ConnectionFailed, Disconnected, Event, Events};
 pub use liveness::{Liveness, LivenessAction, Probe};
-pub use mesa_protocol::{Frame, Hello, OpCode};
+pub use mesa_protocol::{Frame, Hello, OpCode, RateLimit};
 /// The rustls version [`ClientBuilder::tls_config`] takes.
 pub use rustls;
 

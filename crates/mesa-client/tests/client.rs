@@ -554,3 +554,32 @@ async fn sends_queued_behind_refused_credentials_stay_queued() {
     assert!(log.entries().is_empty(), "{:?}", log.entries());
     server.stop().await;
 }
+
+/// 300 frames queued while disconnected reach a server with the default inbound rate limit (burst 200),
+/// all of them, in order, without a 4008 close.
+#[tokio::test]
+async fn a_long_queue_reaches_a_rate_limited_server_in_full() {
+    let log = Log::default();
+    let on_message = log.clone();
+    let builder = echo_server().on_message(move |_client, frame| {
+        let log = on_message.clone();
+        async move { log.push(frame.d["n"].to_string()) }
+    });
+    let server = start(builder).await;
+    let (client, mut events) = Client::builder(server.url())
+        .auto_connect(false)
+        .build()
+        .expect("build");
+    for n in 0..300 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    client.connect().await.expect("connect");
+    let entries = log.wait_until("300 frames", |l| l.len() == 300).await;
+    let expected: Vec<String> = (0..300).map(|n| n.to_string()).collect();
+    assert_eq!(entries, expected);
+    expect_no_event(&mut events, Duration::from_millis(100), |e| {
+        !matches!(e, Event::Disconnected(_))
+    })
+    .await;
+    server.stop().await;
+}

@@ -400,3 +400,50 @@ async fn queued_sends_wait_for_the_authentication_ack() {
         );
     }
 }
+
+/// Flushing a long queue is paced under the server's default inbound rate limit: a server-side token
+/// bucket with mesa-server's default limit accepts every frame.
+#[tokio::test(start_paused = true)]
+async fn a_long_queue_is_flushed_under_the_servers_rate_limit() {
+    use mesa_protocol::{RateLimit, TokenBucket};
+
+    let (builder, mut pipes) = client_over_pipes();
+    let (client, _events) = builder.queue_capacity(1000).build().expect("build");
+    for n in 0..400 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    let (mut ws, _) = accept(&mut pipes).await;
+    let start = Instant::now();
+    send(
+        &mut ws,
+        hello(json!({"c_heartbeat_interval": 1000, "rules": []})),
+    )
+    .await;
+    let mut server_limit = TokenBucket::new(RateLimit::default(), start.into_std());
+    let mut next = 0;
+    let mut beat = start + SECOND;
+    while next < 400 {
+        // The server's heartbeats go on meanwhile; their answers count against the limit too.
+        let frame = tokio::select! {
+            frame = recv(&mut ws) => frame,
+            () = tokio::time::sleep_until(beat) => {
+                beat += SECOND;
+                send(&mut ws, json!({"op": 1, "d": {}})).await;
+                continue;
+            }
+        };
+        assert!(
+            server_limit.try_take(Instant::now().into_std()),
+            "frame {frame} at {:?} would be rate limited",
+            Instant::now() - start
+        );
+        if frame["op"] == 0 {
+            assert_eq!(frame["d"]["n"], next);
+            next += 1;
+        }
+    }
+    let took = Instant::now() - start;
+    // 150 at once, then 80 per second (less the heartbeat answers' share).
+    assert!(took >= Duration::from_millis(3100), "{took:?}");
+    assert!(took <= Duration::from_millis(3300), "{took:?}");
+}
