@@ -14,7 +14,8 @@
 //! ```
 //!
 //! The outbox (queued sends) is read only in `Ready`, which is what makes queued frames wait for
-//! re-authentication. Timing decisions are delegated to the pure [`Backoff`] and [`Liveness`].
+//! re-authentication, and only when the pace (`TokenBucket`) has a token. Timing decisions are delegated
+//! to the pure [`Backoff`] and [`Liveness`].
 
 use std::sync::Arc;
 use std::time::Duration;
