@@ -192,13 +192,10 @@ async fn broadcast_reaches_every_connection_including_unauthenticated_and_sender
     }
 }
 
-/// Regression test for a `mesa-server` race: the connection task writes Hello and only then inserts the
-/// connection into the registry, so a broadcast sent by another connection just after this one read its Hello
-/// is sometimes never delivered to it (1 to 5% of tries on a 2-core machine under CPU load, rarely when idle).
-/// Ignored until the library registers connections before writing Hello; run it with
-/// `cargo test -p mesa-conformance --test conformance -- --ignored`.
+/// Regression test for a `mesa-server` race (fixed): the connection task used to write Hello and only then
+/// insert the connection into the registry, so a broadcast sent just after a client read its Hello was
+/// sometimes never delivered to it (1 to 5% of tries on a 2-core machine under CPU load).
 #[tokio::test]
-#[ignore = "mesa-server registers a connection only after writing its Hello"]
 async fn broadcast_reaches_a_connection_right_after_its_hello() {
     let server = Server::start();
     let mut sender = connect_as(&server, "sender").await;

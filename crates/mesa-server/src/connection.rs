@@ -70,13 +70,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async fn run(&mut self) {
-        let hello = self.inner.hello.clone();
-        if self.write(vec![hello]).await.is_err() {
-            return;
-        }
         let inner = self.inner.clone();
+        // Registered before Hello is written, so that a client that has read its Hello already receives every
+        // send. Frames queued meanwhile wait in the outbox, which is drained only after Hello.
         inner.registry.insert(self.client.clone());
         inner.metrics.connection_opened();
+        let hello = self.inner.hello.clone();
+        if self.write(vec![hello]).await.is_err() {
+            inner.registry.remove(&self.client);
+            inner.metrics.connection_closed(None);
+            return;
+        }
         inner.hooks.connection(&self.client).await;
 
         let end = self.serve().await;
@@ -212,6 +216,11 @@ where
                 match timeout(limit, check(data, self.client.clone())).await {
                     Ok(Ok(identity)) => Ok(identity),
                     Ok(Err(refusal)) => Err(refusal.reason().to_string()),
+                    // A slow check is the server's problem, not a refusal: the client may retry later.
+                    Err(_) if config.disconnect_on_fail => {
+                        let reason = "authentication check timed out".to_string();
+                        return Some(End::Close(CloseCode::TryAgainLater.code(), reason));
+                    }
                     Err(_) => Err("authentication check timed out".to_string()),
                 }
             }

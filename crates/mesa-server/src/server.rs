@@ -175,10 +175,18 @@ impl Mesa {
     /// (reconnect) and a 1012 close, and this waits for the connection tasks to finish, at most
     /// `shutdown_timeout_ms`. Returns `true` when every task finished in time.
     pub async fn shutdown(&self) -> bool {
+        self.shutdown_until(tokio::time::Instant::now() + self.shutdown_timeout())
+            .await
+    }
+
+    pub(crate) fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.shutdown_timeout_ms)
+    }
+
+    pub(crate) async fn shutdown_until(&self, deadline: tokio::time::Instant) -> bool {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
-        let deadline = Duration::from_millis(self.inner.config.shutdown_timeout_ms);
-        tokio::time::timeout(deadline, self.inner.tasks.wait())
+        tokio::time::timeout_at(deadline, self.inner.tasks.wait())
             .await
             .is_ok()
     }

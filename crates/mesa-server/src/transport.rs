@@ -118,11 +118,12 @@ impl Mesa {
         }
         drop(listener);
         tracing::info!("shutting down");
+        // One deadline for everything: WebSocket clients and plain HTTP requests drain in parallel.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout();
         stop_http.cancel();
         http_tasks.close();
-        let finished = self.shutdown().await;
-        let deadline = Duration::from_millis(self.config().shutdown_timeout_ms);
-        let _ = tokio::time::timeout(deadline, http_tasks.wait()).await;
+        let finished = self.shutdown_until(deadline).await;
+        let _ = tokio::time::timeout_at(deadline, http_tasks.wait()).await;
         if !finished {
             tracing::warn!("some connections did not close before the shutdown deadline");
         }

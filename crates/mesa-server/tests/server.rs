@@ -550,3 +550,21 @@ async fn disconnect_users_closes_every_device_of_those_users_only() {
     assert_echo_works(&mut other).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_authentication_check_closes_with_1013_not_1008() {
+    let builder = Mesa::builder()
+        .authentication_timeout(Duration::from_millis(200))
+        .authenticate(|_data, _client| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(Identity::new("late", json!({})))
+        });
+    let server = start(builder).await;
+    let (mut ws, _) = connect_hello(&server).await;
+    send(&mut ws, json!({"op": 2, "d": {"token": "x"}})).await;
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (1013, "authentication check timed out".to_string())
+    );
+    server.stop().await;
+}
