@@ -17,8 +17,8 @@ pub(crate) const HEARTBEAT_MAX_ATTEMPTS: u32 = 2;
 pub(crate) const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 /// Authentication timeout announced in Hello (authentication is optional, so it is not enforced).
 pub(crate) const AUTHENTICATION_TIMEOUT: Duration = Duration::from_millis(2000);
-/// How long a graceful shutdown waits for clients to finish the closing handshake. The library may wait
-/// this long twice (connections, then HTTP tasks), so 400 ms keeps a SIGTERM under a second.
+/// How long a graceful shutdown waits for clients to finish the closing handshake: 400 ms keeps a SIGTERM
+/// under a second even when clients never answer the close.
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Dispatch type echoed back to its sender.
