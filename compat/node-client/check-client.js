@@ -11,10 +11,17 @@
 //   --expect-user JSON|any     the user object op 22 must carry, compared exactly. Default: for a token
 //                              "user:<id>", {"id":"<id>","name":"User <id>"} (the conformance app); otherwise
 //                              "any", which accepts any JSON object
-//   --echo-type T              dispatch type sent for the echo check (default ECHO)
+//   --echo-type T|none         dispatch type sent for the echo check (default ECHO); none skips it
 //   --echo-reply-type T        dispatch type expected back, carrying the same d (default: the --echo-type)
 //   --broadcast-type T|none    dispatch type sent for the broadcast check (default BROADCAST); none skips it
 //   --broadcast-reply-type T   dispatch type expected back, same d (default: the --broadcast-type)
+//   --expect-pushed T          after the other checks, send one dispatch (--send-type) and then wait for a
+//                              dispatch of type T (any d) that the server pushes on its own, e.g. a backend's
+//                              POST /api/send. Only a T that arrives after the sent dispatch counts, so the
+//                              backend must push after that (for example repeatedly). Default (or none): no
+//                              push check
+//   --send-type T|none         dispatch type the push check sends first (default CLIENT_HELLO); its d is
+//                              {"check":"send","nonce":...}; none sends nothing and only waits for the push
 //   --beats N                  heartbeat intervals to stay connected before authenticating (default 6);
 //                              at least N heartbeats must arrive and be answered; 0 skips the check
 //   --timeout MS               time limit for the whole run (default 20000)
@@ -23,7 +30,8 @@
 // Steps: connect; wait for the client's 'connected' event and the server's Hello; stay connected N + 1/2
 // heartbeat intervals (the interval is the Hello's c_heartbeat_interval) while the client answers every op 1,
 // checking that no op 1 reports missed beats and that the connection is not dropped; authenticate (op 2 -> op 22)
-// and check the user object; send the echo dispatch and receive it back; send the broadcast and receive it.
+// and check the user object; send the echo dispatch and receive it back; send the broadcast and receive it;
+// with --expect-pushed, send the --send-type dispatch and wait for a pushed dispatch of type T.
 //
 // Output: on success one JSON line on stdout ({"ok":true,...}) and exit status 0. On any failure, disconnection
 // or timeout: a message on stderr, a JSON line {"ok":false,"phase":...,"error":...} on stdout, exit status 1.
@@ -35,7 +43,8 @@ const { isDeepStrictEqual } = require('util')
 const { Client, Message } = require('@cryb/mesa')
 
 const USAGE = 'usage: node check-client.js <url> <auth> [--expect-user JSON|any] [--echo-type T] ' +
-  '[--echo-reply-type T] [--broadcast-type T|none] [--broadcast-reply-type T] [--beats N] [--timeout MS] [--verbose]'
+  '[--echo-reply-type T] [--broadcast-type T|none] [--broadcast-reply-type T] [--expect-pushed T] ' +
+  '[--send-type T|none] [--beats N] [--timeout MS] [--verbose]'
 
 function usage (message) {
   process.stderr.write(`check-client: ${message}\n${USAGE}\n`)
@@ -50,6 +59,8 @@ function parseArgs (argv) {
     echoReplyType: undefined,
     broadcastType: 'BROADCAST',
     broadcastReplyType: undefined,
+    expectPushed: undefined,
+    sendType: 'CLIENT_HELLO',
     beats: 6,
     timeout: 20000,
     verbose: false
@@ -60,6 +71,8 @@ function parseArgs (argv) {
     '--echo-reply-type': 'echoReplyType',
     '--broadcast-type': 'broadcastType',
     '--broadcast-reply-type': 'broadcastReplyType',
+    '--expect-pushed': 'expectPushed',
+    '--send-type': 'sendType',
     '--beats': 'beats',
     '--timeout': 'timeout'
   }
@@ -110,6 +123,7 @@ function parseArgs (argv) {
   }
   if (options.echoReplyType === undefined) options.echoReplyType = options.echoType
   if (options.broadcastReplyType === undefined) options.broadcastReplyType = options.broadcastType
+  if (options.expectPushed === 'none') options.expectPushed = undefined
   return { url, auth, options }
 }
 
@@ -170,6 +184,24 @@ async function roundTrip (sendType, replyType, what) {
   client.send(new Message(0, d, sendType))
   await reply
   return { type: sendType, reply_type: replyType, round_trip_ms: Date.now() - sentAt }
+}
+
+// Sends one dispatch of type `sendType` (unless it is 'none'), then waits for a dispatch of type `pushedType`.
+async function sendAndAwaitPush (sendType, pushedType) {
+  const sentAt = Date.now()
+  // Listening before sending: a push written right after the server read the dispatch is not missed.
+  const pushed = waitFor(client, 'message', message =>
+    message.opcode === 0 && message.type === pushedType ? message : undefined)
+  const result = { pushed_type: pushedType }
+  if (sendType !== 'none') {
+    const d = { check: 'send', nonce: `send-${process.pid}-${Date.now()}` }
+    client.send(new Message(0, d, sendType))
+    result.sent = { type: sendType, d }
+  }
+  const message = await pushed
+  result.pushed_d = message.data === undefined ? null : message.data
+  result.wait_ms = Date.now() - sentAt
+  return result
 }
 
 async function main () {
@@ -246,12 +278,19 @@ async function main () {
   if (!client.authenticated) fail('the client does not consider itself authenticated after op 22')
   summary.user = user
 
-  phase = 'echo'
-  summary.echo = await roundTrip(options.echoType, options.echoReplyType, 'echo')
+  if (options.echoType !== 'none') {
+    phase = 'echo'
+    summary.echo = await roundTrip(options.echoType, options.echoReplyType, 'echo')
+  }
 
   if (options.broadcastType !== 'none') {
     phase = 'broadcast'
     summary.broadcast = await roundTrip(options.broadcastType, options.broadcastReplyType, 'broadcast')
+  }
+
+  if (options.expectPushed !== undefined) {
+    phase = 'push'
+    summary.push = await sendAndAwaitPush(options.sendType, options.expectPushed)
   }
 
   phase = 'done'
