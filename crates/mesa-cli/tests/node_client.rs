@@ -4,10 +4,10 @@
 //!
 //! Needs `node` and `npm` on `PATH` (the test fails without them, it is never skipped). On a fresh clone the
 //! first run installs `compat/node-client/node_modules` with `npm ci`, guarded across processes together with
-//! `mesa-conformance`'s `node_client` test (see `compat/node-client/node_harness.rs`).
+//! `mesa-conformance`'s `node_client` test (see `compat/node_harness.rs`).
 
 mod common;
-#[path = "../../../compat/node-client/node_harness.rs"]
+#[path = "../../../compat/node_harness.rs"]
 mod node_harness;
 
 use std::time::{Duration, Instant};

@@ -4,11 +4,13 @@
 //! a lock directory against concurrent runs). Fails, with a message saying so, when they are missing.
 
 mod common;
+#[path = "../../../compat/node_harness.rs"]
+mod node_harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
@@ -22,75 +24,6 @@ const HEARTBEAT_MS: u64 = 300;
 
 fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compat/node-server")
-}
-
-fn require(tool: &str) {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "`{tool}` is required by the Node interop test (it runs the Mesa 1.5 server in compat/node-server); \
-         install Node.js 18+ with npm"
-    );
-}
-
-/// Removes the lock directory when dropped.
-struct NpmLock(PathBuf);
-
-impl Drop for NpmLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Runs `npm ci` in compat/node-server unless `@cryb/mesa` is installed already. A lock directory keeps
-/// two test runs from installing at once; a lock older than ten minutes is taken as stale.
-fn ensure_node_modules(dir: &Path) {
-    let installed = || dir.join("node_modules/@cryb/mesa/package.json").exists();
-    if installed() {
-        return;
-    }
-    let lock_path = dir.join(".npm-ci.lock");
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    let _lock = loop {
-        match std::fs::create_dir(&lock_path) {
-            Ok(()) => break NpmLock(lock_path.clone()),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                let age = std::fs::metadata(&lock_path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|modified| SystemTime::now().duration_since(modified).ok());
-                if age.is_some_and(|age| age > Duration::from_secs(600)) {
-                    let _ = std::fs::remove_dir(&lock_path);
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "waited too long for another `npm ci`"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(error) => panic!("cannot create {}: {error}", lock_path.display()),
-        }
-    };
-    if installed() {
-        return; // another run installed it while we waited
-    }
-    let output = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .output()
-        .expect("run npm ci");
-    assert!(
-        output.status.success(),
-        "npm ci failed in {}:\n{}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The Node server process; killed (this child only) when dropped.
@@ -166,10 +99,10 @@ fn is_lifecycle_change(event: &Event) -> bool {
 
 #[tokio::test]
 async fn works_against_the_mesa_1_5_node_server() {
-    require("node");
-    require("npm");
+    node_harness::require_tool("node");
+    node_harness::require_tool("npm");
     let dir = compat_dir();
-    tokio::task::spawn_blocking(move || ensure_node_modules(&dir))
+    tokio::task::spawn_blocking(move || node_harness::ensure_node_modules(&dir))
         .await
         .expect("npm ci");
     let node = NodeServer::start(0).await;

@@ -3,10 +3,10 @@
 //! Needs `node` and `npm` on `PATH`: without them these tests fail (they are never skipped silently).
 //! On a fresh clone the first test runs `npm ci` in `compat/node-client` once (guarded against concurrent tests,
 //! in this process and across processes, including `mesa-cli`'s `node_client` test); later runs reuse
-//! `node_modules`. The helpers are shared with `mesa-cli` in `compat/node-client/node_harness.rs`.
+//! `node_modules`. The helpers are shared with `mesa-cli` in `compat/node_harness.rs`.
 
 mod common;
-#[path = "../../../compat/node-client/node_harness.rs"]
+#[path = "../../../compat/node_harness.rs"]
 mod node_harness;
 
 use std::process::Output;
@@ -15,7 +15,7 @@ use common::Server;
 use node_harness::summary;
 use serde_json::json;
 
-/// Runs `node check-client.js <server url> <args>` (see `compat/node-client/node_harness.rs`).
+/// Runs `node check-client.js <server url> <args>` (see `compat/node_harness.rs`).
 async fn run_check_client(server: &Server, args: &[&str]) -> Output {
     node_harness::run_check_client(&server.url(), args).await
 }

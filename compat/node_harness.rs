@@ -1,8 +1,9 @@
-//! Running `check-client.js` (the real Mesa 1.5 Node client, `@cryb/mesa` 1.5.8) from Rust tests.
+//! Running the real Mesa 1.5 Node packages (`@cryb/mesa` 1.5.8 in `compat/node-client` and `compat/node-server`)
+//! from Rust tests: `node`/`npm` checks, a guarded `npm ci`, and `check-client.js`.
 //!
-//! One copy, included by the tests of `mesa-conformance` and `mesa-cli` with
-//! `#[path = "../../../compat/node-client/node_harness.rs"] mod node_harness;`. Both crates live in
-//! `crates/<name>`, so `CARGO_MANIFEST_DIR/../../compat/node-client` is this directory for either.
+//! One copy, included by the tests of `mesa-conformance`, `mesa-cli` and `mesa-client` with
+//! `#[path = "../../../compat/node_harness.rs"] mod node_harness;`. The crates live in `crates/<name>`, so
+//! `CARGO_MANIFEST_DIR/../../compat/node-client` is the client's directory for each.
 //!
 //! Needs `node` and `npm` on `PATH`: without them a test fails with a clear message (it is never skipped).
 //! On a fresh clone the first test to ask runs `npm ci` here once; later runs reuse `node_modules`. The
