@@ -14,12 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::Client;
 use crate::error::ConnectionError;
-use crate::events::Disconnection;
+use crate::events::{BoxFuture, Disconnection};
 use crate::server::Inner;
 
 /// How long the closing handshake may take before the socket is dropped.
@@ -43,6 +43,16 @@ impl End {
     }
 }
 
+/// What one inbound message calls for, decided without awaiting.
+enum Step {
+    Continue,
+    End(End),
+    Fail(Box<ConnectionError>),
+    Reply(Utf8Bytes),
+    Authenticate(serde_json::Value),
+    Dispatch(BoxFuture<()>),
+}
+
 struct Connection<S> {
     ws: WebSocketStream<S>,
     client: Client,
@@ -51,18 +61,24 @@ struct Connection<S> {
     write_timeout: Duration,
 }
 
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, client: Client, inner: Arc<Inner>)
+/// The connection task's future. Not an `async fn`: its arguments would stay in the future next to the
+/// `Connection` they are moved into, and every idle connection would pay for both.
+pub(crate) fn run<S>(
+    ws: WebSocketStream<S>,
+    client: Client,
+    inner: Arc<Inner>,
+) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut connection = Connection {
+    let mut connection = Box::new(Connection {
         session: Session::new(&inner.rules, Instant::now().into_std()),
         write_timeout: Duration::from_millis(inner.config.limits.write_timeout_ms.max(1)),
         ws,
         client,
         inner,
-    };
-    connection.run().await;
+    });
+    async move { connection.run().await }
 }
 
 impl<S> Connection<S>
@@ -81,14 +97,15 @@ where
             inner.metrics.connection_closed(None);
             return;
         }
-        inner.hooks.connection(&self.client).await;
+        // Rare paths are boxed so that their state does not enlarge every idle connection's future.
+        Box::pin(inner.hooks.connection(&self.client)).await;
 
         let end = self.serve().await;
-        let (disconnection, server_code) = self.finish(end).await;
+        let (disconnection, server_code) = Box::pin(self.finish(end)).await;
 
         inner.registry.remove(&self.client);
         inner.metrics.connection_closed(server_code);
-        inner.hooks.disconnection(&self.client, disconnection).await;
+        Box::pin(inner.hooks.disconnection(&self.client, disconnection)).await;
     }
 
     async fn serve(&mut self) -> End {
@@ -134,65 +151,77 @@ where
 
     async fn on_deadline(&mut self) -> Option<End> {
         loop {
-            match self.session.on_timeout(Instant::now().into_std())? {
-                TimerAction::SendHeartbeat(frame) => {
-                    if let Err(end) = self.write(vec![frame.encode().into()]).await {
-                        return Some(end);
-                    }
-                }
+            // Encoded before the write, so that the frame is not held across the await.
+            let beat: Utf8Bytes = match self.session.on_timeout(Instant::now().into_std())? {
+                TimerAction::SendHeartbeat(frame) => frame.encode().into(),
                 TimerAction::Close(code) => return Some(End::close(code)),
                 _ => return None,
+            };
+            if let Err(end) = self.write(vec![beat]).await {
+                return Some(end);
             }
         }
     }
 
-    async fn on_message(
-        &mut self,
-        message: Result<Message, tokio_tungstenite::tungstenite::Error>,
-    ) -> Option<End> {
+    /// Acts on one message from the socket. The message is classified synchronously first, so that the
+    /// (large) message and error values are not part of the connection's future.
+    async fn on_message(&mut self, message: Result<Message, WsError>) -> Option<End> {
+        match self.classify(message) {
+            Step::Continue => None,
+            Step::End(end) => Some(end),
+            Step::Fail(error) => Some(Box::pin(self.fail(*error)).await),
+            Step::Reply(text) => self.write(vec![text]).await.err(),
+            Step::Authenticate(data) => Box::pin(self.authenticate(data)).await,
+            Step::Dispatch(handled) => {
+                handled.await;
+                None
+            }
+        }
+    }
+
+    fn classify(&mut self, message: Result<Message, WsError>) -> Step {
         let text = match message {
             Ok(Message::Text(text)) => text,
-            Ok(Message::Binary(_)) => return Some(End::close(CloseCode::UnsupportedData)),
+            Ok(Message::Binary(_)) => return Step::End(End::close(CloseCode::UnsupportedData)),
             Ok(Message::Close(frame)) => {
                 let (code, reason) = frame
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
                     .unwrap_or((1005, String::new()));
-                return Some(End::PeerClosed(code, reason));
+                return Step::End(End::PeerClosed(code, reason));
             }
             // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return Step::Continue,
             Err(error) => {
                 let error = ConnectionError::WebSocket(error);
                 if error.close_code().is_none() {
                     // The peer vanished (EOF, reset): a drop, not an error worth reporting.
-                    return Some(End::Dropped);
+                    return Step::End(End::Dropped);
                 }
-                return Some(self.fail(error).await);
+                return Step::Fail(Box::new(error));
             }
         };
         self.inner.metrics.frame_received();
         let frame = match Frame::decode(&text) {
             Ok(frame) => frame,
-            Err(error) => return Some(self.fail(ConnectionError::Decode(error)).await),
+            Err(error) => return Step::Fail(Box::new(ConnectionError::Decode(error))),
         };
         match self.session.on_frame(frame, Instant::now().into_std()) {
-            Inbound::HeartbeatAck | Inbound::VersionAccepted => None,
+            Inbound::HeartbeatAck | Inbound::VersionAccepted => Step::Continue,
             Inbound::HeartbeatRequest => {
-                let ack = Frame::new(OpCode::HeartbeatAck, json!({}));
-                self.write(vec![ack.encode().into()]).await.err()
+                Step::Reply(Frame::new(OpCode::HeartbeatAck, json!({})).encode().into())
             }
-            Inbound::Authenticate { data, .. } => self.authenticate(data).await,
-            Inbound::Dispatch(frame) => {
-                self.inner.hooks.message(&self.client, frame).await;
-                None
-            }
+            Inbound::Authenticate { data, .. } => Step::Authenticate(data),
+            Inbound::Dispatch(frame) => match self.inner.hooks.message(&self.client, frame) {
+                Some(handled) => Step::Dispatch(handled),
+                None => Step::Continue,
+            },
             Inbound::Ignored { op } => {
                 tracing::debug!(connection = %self.client.connection_id(), op, "ignored frame");
                 self.inner.metrics.unknown_opcode();
-                None
+                Step::Continue
             }
-            Inbound::Close(code) => Some(End::close(code)),
-            _ => None,
+            Inbound::Close(code) => Step::End(End::close(code)),
+            _ => Step::Continue,
         }
     }
 
@@ -277,7 +306,7 @@ where
                 tracing::debug!(connection = %self.client.connection_id(), %error, "write failed");
                 Err(End::Dropped)
             }
-            Err(_) => Err(self.fail(ConnectionError::WriteTimeout).await),
+            Err(_) => Err(Box::pin(self.fail(ConnectionError::WriteTimeout)).await),
         }
     }
 
@@ -365,4 +394,41 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// Every open connection holds one task future and one boxed `Connection`: their sizes are a direct
+    /// part of the memory per idle connection, so a change that inflates them should be a conscious one.
+    #[tokio::test]
+    async fn idle_connection_state_stays_small() {
+        let mesa = crate::Mesa::builder().build();
+        let (socket, _peer) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(mesa.inner.ws_config))
+            .await;
+        let client = Client::new(
+            crate::ConnectionId(1),
+            None,
+            http::HeaderMap::new(),
+            16,
+            std::sync::Weak::new(),
+        );
+        let task = run(ws, client, mesa.inner.clone());
+        let (task_size, connection_size) = (
+            std::mem::size_of_val(&task),
+            std::mem::size_of::<Connection<tokio::io::DuplexStream>>(),
+        );
+        println!("task future {task_size} B, boxed connection {connection_size} B");
+        assert!(
+            task_size <= 1280,
+            "the connection task future grew to {task_size} bytes"
+        );
+        assert!(
+            connection_size <= 640,
+            "Connection grew to {connection_size} bytes"
+        );
+    }
 }

@@ -76,13 +76,15 @@ impl Hooks {
         }
     }
 
-    pub(crate) async fn message(&self, client: &Client, frame: Frame) {
+    /// Runs the middleware and returns the handler's future: the caller awaits only a boxed future, so the
+    /// frame does not sit in every connection's task state.
+    pub(crate) fn message(&self, client: &Client, frame: Frame) -> Option<BoxFuture<()>> {
         for m in &self.middleware {
             m.on_message_received(client, &frame);
         }
-        if let Some(handler) = &self.on_message {
-            handler(client.clone(), frame).await;
-        }
+        self.on_message
+            .as_ref()
+            .map(|handler| handler(client.clone(), frame))
     }
 
     pub(crate) async fn authenticated(&self, client: &Client) {
