@@ -1,0 +1,17 @@
+//! Test helpers shared by the test suites of `mesa-server`, `mesa-client`, `mesa-conformance` and `mesa-cli`.
+//!
+//! Internal to the workspace (not published), used as a dev-dependency only. Organised by concern:
+//!
+//! - [`ws`]: a raw WebSocket client that reads and checks exact Mesa frames (Hello, heartbeats answered with
+//!   op 11, silence, close frames).
+//! - [`server`]: an in-process `mesa-server` on `127.0.0.1:0` with token authentication (`user:<id>`) and an
+//!   echo handler.
+//! - [`process`]: child processes (a server binary) behind a guard that kills them on drop, free ports and the
+//!   `listening on <addr>` log line.
+//!
+//! Every helper panics with a message saying what it waited for instead of returning an error: a failed
+//! expectation is a failed test.
+
+pub mod process;
+pub mod server;
+pub mod ws;
