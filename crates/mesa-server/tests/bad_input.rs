@@ -3,14 +3,13 @@
 //! Each test connects a `bystander` first, makes a peer misbehave, checks the outcome (close code, HTTP status,
 //! dropped socket), then proves the bystander still round-trips an echo.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
 use mesa_protocol::RateLimit;
 use mesa_server::{Frame, MesaBuilder};
+use mesa_testkit::server::*;
+use mesa_testkit::ws::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,7 +26,7 @@ async fn with_bystander(builder: MesaBuilder) -> (TestServer, Ws) {
 async fn close_code_after_text(server: &TestServer, text: &str) -> u16 {
     let (mut ws, _) = connect_hello(server).await;
     send_text(&mut ws, text).await;
-    expect_close(&mut ws).await.0
+    expect_close(&mut ws).await.code
 }
 
 #[tokio::test]
@@ -84,7 +83,7 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
         true,
     );
     ws.send(Message::Frame(invalid)).await.expect("send");
-    assert_eq!(expect_close(&mut ws).await.0, 1007);
+    assert_eq!(expect_close(&mut ws).await.code, 1007);
     assert_echo_works(&mut bystander).await;
     server.stop().await;
 }
@@ -111,7 +110,7 @@ async fn binary_frame_closes_with_1003() {
     ))
     .await
     .expect("send");
-    assert_eq!(expect_close(&mut ws).await.0, 1003);
+    assert_eq!(expect_close(&mut ws).await.code, 1003);
     assert_echo_works(&mut bystander).await;
     server.stop().await;
 }
@@ -123,7 +122,7 @@ async fn oversized_frame_and_oversized_fragmented_message_close_with_1009() {
     let (mut ws, _) = connect_hello(&server).await;
     let big = format!(r#"{{"op":0,"t":"ECHO","d":"{}"}}"#, "x".repeat(2000));
     send_text(&mut ws, &big).await;
-    assert_eq!(expect_close(&mut ws).await.0, 1009);
+    assert_eq!(expect_close(&mut ws).await.code, 1009);
 
     // Three fragments of 600 bytes: each frame is under the limit, the message is not.
     let (mut ws, _) = connect_hello(&server).await;
@@ -149,7 +148,7 @@ async fn oversized_frame_and_oversized_fragmented_message_close_with_1009() {
             true,
         )))
         .await;
-    assert_eq!(expect_close(&mut ws).await.0, 1009);
+    assert_eq!(expect_close(&mut ws).await.code, 1009);
 
     // A message just under the limit is fine.
     let (mut ok, _) = connect_hello(&server).await;
@@ -180,7 +179,7 @@ async fn authenticating_twice_as_another_user_closes_with_4005() {
     let (server, mut bystander) = with_bystander(echo_server()).await;
     let mut ws = connect_as(&server, "first").await;
     send(&mut ws, json!({"op": 2, "d": {"token": "user:second"}})).await;
-    assert_eq!(expect_close(&mut ws).await.0, 4005);
+    assert_eq!(expect_close(&mut ws).await.code, 4005);
     assert!(!server.mesa.is_user_connected("second"));
     assert_echo_works(&mut bystander).await;
     server.stop().await;
@@ -194,7 +193,7 @@ async fn no_authentication_before_the_timeout_closes_with_4006() {
     let server = start(builder).await;
     let mut bystander = connect_as(&server, "bystander").await;
     let (mut ws, _) = connect_hello(&server).await;
-    assert_eq!(expect_close(&mut ws).await.0, 4006);
+    assert_eq!(expect_close(&mut ws).await.code, 4006);
     assert_echo_works(&mut bystander).await;
     server.stop().await;
 }
@@ -212,7 +211,7 @@ async fn flood_closes_with_4008() {
             break;
         }
     }
-    assert_eq!(expect_close(&mut ws).await.0, 4008);
+    assert_eq!(expect_close(&mut ws).await.code, 4008);
     assert_echo_works(&mut bystander).await;
     server.stop().await;
 }

@@ -2,11 +2,10 @@
 //!
 //! In its own test binary so that no other test allocates in the same process while memory is measured.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use mesa_testkit::server::*;
+use mesa_testkit::ws::*;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Counts allocations, so the test measures the bytes the process holds rather than what the allocator

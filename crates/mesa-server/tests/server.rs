@@ -1,13 +1,12 @@
 //! Core behaviour over real sockets: Hello, heartbeats, authentication, dispatch, sends, hooks, shutdown.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use mesa_server::{Client, Disconnection, Frame, Identity, Mesa, Middleware, Target};
+use mesa_testkit::server::*;
+use mesa_testkit::ws::*;
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -115,7 +114,7 @@ async fn refused_authentication_closes_with_1008_and_reason() {
     let (mut ws, _) = connect_hello(&server).await;
     send(&mut ws, json!({"op": 2, "d": {"token": "nope"}})).await;
     assert_eq!(
-        expect_close(&mut ws).await,
+        expect_close(&mut ws).await.code_reason(),
         (1008, "invalid token".to_string())
     );
     server.stop().await;
@@ -152,7 +151,7 @@ async fn reauthentication_as_same_user_updates_and_as_other_user_closes() {
     send(&mut ws, json!({"op": 2, "d": {"token": "user:carol"}})).await;
     assert_eq!(recv(&mut ws).await, json!({"op": 22, "d": {"id": "carol"}}));
     send(&mut ws, json!({"op": 2, "d": {"token": "user:mallory"}})).await;
-    assert_eq!(expect_close(&mut ws).await.0, 4005);
+    assert_eq!(expect_close(&mut ws).await.code, 4005);
     server.stop().await;
 }
 
@@ -165,11 +164,11 @@ async fn required_authentication_refuses_early_dispatch_and_enforces_timeout() {
 
     let (mut early, _) = connect_hello(&server).await;
     send(&mut early, json!({"op": 0, "t": "ECHO", "d": {}})).await;
-    assert_eq!(expect_close(&mut early).await.0, 4003);
+    assert_eq!(expect_close(&mut early).await.code, 4003);
 
     let (mut idle, _) = connect_hello(&server).await;
     let started = std::time::Instant::now();
-    assert_eq!(expect_close(&mut idle).await.0, 4006);
+    assert_eq!(expect_close(&mut idle).await.code, 4006);
     assert!(started.elapsed() >= Duration::from_millis(250));
 
     let mut ok = connect_as(&server, "dave").await;
@@ -201,6 +200,18 @@ async fn required_authentication_skips_unauthenticated_in_broadcasts() {
     server.stop().await;
 }
 
+/// Broadcasts a dispatch of type `t` and checks that it is the next frame each of `clients` receives.
+async fn broadcast_seen_by<const N: usize>(server: &TestServer, t: &str, clients: [&mut Ws; N]) {
+    server
+        .mesa
+        .broadcast(&Frame::dispatch(t, json!({})))
+        .await
+        .expect("send");
+    for ws in clients {
+        assert_eq!(recv(ws).await["t"], t);
+    }
+}
+
 #[tokio::test]
 async fn sends_reach_everyone_users_and_not_the_excluded() {
     let server = start(echo_server()).await;
@@ -209,19 +220,17 @@ async fn sends_reach_everyone_users_and_not_the_excluded() {
     let mut alice_laptop = connect_as(&server, "alice").await;
     let mut bob = connect_as(&server, "bob").await;
 
-    server
-        .mesa
-        .broadcast(&Frame::dispatch("ALL", json!({})))
-        .await
-        .expect("send");
-    for ws in [
-        &mut anonymous,
-        &mut alice_phone,
-        &mut alice_laptop,
-        &mut bob,
-    ] {
-        assert_eq!(recv(ws).await["t"], "ALL");
-    }
+    broadcast_seen_by(
+        &server,
+        "ALL",
+        [
+            &mut anonymous,
+            &mut alice_phone,
+            &mut alice_laptop,
+            &mut bob,
+        ],
+    )
+    .await;
 
     server
         .mesa
@@ -252,19 +261,17 @@ async fn sends_reach_everyone_users_and_not_the_excluded() {
     assert_eq!(recv(&mut bob).await["t"], "BOB_ONCE");
 
     // Nothing else is pending anywhere: the next broadcast is the next frame everyone sees.
-    server
-        .mesa
-        .broadcast(&Frame::dispatch("END", json!({})))
-        .await
-        .expect("send");
-    for ws in [
-        &mut anonymous,
-        &mut alice_phone,
-        &mut alice_laptop,
-        &mut bob,
-    ] {
-        assert_eq!(recv(ws).await["t"], "END");
-    }
+    broadcast_seen_by(
+        &server,
+        "END",
+        [
+            &mut anonymous,
+            &mut alice_phone,
+            &mut alice_laptop,
+            &mut bob,
+        ],
+    )
+    .await;
     server.stop().await;
 }
 
@@ -326,7 +333,10 @@ async fn client_handle_exposes_identity_address_headers_and_can_disconnect() {
     assert_eq!(recv(&mut ws).await["t"], "NEW");
 
     client.disconnect(4321, "bye");
-    assert_eq!(expect_close(&mut ws).await, (4321, "bye".to_string()));
+    assert_eq!(
+        expect_close(&mut ws).await.code_reason(),
+        (4321, "bye".to_string())
+    );
     assert!(client.send(&Frame::dispatch("LATE", json!({}))).is_err());
     server.stop().await;
 }
@@ -393,7 +403,7 @@ async fn middleware_and_disconnection_hooks_see_the_lifecycle() {
         .expect("send");
     recv(&mut ws).await;
     send_text(&mut ws, "not json").await;
-    assert_eq!(expect_close(&mut ws).await.0, 4002);
+    assert_eq!(expect_close(&mut ws).await.code, 4002);
     let why = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("hook")
@@ -440,7 +450,7 @@ async fn version_rule_accepts_equal_and_closes_other_versions() {
     )
     .await;
     assert_eq!(
-        expect_close(&mut bad).await,
+        expect_close(&mut bad).await.code_reason(),
         (1002, "client version mismatch".to_string())
     );
     server.stop().await;
@@ -487,7 +497,7 @@ async fn mounted_inside_an_axum_app() {
 
     let _ = stop.send(());
     assert_eq!(recv(&mut ws).await, json!({"op": 7, "d": {}}));
-    assert_eq!(expect_close(&mut ws).await.0, 1012);
+    assert_eq!(expect_close(&mut ws).await.code, 1012);
     task.await.expect("join").expect("serve");
 }
 
@@ -502,7 +512,7 @@ async fn graceful_shutdown_asks_clients_to_reconnect_and_frees_the_port() {
         let mut seen = Vec::new();
         for ws in [&mut a, &mut b] {
             seen.push(recv(ws).await);
-            seen.push(json!(expect_close(ws).await.0));
+            seen.push(json!(expect_close(ws).await.code));
         }
         seen
     });
@@ -540,11 +550,11 @@ async fn disconnect_users_closes_every_device_of_those_users_only() {
         .mesa
         .disconnect_users(&["gina".to_string()], 1000, "signed out");
     assert_eq!(
-        expect_close(&mut phone).await,
+        expect_close(&mut phone).await.code_reason(),
         (1000, "signed out".to_string())
     );
     assert_eq!(
-        expect_close(&mut laptop).await,
+        expect_close(&mut laptop).await.code_reason(),
         (1000, "signed out".to_string())
     );
     assert_echo_works(&mut other).await;
@@ -563,7 +573,7 @@ async fn a_slow_authentication_check_closes_with_1013_not_1008() {
     let (mut ws, _) = connect_hello(&server).await;
     send(&mut ws, json!({"op": 2, "d": {"token": "x"}})).await;
     assert_eq!(
-        expect_close(&mut ws).await,
+        expect_close(&mut ws).await.code_reason(),
         (1013, "authentication check timed out".to_string())
     );
     server.stop().await;
