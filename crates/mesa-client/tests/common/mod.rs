@@ -1,97 +1,17 @@
-//! Shared helpers: a real `mesa-server` on 127.0.0.1, restartable on the same port, and event helpers.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! Shared helpers: a real `mesa-server` on 127.0.0.1, restartable on the same port (from `mesa-testkit`), and
+//! the client's event helpers.
+#![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use mesa_client::{Event, Events};
-use mesa_server::{AuthError, Identity, Mesa, MesaBuilder};
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+pub use mesa_testkit::server::{echo_server, start, start_on, with_token_auth, TestServer};
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-pub struct TestServer {
-    pub mesa: Mesa,
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-
-    /// Graceful shutdown (op 7, then close 1012) and wait for `serve` to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
-    }
-}
-
-/// Starts `builder` on a fresh port.
-pub async fn start(builder: MesaBuilder) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    serve(builder, listener)
-}
-
-/// Starts `builder` on `addr` (a port a previous server used: restart).
-pub async fn start_on(builder: MesaBuilder, addr: SocketAddr) -> TestServer {
-    let listener = TcpListener::bind(addr)
-        .await
-        .expect("bind the same port again");
-    serve(builder, listener)
-}
-
-fn serve(builder: MesaBuilder, listener: TcpListener) -> TestServer {
-    let addr = listener.local_addr().expect("addr");
-    let mesa = builder.build();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = mesa.clone();
-    let task = tokio::spawn(async move {
-        server
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    TestServer {
-        mesa,
-        addr,
-        stop: Some(stop),
-        task,
-    }
-}
-
-/// Token `user:<id>` authenticates as `<id>` with user `{"id": id}`; anything else is refused.
-pub fn with_token_auth(builder: MesaBuilder) -> MesaBuilder {
-    builder.authenticate(|data, _client| async move {
-        let token = data
-            .get("token")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        match token.strip_prefix("user:") {
-            Some(id) => Ok(Identity::new(id, json!({ "id": id }))),
-            None => Err(AuthError::new("invalid token")),
-        }
-    })
-}
-
-/// Token auth, and every dispatch echoed back to its sender.
-pub fn echo_server() -> MesaBuilder {
-    with_token_auth(Mesa::builder()).on_message(|client, frame| async move {
-        let _ = client.send(&frame);
-    })
-}
 
 /// A log the server's hooks append to, read by assertions.
 #[derive(Clone, Default)]
