@@ -13,7 +13,7 @@ use serde_json::json;
 #[tokio::test]
 async fn hello_announces_the_conformance_settings() {
     let server = Server::start();
-    let (_ws, hello) = connect(&server).await;
+    let (_ws, hello) = connect_hello(&server).await;
     assert_eq!(
         hello,
         json!({"op": 10, "d": {
@@ -28,7 +28,7 @@ async fn hello_announces_the_conformance_settings() {
 #[tokio::test]
 async fn heartbeats_arrive_every_second_while_answered() {
     let server = Server::start();
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     let hello_at = Instant::now();
     let mut beats = Vec::new();
     while beats.len() < 5 {
@@ -61,9 +61,13 @@ async fn heartbeats_arrive_every_second_while_answered() {
 #[tokio::test]
 async fn silent_client_is_closed_after_two_missed_beats_plus_one_interval() {
     let server = Server::start();
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     let hello_at = Instant::now();
-    let (code, reason, frames) = expect_close(&mut ws).await;
+    let Close {
+        code,
+        reason,
+        before: frames,
+    } = expect_close(&mut ws).await;
     let survived = hello_at.elapsed();
     eprintln!(
         "silent client closed {survived:?} after Hello with {code} {reason:?}; frames: {frames:?}"
@@ -87,14 +91,14 @@ async fn silent_client_is_closed_after_two_missed_beats_plus_one_interval() {
 #[tokio::test]
 async fn user_token_is_acknowledged_with_the_user_object() {
     let server = Server::start();
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     send(&mut ws, json!({"op": 2, "d": {"token": "user:alice"}})).await;
     assert_eq!(
         recv(&mut ws).await,
         json!({"op": 22, "d": {"id": "alice", "name": "User alice"}})
     );
     // Mesa 1.5 clients add shouldSync to the credentials; it changes nothing here.
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     send(
         &mut ws,
         json!({"op": 2, "d": {"token": "user:42", "shouldSync": true}}),
@@ -118,9 +122,13 @@ async fn bad_or_missing_token_closes_with_1008() {
         json!(null),
         json!("user:alice"),
     ] {
-        let (mut ws, _) = connect(&server).await;
+        let (mut ws, _) = connect_hello(&server).await;
         send(&mut ws, json!({"op": 2, "d": d})).await;
-        let (code, reason, frames) = expect_close(&mut ws).await;
+        let Close {
+            code,
+            reason,
+            before: frames,
+        } = expect_close(&mut ws).await;
         assert_eq!(code, 1008, "d = {d}: reason {reason:?}");
         assert!(
             frames.is_empty(),
@@ -128,15 +136,15 @@ async fn bad_or_missing_token_closes_with_1008() {
         );
     }
     // Op 2 without any `d`.
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     send(&mut ws, json!({"op": 2})).await;
-    assert_eq!(expect_close(&mut ws).await.0, 1008);
+    assert_eq!(expect_close(&mut ws).await.code, 1008);
 }
 
 #[tokio::test]
 async fn echo_goes_back_to_the_sender_only() {
     let server = Server::start();
-    let (mut sender, _) = connect(&server).await;
+    let (mut sender, _) = connect_hello(&server).await;
     let mut other = connect_as(&server, "bob").await;
     let d = json!({"text": "hi", "n": [1, 2, {"deep": null}]});
     send(&mut sender, json!({"op": 0, "t": "ECHO", "d": d})).await;
@@ -166,7 +174,7 @@ async fn broadcast_reaches_every_connection_including_unauthenticated_and_sender
     let server = Server::start();
     let mut alice = connect_as(&server, "alice").await;
     let mut bob = connect_as(&server, "bob").await;
-    let (mut anonymous, _) = connect(&server).await;
+    let (mut anonymous, _) = connect_hello(&server).await;
     // The library writes Hello before it registers the connection, so a broadcast sent right after the Hello
     // can miss it (see `broadcast_reaches_a_connection_right_after_its_hello`). A round trip through the
     // connection's own task proves it is registered.
@@ -201,7 +209,7 @@ async fn broadcast_reaches_a_connection_right_after_its_hello() {
     let mut sender = connect_as(&server, "sender").await;
     let mut missed = Vec::new();
     for i in 0..200 {
-        let (mut fresh, _) = connect(&server).await;
+        let (mut fresh, _) = connect_hello(&server).await;
         send(&mut sender, json!({"op": 0, "t": "BROADCAST", "d": i})).await;
         assert_eq!(recv(&mut sender).await["d"], i);
         let got = tokio::time::timeout(Duration::from_millis(500), recv(&mut fresh)).await;
@@ -224,7 +232,7 @@ async fn send_to_reaches_every_connection_of_listed_users_except_excluded() {
     let mut bob = connect_as(&server, "bob").await;
     let mut carol = connect_as(&server, "carol").await;
     let mut sender = connect_as(&server, "dave").await;
-    let (mut anonymous, _) = connect(&server).await;
+    let (mut anonymous, _) = connect_hello(&server).await;
 
     let payload = json!({"msg": "for alice and bob"});
     send(
@@ -269,7 +277,7 @@ async fn send_to_reaches_every_connection_of_listed_users_except_excluded() {
 async fn malformed_send_to_is_ignored() {
     let server = Server::start();
     let mut alice = connect_as(&server, "alice").await;
-    let (mut sender, _) = connect(&server).await;
+    let (mut sender, _) = connect_hello(&server).await;
     for d in [
         json!(null),
         json!("alice"),
@@ -291,7 +299,7 @@ async fn malformed_send_to_is_ignored() {
 #[tokio::test]
 async fn unknown_opcodes_and_types_are_ignored() {
     let server = Server::start();
-    let (mut ws, _) = connect(&server).await;
+    let (mut ws, _) = connect_hello(&server).await;
     let mut watcher = connect_as(&server, "watcher").await;
     for frame in [
         json!({"op": 0, "t": "NOT_A_TYPE", "d": {}}),
@@ -323,11 +331,15 @@ async fn stop_with(signal: &str) -> Duration {
     let mut server = Server::start();
     let port = server.port;
     let mut alice = connect_as(&server, "alice").await;
-    let (mut anonymous, _) = connect(&server).await;
+    let (mut anonymous, _) = connect_hello(&server).await;
     let signalled_at = Instant::now();
     server.signal(signal);
     for ws in [&mut alice, &mut anonymous] {
-        let (code, _, frames) = expect_close(ws).await;
+        let Close {
+            code,
+            before: frames,
+            ..
+        } = expect_close(ws).await;
         assert_eq!(
             frames,
             vec![json!({"op": 7, "d": {}})],
@@ -370,8 +382,8 @@ async fn sigint_stops_it_the_same_way() {
 async fn clients_that_never_read_do_not_stall_shutdown() {
     // A client that never reads cannot keep the process alive past the shutdown deadline.
     let mut server = Server::start();
-    let _reader_that_never_reads = connect_raw(&server).await;
-    let (_ws, _) = connect(&server).await;
+    let _reader_that_never_reads = connect(&server).await;
+    let (_ws, _) = connect_hello(&server).await;
     let signalled_at = Instant::now();
     server.signal("TERM");
     let status = server
