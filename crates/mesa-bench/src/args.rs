@@ -30,6 +30,22 @@ pub enum Command {
     Compare(CompareArgs),
 }
 
+impl Command {
+    /// The longest a run of this command may take before the process gives up on itself: the ramp limit, the
+    /// scenario's own durations and a minute of margin.
+    pub fn time_limit(&self) -> Duration {
+        let ramp = crate::scenario::RAMP_TIMEOUT;
+        let margin = Duration::from_secs(60);
+        match self {
+            Command::Idle(a) => ramp + a.hold + margin,
+            Command::Fanout(a) => ramp + a.duration + a.drain + margin,
+            Command::Echo(a) => ramp + a.duration + margin,
+            Command::Connect(a) => a.duration + margin,
+            Command::Compare(_) => margin,
+        }
+    }
+}
+
 /// Settings shared by every scenario.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {

@@ -254,6 +254,10 @@ impl Connection {
             .insert(self.id, self.peer.clone());
         let close = self.serve().await;
         self.unregister();
+        if close.is_none() {
+            // A client's close frame: tungstenite queued the reply; send it.
+            let _ = timeout(Duration::from_secs(1), self.ws.flush()).await;
+        }
         if let Some(code) = close {
             let frame = CloseFrame {
                 code: CloseCode::from(code),

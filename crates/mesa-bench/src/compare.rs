@@ -18,6 +18,10 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "fanout" => &[
             ("deliveries_per_s", "deliveries/s"),
+            (
+                "deliveries_per_server_cpu_s",
+                "deliveries per server CPU-second",
+            ),
             ("broadcasts_per_s", "broadcasts/s"),
             ("latency.p50_ms", "latency p50 (ms)"),
             ("latency.p90_ms", "latency p90 (ms)"),
@@ -30,6 +34,10 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "echo" => &[
             ("round_trips_per_s", "round trips/s"),
+            (
+                "round_trips_per_server_cpu_s",
+                "round trips per server CPU-second",
+            ),
             ("latency.p50_ms", "latency p50 (ms)"),
             ("latency.p99_ms", "latency p99 (ms)"),
             ("server_cpu_pct", "server CPU (% of a core)"),
@@ -37,6 +45,10 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "connect" => &[
             ("connects_per_s", "connect+auth/s"),
+            (
+                "connects_per_server_cpu_s",
+                "connect+auth per server CPU-second",
+            ),
             ("latency.p50_ms", "latency p50 (ms)"),
             ("latency.p99_ms", "latency p99 (ms)"),
             ("failed", "failed"),

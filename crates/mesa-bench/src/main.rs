@@ -29,6 +29,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Every loop is bounded; this is the backstop should one not be.
+    let limit = cli.command.time_limit();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("mesa-bench: still running after {limit:?}: giving up");
+        std::process::exit(3);
+    });
     // One worker per CPU this process may run on (`taskset -c 1` gives one).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

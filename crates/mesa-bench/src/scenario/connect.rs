@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{cpu_json, join_all, own_cpu, prepare, report, server_cpu};
+use super::{cpu_json, join_all, own_cpu, per_server_cpu_second, prepare, report, server_cpu};
 use crate::args::{ConnectArgs, InvalidArgs};
 use crate::conn::Connector;
 use crate::report::{round3, with_progress, Report};
@@ -72,13 +72,16 @@ pub async fn run(args: &ConnectArgs) -> Result<Report, InvalidArgs> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let connects_per_s = per_second(succeeded, elapsed);
+    let server_cpu_pct = cpu_json(server_meter);
     let results = json!({
         "authenticated": succeeded,
         "failed": failed,
         "errors": errors,
-        "connects_per_s": round3(per_second(succeeded, elapsed)),
+        "connects_per_s": round3(connects_per_s),
+        "connects_per_server_cpu_s": per_server_cpu_second(connects_per_s, &server_cpu_pct),
         "latency": latencies.snapshot().summary(),
-        "server_cpu_pct": cpu_json(server_meter),
+        "server_cpu_pct": server_cpu_pct,
         "generator_cpu_pct": cpu_json(Some(own_meter)),
     });
     let params = json!({

@@ -9,8 +9,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    cpu_json, join_all, micros_since, own_cpu, prepare, report, server_cpu, spawn_connections,
-    wait_for_ramp, ConnStats,
+    cpu_json, join_all, micros_since, own_cpu, per_server_cpu_second, prepare, report, server_cpu,
+    spawn_connections, wait_for_ramp, ConnStats,
 };
 use crate::args::{EchoArgs, InvalidArgs};
 use crate::conn::{Conn, Incoming};
@@ -105,6 +105,7 @@ pub async fn run(args: &EchoArgs) -> Result<Report, InvalidArgs> {
 
     let sent = shared.sent.load(Ordering::Relaxed);
     let completed = shared.completed.load(Ordering::Relaxed);
+    let round_trips_per_s = per_second(completed_in_window, elapsed);
     let mut notes = setup.notes;
     if own_cpu_pct.as_f64().is_some_and(|p| p > 90.0) {
         notes.push(
@@ -115,7 +116,8 @@ pub async fn run(args: &EchoArgs) -> Result<Report, InvalidArgs> {
     let results = json!({
         "connections_open_at_start": connected,
         "round_trips": completed_in_window,
-        "round_trips_per_s": round3(per_second(completed_in_window, elapsed)),
+        "round_trips_per_s": round3(round_trips_per_s),
+        "round_trips_per_server_cpu_s": per_server_cpu_second(round_trips_per_s, &server_cpu_pct),
         "requests_sent": sent,
         "unanswered": sent.saturating_sub(completed),
         "unexpected_frames": shared.unexpected.load(Ordering::Relaxed),

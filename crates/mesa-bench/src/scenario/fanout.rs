@@ -5,7 +5,8 @@
 //! `k × senders + sender`, so a sender recognises its own copies. A connection counts a delivery the first time
 //! it sees a sequence number and a duplicate after that; the latency of a delivery is its arrival time minus the
 //! send time (one clock, one process). With `--rate 0` each sender keeps at most `--window` broadcasts in flight
-//! (sent, its own copy not yet back), which measures the server's throughput without letting its queues grow;
+//! (sent, its own copy not yet back) and all connections together are owed fewer than `--window` broadcasts
+//! each, which measures the server's throughput without letting its queues grow;
 //! with a rate, senders send on a fixed schedule whatever happens (open loop), which measures latency under load.
 //!
 //! After sending stops the generator waits up to `--drain` for the rest; expected deliveries are
@@ -20,8 +21,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    cpu_json, join_all, micros_since, own_cpu, prepare, report, server_cpu, spawn_connections,
-    wait_for_ramp, ConnStats,
+    cpu_json, join_all, micros_since, own_cpu, per_server_cpu_second, prepare, report, server_cpu,
+    spawn_connections, wait_for_ramp, ConnStats,
 };
 use crate::args::{FanoutArgs, InvalidArgs};
 use crate::conn::{Conn, Incoming};
@@ -49,8 +50,25 @@ struct Shared {
     delivered: AtomicU64,
     duplicated: AtomicU64,
     stalls: AtomicU64,
+    /// Connections open when sending started (set then).
+    recipients: AtomicU64,
     latencies: SharedLatencies,
     stats: Arc<ConnStats>,
+}
+
+impl Shared {
+    /// With `--rate 0`: whether deliveries still owed to all connections together are under `window` per
+    /// connection, so that no receiver falls far behind the senders (a server would rightly close it as a slow
+    /// consumer).
+    fn all_caught_up(&self) -> bool {
+        let recipients = self
+            .recipients
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.stats.closed.load(Ordering::Relaxed));
+        let owed = (self.sent.load(Ordering::Relaxed) * recipients)
+            .saturating_sub(self.delivered.load(Ordering::Relaxed));
+        owed < self.window * recipients.max(1)
+    }
 }
 
 /// Runs the scenario.
@@ -80,6 +98,7 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         delivered: AtomicU64::new(0),
         duplicated: AtomicU64::new(0),
         stalls: AtomicU64::new(0),
+        recipients: AtomicU64::new(0),
         latencies: SharedLatencies::default(),
         stats: stats.clone(),
     });
@@ -106,6 +125,7 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
     let server_meter = server_cpu(common);
     let own_meter = own_cpu();
     let started = Instant::now();
+    shared.recipients.store(connected, Ordering::Relaxed);
     shared.start.cancel();
     let last = std::sync::Mutex::new((Instant::now(), 0u64));
     let print = || {
@@ -154,6 +174,7 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
     join_all(tasks, Duration::from_secs(10)).await;
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
+    let deliveries_per_s = per_second(delivered_in_window, send_elapsed);
     let latency = shared.latencies.snapshot().summary();
     let mut notes = setup.notes;
     if own_cpu_pct.as_f64().is_some_and(|p| p > 90.0) {
@@ -168,7 +189,8 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         "broadcasts_per_s": round3(per_second(sent, send_elapsed)),
         "expected_deliveries": expected,
         "delivered": delivered,
-        "deliveries_per_s": round3(per_second(delivered_in_window, send_elapsed)),
+        "deliveries_per_s": round3(deliveries_per_s),
+        "deliveries_per_server_cpu_s": per_server_cpu_second(deliveries_per_s, &server_cpu_pct),
         "lost": expected.saturating_sub(delivered),
         "duplicated": shared.duplicated.load(Ordering::Relaxed),
         "drain_s": round3(drained.as_secs_f64()),
@@ -205,13 +227,23 @@ async fn connection(shared: Arc<Shared>, mut conn: Conn, sender: Option<u64>) {
     let mut own_next = 0u64; // this sender's next k
     let mut in_flight = 0u64;
     let mut last_own = Instant::now();
-    let mut ticker = tokio::time::interval(shared.period.unwrap_or(Duration::from_millis(100)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    // As fast as possible: the ticker only re-checks whether the receivers caught up.
+    let mut ticker = tokio::time::interval(shared.period.unwrap_or(Duration::from_millis(1)));
+    // A fixed rate is kept even after a stall (open loop); the re-check ticker just skips missed ticks.
+    ticker.set_missed_tick_behavior(if shared.period.is_some() {
+        MissedTickBehavior::Burst
+    } else {
+        MissedTickBehavior::Skip
+    });
     let mut sending = false;
     let mut sending_done = false;
     loop {
-        let can_send_now =
-            sending && !sending_done && shared.period.is_none() && in_flight < shared.window;
+        // Checked here, not only in the branch: a branch that is ready but sends nothing would spin.
+        let can_send_now = sending
+            && !sending_done
+            && shared.period.is_none()
+            && in_flight < shared.window
+            && shared.all_caught_up();
         tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -267,7 +299,7 @@ async fn connection(shared: Arc<Shared>, mut conn: Conn, sender: Option<u64>) {
                 }
             }
             () = std::future::ready(()), if can_send_now => {
-                while in_flight < shared.window {
+                while in_flight < shared.window && shared.all_caught_up() {
                     if send_one(&shared, &mut conn, sender, &mut own_next).await.is_err() {
                         break;
                     }

@@ -261,6 +261,16 @@ pub fn micros_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `per_second` divided by the server's share of a core: work per second of server CPU, or `null` when the
+/// server's CPU use is unknown or negligible. This is the server's efficiency, and stays meaningful when the
+/// generator, not the server, is what limits the rate.
+pub fn per_server_cpu_second(per_second: f64, cpu_pct: &Value) -> Value {
+    match cpu_pct.as_f64() {
+        Some(pct) if pct >= 1.0 => json!(crate::report::round3(per_second / (pct / 100.0))),
+        _ => Value::Null,
+    }
+}
+
 /// A CPU percentage rounded for the report, or `null`.
 pub fn cpu_json(meter: Option<procfs::CpuMeter>) -> Value {
     meter
