@@ -121,7 +121,7 @@ async fn disconnect_client_closes_the_named_users() {
         json!({"message": {"op": 5, "d": {}, "t": "DISCONNECT_CLIENT"}, "recipients": ["a"]}),
     )
     .await;
-    assert_eq!(recv_close(&mut all[0]).await.0, 1000);
+    assert_eq!(expect_close(&mut all[0]).await.heartbeats_only().code, 1000);
     dispatch(
         &mesa,
         json!({"message": {"op": 0, "d": {}, "t": "STILL_HERE"}}),
@@ -145,7 +145,7 @@ async fn disconnect_client_closes_the_named_users() {
         json!({"message": {"op": 5, "d": {}, "t": "DISCONNECT_CLIENT"}, "recipients": ["*"]}),
     )
     .await;
-    assert_eq!(recv_close(&mut all[1]).await.0, 1000);
+    assert_eq!(expect_close(&mut all[1]).await.heartbeats_only().code, 1000);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use common::*;
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+use mesa_testkit::process::free_port;
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
@@ -255,11 +256,7 @@ async fn webhook_refusals_carry_the_backends_reason() {
 #[tokio::test]
 async fn webhook_backend_down_refuses_and_warns() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let mesa = webhook_server(&format!("http://127.0.0.1:{port}/auth"));
     let (mut ws, _) = connect_hello(&mesa.ws_url("/")).await;
     let (code, reason) = authenticate_refused(&mut ws, json!({"token": "good"})).await;

@@ -189,7 +189,7 @@ async fn sigterm_drains_clients_with_op_7_and_1012_then_exits_and_frees_the_port
     mesa.sigterm();
     let reconnect = recv(&mut ws).await;
     assert_eq!(reconnect["op"], 7, "{reconnect}");
-    let (code, _) = recv_close(&mut ws).await;
+    let code = expect_close(&mut ws).await.heartbeats_only().code;
     assert_eq!(code, 1012);
     // Reading on completes the closing handshake, as a well-behaved client does.
     let _ = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await;
