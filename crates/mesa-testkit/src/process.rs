@@ -5,9 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// How often a wait for a child's exit checks on it.
+const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// A port that was free a moment ago on 127.0.0.1 (another process may take it before the test binds it).
 pub fn free_port() -> u16 {
@@ -69,13 +73,10 @@ impl ChildGuard {
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
+            if let ControlFlow::Break(status) = self.exited_by(deadline) {
+                return status;
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(EXIT_POLL);
         }
     }
 
@@ -83,14 +84,23 @@ impl ChildGuard {
     pub async fn wait_exit_async(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
+            if let ControlFlow::Break(status) = self.exited_by(deadline) {
+                return status;
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(EXIT_POLL).await;
         }
+    }
+
+    /// One poll of a wait for the exit: the status once the process has exited, `None` once `deadline` has
+    /// passed, and `Continue` to poll again.
+    fn exited_by(&mut self, deadline: Instant) -> ControlFlow<Option<ExitStatus>> {
+        if let Some(status) = self.try_status() {
+            return ControlFlow::Break(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return ControlFlow::Break(None);
+        }
+        ControlFlow::Continue(())
     }
 
     /// Retries a TCP connect to `addr` until it is accepted, within `limit`; `false` if the process exited
