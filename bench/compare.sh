@@ -116,7 +116,8 @@ fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "($(git status --porcelain -- crates 2>/dev/null | wc -l | tr -d ' ') uncommitted changes under crates/)"
   echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "node: $(node --version)"
   echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)"
@@ -139,8 +140,8 @@ for entry in "${SCENARIOS[@]}"; do
       echo "mesa-bench failed for $name on $server; see $log.err" >&2
     fi
     cleanup
-    # Let sockets in TIME_WAIT and the server's exit settle before the next server starts.
-    sleep 1
+    # Let the server's exit and its sockets settle before the next server starts.
+    if [ "$QUICK" = 1 ]; then sleep 0.2; else sleep 1; fi
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/run.txt" >&2

@@ -49,7 +49,7 @@ impl Command {
 /// Settings shared by every scenario.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// The server's WebSocket URL; loopback only (127.0.0.0/8, localhost, [::1]).
+    /// The server's WebSocket URL; loopback only (127.0.0.0/8, localhost, `[::1]`).
     #[arg(long, default_value = "ws://127.0.0.1:4000/")]
     pub url: String,
     /// Process id of the server, to read its RSS and CPU time from /proc.

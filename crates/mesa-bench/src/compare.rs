@@ -92,6 +92,7 @@ pub fn ratio(ours: Option<&Value>, other: Option<&Value>) -> Option<f64> {
 
 /// A Markdown table: one row per run and metric, one column per label, then `ours/<label>` ratio columns.
 pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
+    let against: Vec<&String> = against.iter().filter(|l| !l.is_empty()).collect();
     let mut names: Vec<(String, String)> = Vec::new();
     for r in reports {
         let name = r["name"].as_str().unwrap_or("?").to_string();
@@ -108,10 +109,10 @@ pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
     };
     let mut out = String::new();
     let _ = write!(out, "| run | metric | {ours} |");
-    for label in against {
+    for label in &against {
         let _ = write!(out, " {label} |");
     }
-    for label in against {
+    for label in &against {
         let _ = write!(out, " {ours}/{label} |");
     }
     out.push('\n');
@@ -126,7 +127,7 @@ pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
             let _ = write!(out, "| {name} | {title} | {} |", format_value(mine));
             let others: Vec<Option<&Value>> = against
                 .iter()
-                .map(|label| find(name, label).and_then(|r| lookup(&r["results"], path)))
+                .map(|label| find(name, label.as_str()).and_then(|r| lookup(&r["results"], path)))
                 .collect();
             for other in &others {
                 let _ = write!(out, " {} |", format_value(*other));
