@@ -159,3 +159,75 @@ async fn non_loopback_targets_are_refused_before_connecting() {
     let error = scenario::echo::run(&args).await.unwrap_err();
     assert!(error.to_string().contains("loopback"), "{error}");
 }
+
+#[tokio::test]
+async fn the_baseline_follows_the_conformance_contract() {
+    use mesa_bench::conn::{Connector, Incoming, OpenError};
+    use mesa_bench::target::{SourceAddrs, Target};
+
+    let url = start_baseline().await;
+    let target = Target::parse(&url).unwrap();
+    let connector = Connector::new(target.clone(), SourceAddrs::new(&target, 2));
+    let next_text = |incoming: Incoming| match incoming {
+        Incoming::Text(text) => serde_json::from_str::<Value>(&text).unwrap(),
+        Incoming::Closed(code) => panic!("closed: {code:?}"),
+    };
+
+    let mut a = connector.open().await.unwrap();
+    let mut b = connector.open().await.unwrap();
+    let mut anonymous = connector.open().await.unwrap();
+    a.authenticate("user:a").await.unwrap();
+    b.authenticate("user:b").await.unwrap();
+
+    // SEND_TO reaches the named user only, as DIRECT.
+    a.send(
+        r#"{"op":0,"t":"SEND_TO","d":{"to":["b","c"],"excluding":["c"],"payload":{"x":1}}}"#.into(),
+    )
+    .await
+    .unwrap();
+    a.send(r#"{"op":0,"t":"ECHO","d":{"n":2}}"#.into())
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    assert_eq!(
+        next_text(b.recv().await),
+        json!({"op":0,"d":{"x":1},"t":"DIRECT"})
+    );
+    // The sender gets its echo and nothing before it.
+    assert_eq!(
+        next_text(a.recv().await),
+        json!({"op":0,"d":{"n":2},"t":"ECHO"})
+    );
+
+    // BROADCAST reaches everyone, the sender and unauthenticated connections included.
+    anonymous
+        .send(r#"{"op":0,"t":"BROADCAST","d":[1,2]}"#.into())
+        .await
+        .unwrap();
+    anonymous.flush().await.unwrap();
+    let expected = json!({"op":0,"d":[1,2],"t":"BROADCAST"});
+    assert_eq!(next_text(anonymous.recv().await), expected);
+    assert_eq!(next_text(a.recv().await), expected);
+    assert_eq!(next_text(b.recv().await), expected);
+
+    // Other tokens are refused with 1008.
+    let mut refused = connector.open().await.unwrap();
+    match refused.authenticate("admin:a").await {
+        Err(OpenError::Closed(_, Some(1008))) => {}
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_baseline_hello_is_the_conformance_hello() {
+    let hello: Value = serde_json::from_str(baseline::HELLO).unwrap();
+    assert_eq!(
+        hello,
+        json!({"op": 10, "d": {
+            "c_heartbeat_interval": 1000,
+            "c_reconnect_interval": 500,
+            "c_authentication_timeout": 2000,
+            "rules": ["sends_user_object"],
+        }})
+    );
+}
