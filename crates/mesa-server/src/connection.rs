@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use mesa_protocol::{CloseCode, Frame, Inbound, OpCode, Session, TimerAction};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,6 +21,9 @@ use crate::client::Client;
 use crate::error::ConnectionError;
 use crate::events::{BoxFuture, Disconnection};
 use crate::server::Inner;
+
+/// Messages handled back to back before the queued replies are written.
+const READ_BATCH: usize = 64;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -121,11 +124,7 @@ where
                     }
                 }
                 message = self.ws.next() => {
-                    let end = match message {
-                        None => Some(End::Dropped),
-                        Some(message) => self.on_message(message).await,
-                    };
-                    if let Some(end) = end {
+                    if let Some(end) = self.on_socket(message).await {
                         return end;
                     }
                 }
@@ -136,6 +135,25 @@ where
                 }
             }
         }
+    }
+
+    /// Handles one message from the socket, then up to [`READ_BATCH`] more that are already buffered, so
+    /// that the replies they cause leave in one write instead of one write each.
+    async fn on_socket(&mut self, mut message: Option<Result<Message, WsError>>) -> Option<End> {
+        for _ in 0..READ_BATCH {
+            match message {
+                None => return Some(End::Dropped),
+                Some(message) => {
+                    if let Some(end) = self.on_message(message).await {
+                        return Some(end);
+                    }
+                }
+            }
+            // `now_or_never` polls once: a message already received (or EOF) is handled now, anything
+            // else waits for the next turn of the loop, which polls the socket with a real waker.
+            message = self.ws.next().now_or_never()?;
+        }
+        None
     }
 
     async fn flush_outbox(&mut self) -> Option<End> {
