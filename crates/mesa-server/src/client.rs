@@ -42,11 +42,26 @@ impl fmt::Display for ConnectionId {
     }
 }
 
+/// What a connection keeps of its [`Identity`]: the id shared with the registry's user index, and the user
+/// object encoded (a parsed `serde_json` object costs about half a kilobyte per connection even when small).
+#[derive(Debug)]
+pub(crate) struct StoredIdentity {
+    pub(crate) id: Arc<str>,
+    user: Box<str>,
+}
+
+impl StoredIdentity {
+    fn user(&self) -> Value {
+        // Encoded by serde_json from a `Value`, so it decodes; `Null` only if that invariant ever broke.
+        serde_json::from_str(&self.user).unwrap_or(Value::Null)
+    }
+}
+
 pub(crate) struct ClientShared {
     pub(crate) connection_id: ConnectionId,
     remote_addr: Option<SocketAddr>,
     headers: HeaderMap,
-    identity: RwLock<Option<Arc<Identity>>>,
+    identity: RwLock<Option<Arc<StoredIdentity>>>,
     authenticated: AtomicBool,
     pub(crate) outbox: Outbox,
     server: Weak<Inner>,
@@ -88,16 +103,22 @@ impl Client {
 
     /// The authenticated user id (Mesa 1.5 `client.id`), or `None` before authentication.
     pub fn id(&self) -> Option<String> {
-        self.identity().map(|identity| identity.id.clone())
+        self.stored_identity()
+            .map(|identity| identity.id.to_string())
     }
 
     /// The authenticated user object (Mesa 1.5 `client.user`), or `None` before authentication.
     pub fn user(&self) -> Option<Value> {
-        self.identity().map(|identity| identity.user.clone())
+        self.stored_identity().map(|identity| identity.user())
     }
 
     /// The authenticated identity, or `None` before authentication.
-    pub fn identity(&self) -> Option<Arc<Identity>> {
+    pub fn identity(&self) -> Option<Identity> {
+        self.stored_identity()
+            .map(|identity| Identity::new(identity.id.to_string(), identity.user()))
+    }
+
+    pub(crate) fn stored_identity(&self) -> Option<Arc<StoredIdentity>> {
         self.shared
             .identity
             .read()
@@ -175,7 +196,10 @@ impl Client {
 
     /// Records a (new) identity and marks the connection authenticated.
     pub(crate) fn set_identity(&self, identity: Identity) {
-        let identity = Arc::new(identity);
+        let identity = Arc::new(StoredIdentity {
+            id: Arc::from(identity.id),
+            user: identity.user.to_string().into_boxed_str(),
+        });
         let old = {
             let mut slot = self
                 .shared
@@ -188,7 +212,7 @@ impl Client {
         if let Some(server) = self.shared.server.upgrade() {
             server
                 .registry
-                .reindex(self, old.as_deref().map(|i| i.id.as_str()), &identity.id);
+                .reindex(self, old.map(|i| i.id.clone()), &identity.id);
         }
     }
 }

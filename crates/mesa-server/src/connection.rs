@@ -284,8 +284,8 @@ where
         };
         if self
             .client
-            .id()
-            .is_some_and(|current| current != identity.id)
+            .stored_identity()
+            .is_some_and(|current| *current.id != *identity.id)
         {
             return Some(End::close(CloseCode::AlreadyAuthenticated));
         }

@@ -1,7 +1,7 @@
 //! The connections of this node, indexed by connection and by user id, and local fan-out.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -11,7 +11,7 @@ use crate::router::{Recipients, Target};
 #[derive(Default)]
 pub(crate) struct Registry {
     clients: RwLock<HashMap<ConnectionId, Client>>,
-    users: RwLock<HashMap<String, Vec<Client>>>,
+    users: RwLock<HashMap<Arc<str>, Vec<Client>>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -30,8 +30,8 @@ impl Registry {
 
     pub(crate) fn remove(&self, client: &Client) {
         write(&self.clients).remove(&client.connection_id());
-        if let Some(id) = client.id() {
-            self.unindex(client, &id);
+        if let Some(identity) = client.stored_identity() {
+            self.unindex(client, &identity.id);
         }
     }
 
@@ -44,17 +44,17 @@ impl Registry {
     }
 
     /// Moves `client` from `old` to `new` in the user index.
-    pub(crate) fn reindex(&self, client: &Client, old: Option<&str>, new: &str) {
-        if old == Some(new) {
+    pub(crate) fn reindex(&self, client: &Client, old: Option<Arc<str>>, new: &Arc<str>) {
+        if old.as_ref() == Some(new) {
             return;
         }
         if let Some(old) = old {
-            self.unindex(client, old);
+            self.unindex(client, &old);
         }
         // A connection that already left must not be indexed again.
         if read(&self.clients).contains_key(&client.connection_id()) {
             write(&self.users)
-                .entry(new.to_string())
+                .entry(new.clone())
                 .or_default()
                 .push(client.clone());
         }
@@ -109,7 +109,7 @@ impl Registry {
                     target
                         .excluding
                         .iter()
-                        .filter_map(|id| users.get(id))
+                        .filter_map(|id| users.get(id.as_str()))
                         .flatten()
                         .map(Client::connection_id)
                         .collect()
@@ -130,14 +130,16 @@ impl Registry {
                     if target.excluding.contains(id) || !seen.insert(id) {
                         continue;
                     }
-                    for client in users.get(id).into_iter().flatten() {
+                    for client in users.get(id.as_str()).into_iter().flatten() {
                         f(client);
                     }
                 }
             }
             Recipients::Connection(connection_id) => {
                 if let Some(client) = read(&self.clients).get(connection_id) {
-                    let excluded = client.id().is_some_and(|id| target.excluding.contains(&id));
+                    let excluded = client.stored_identity().is_some_and(|identity| {
+                        target.excluding.iter().any(|id| **id == *identity.id)
+                    });
                     if !excluded {
                         f(client);
                     }
