@@ -42,6 +42,60 @@ impl fmt::Display for ConnectionId {
     }
 }
 
+/// The upgrade request's headers as one allocation of `name:value\n` lines.
+///
+/// A `HeaderMap` per idle connection costs about a kilobyte, and hyper's header values are slices of its
+/// 8 KiB connection read buffer, which a kept map would hold on to for the life of the WebSocket.
+/// Header names cannot contain `:` and hyper refuses values with line breaks, so the lines parse back exactly.
+#[derive(Debug, Default)]
+pub(crate) struct PackedHeaders(Box<[u8]>);
+
+impl PackedHeaders {
+    /// Handshake headers mean nothing after the upgrade and are left out.
+    const HANDSHAKE: [http::header::HeaderName; 5] = [
+        http::header::CONNECTION,
+        http::header::UPGRADE,
+        http::header::SEC_WEBSOCKET_KEY,
+        http::header::SEC_WEBSOCKET_VERSION,
+        http::header::SEC_WEBSOCKET_EXTENSIONS,
+    ];
+
+    pub(crate) fn pack(headers: &HeaderMap) -> PackedHeaders {
+        let mut packed = Vec::new();
+        for (name, value) in headers {
+            if Self::HANDSHAKE.contains(name) || value.as_bytes().contains(&b'\n') {
+                continue;
+            }
+            packed.extend_from_slice(name.as_str().as_bytes());
+            packed.push(b':');
+            packed.extend_from_slice(value.as_bytes());
+            packed.push(b'\n');
+        }
+        PackedHeaders(packed.into_boxed_slice())
+    }
+
+    fn unpack(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in self
+            .0
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+        {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if let (Ok(name), Ok(value)) = (
+                http::header::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+}
+
 /// What a connection keeps of its [`Identity`]: the id shared with the registry's user index, and the user
 /// object encoded (a parsed `serde_json` object costs about half a kilobyte per connection even when small).
 #[derive(Debug)]
@@ -60,7 +114,7 @@ impl StoredIdentity {
 pub(crate) struct ClientShared {
     pub(crate) connection_id: ConnectionId,
     remote_addr: Option<SocketAddr>,
-    headers: HeaderMap,
+    headers: PackedHeaders,
     identity: RwLock<Option<Arc<StoredIdentity>>>,
     authenticated: AtomicBool,
     pub(crate) outbox: Outbox,
@@ -79,7 +133,7 @@ impl Client {
     pub(crate) fn new(
         connection_id: ConnectionId,
         remote_addr: Option<SocketAddr>,
-        headers: HeaderMap,
+        headers: PackedHeaders,
         outbound_queue: usize,
         server: Weak<Inner>,
     ) -> Client {
@@ -136,9 +190,10 @@ impl Client {
         self.shared.remote_addr
     }
 
-    /// The headers of the upgrade request.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.shared.headers
+    /// The headers of the upgrade request, except the WebSocket handshake's own (`Connection`, `Upgrade`,
+    /// `Sec-WebSocket-*`). Built on each call from a compact copy; call it once per need.
+    pub fn headers(&self) -> HeaderMap {
+        self.shared.headers.unpack()
     }
 
     /// Queues a frame for this connection only. Never waits: a full queue closes the connection (4010) and
@@ -224,5 +279,26 @@ impl fmt::Debug for Client {
             .field("id", &self.id())
             .field("remote_addr", &self.shared.remote_addr)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_headers_round_trip_without_the_handshake() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-device", "phone".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b: c".parse().unwrap());
+        headers.insert(http::header::SEC_WEBSOCKET_KEY, "abc".parse().unwrap());
+        headers.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        let unpacked = PackedHeaders::pack(&headers).unpack();
+        assert_eq!(unpacked.get("x-device").unwrap(), "phone");
+        let multi: Vec<_> = unpacked.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b: c"]);
+        assert!(unpacked.get(http::header::SEC_WEBSOCKET_KEY).is_none());
+        assert_eq!(unpacked.len(), 3);
     }
 }

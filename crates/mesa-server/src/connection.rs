@@ -430,7 +430,7 @@ mod tests {
         let client = Client::new(
             crate::ConnectionId(1),
             None,
-            http::HeaderMap::new(),
+            Default::default(),
             16,
             std::sync::Weak::new(),
         );

@@ -205,7 +205,7 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
     let client = Client::new(
         connection_id,
         remote_addr(&request),
-        owned_headers(request.headers()),
+        crate::client::PackedHeaders::pack(request.headers()),
         inner.config.limits.outbound_queue,
         Arc::downgrade(inner),
     );
@@ -235,29 +235,4 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
-}
-
-/// A copy of the upgrade request's headers for the client handle, in storage of its own.
-///
-/// hyper's header values are slices of its connection read buffer (8 KiB): keeping the request's own map
-/// would keep that buffer alive for the life of the WebSocket. The handshake's own headers, which mean
-/// nothing after the upgrade, are left out.
-fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    const HANDSHAKE: [header::HeaderName; 5] = [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-    ];
-    let mut owned = http::HeaderMap::with_capacity(headers.len().saturating_sub(HANDSHAKE.len()));
-    for (name, value) in headers {
-        if HANDSHAKE.contains(name) {
-            continue;
-        }
-        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            owned.append(name.clone(), value);
-        }
-    }
-    owned
 }
