@@ -123,13 +123,14 @@ where
                         return end;
                     }
                 }
-                message = self.ws.next() => {
-                    if let Some(end) = self.on_socket(message).await {
+                // Before the socket, so that a client with constant input cannot delay its own deadlines.
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    if let Some(end) = self.on_deadline().await {
                         return end;
                     }
                 }
-                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    if let Some(end) = self.on_deadline().await {
+                message = self.ws.next() => {
+                    if let Some(end) = self.on_socket(message).await {
                         return end;
                     }
                 }

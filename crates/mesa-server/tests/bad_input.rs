@@ -216,6 +216,35 @@ async fn flood_closes_with_4008() {
     server.stop().await;
 }
 
+/// With the rate limit off, a client that never stops sending must still meet its deadlines: here the
+/// required authentication times out while it floods heartbeat answers (bounded: at most 10 s of sending).
+#[tokio::test]
+async fn unlimited_flood_cannot_starve_the_authentication_deadline() {
+    let builder = echo_server()
+        .rate_limit(None)
+        .authentication_required(true)
+        .authentication_timeout(Duration::from_millis(300));
+    let (server, mut bystander) = with_bystander(builder).await;
+    let (mut ws, _) = connect_hello(&server).await;
+    let started = std::time::Instant::now();
+    let flooding = async {
+        while started.elapsed() < Duration::from_secs(10) {
+            let ack = Message::Text(r#"{"op":11}"#.into());
+            if ws.feed(ack.clone()).await.is_err() || ws.send(ack).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), flooding).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the flood was never cut off"
+    );
+    assert_eq!(expect_close(&mut ws).await.code, 4006);
+    assert_echo_works(&mut bystander).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn default_rate_limit_allows_a_busy_chat_client() {
     let (server, _bystander) = with_bystander(echo_server()).await;
