@@ -65,16 +65,12 @@ impl ConnectionError {
     /// The close code this error leads to, or `None` when the socket is already unusable.
     pub fn close_code(&self) -> Option<mesa_protocol::CloseCode> {
         use mesa_protocol::CloseCode;
-        use tokio_tungstenite::tungstenite::error::{
-            CapacityError, Error as WsError, ProtocolError,
-        };
+        use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
         match self {
             ConnectionError::Decode(_) => Some(CloseCode::DecodeError),
-            ConnectionError::WebSocket(WsError::Capacity(CapacityError::MessageTooLong {
-                ..
-            })) => Some(CloseCode::MessageTooBig),
-            ConnectionError::WebSocket(WsError::Utf8(_)) => Some(CloseCode::InvalidPayload),
+            // An oversized message or frame (and, on the client side only, too many headers).
             ConnectionError::WebSocket(WsError::Capacity(_)) => Some(CloseCode::MessageTooBig),
+            ConnectionError::WebSocket(WsError::Utf8(_)) => Some(CloseCode::InvalidPayload),
             // EOF without a close frame: the peer is gone, there is nobody to send a close frame to.
             ConnectionError::WebSocket(WsError::Protocol(
                 ProtocolError::ResetWithoutClosingHandshake,

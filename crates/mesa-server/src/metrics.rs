@@ -51,6 +51,7 @@ pub struct Metrics {
     frames_received: AtomicU64,
     frames_sent: AtomicU64,
     server_closes: [AtomicU64; CloseCode::ALL.len()],
+    other_server_closes: AtomicU64,
     peer_closes: AtomicU64,
     unknown_opcodes: AtomicU64,
 }
@@ -70,6 +71,8 @@ pub struct MetricsSnapshot {
     pub frames_sent: u64,
     /// Connections the server closed, by close code (codes with a zero count are left out).
     pub server_closes: Vec<(u16, u64)>,
+    /// Connections the application closed with a code of its own (not a [`CloseCode`]).
+    pub other_server_closes: u64,
     /// Connections the client closed or dropped.
     pub peer_closes: u64,
     /// Frames ignored because of an unknown or client-forbidden opcode.
@@ -84,17 +87,15 @@ impl Metrics {
 
     pub(crate) fn connection_closed(&self, by_server: Option<u16>) {
         self.connections_open.fetch_sub(1, Relaxed);
-        match by_server.and_then(CloseCode::from_code) {
-            Some(code) => {
-                if let Some(i) = CloseCode::ALL.iter().position(|c| *c == code) {
-                    self.server_closes[i].fetch_add(1, Relaxed);
-                }
-            }
-            None if by_server.is_none() => {
-                self.peer_closes.fetch_add(1, Relaxed);
-            }
-            None => {}
-        }
+        let Some(code) = by_server else {
+            self.peer_closes.fetch_add(1, Relaxed);
+            return;
+        };
+        match CloseCode::ALL.iter().position(|c| c.code() == code) {
+            Some(i) => self.server_closes[i].fetch_add(1, Relaxed),
+            // A code of the application's own (`Client::disconnect`).
+            None => self.other_server_closes.fetch_add(1, Relaxed),
+        };
     }
 
     pub(crate) fn rejected(&self, why: Rejection) {
@@ -135,6 +136,7 @@ impl Metrics {
                 .map(|(code, n)| (code.code(), n.load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            other_server_closes: self.other_server_closes.load(Relaxed),
             peer_closes: self.peer_closes.load(Relaxed),
             unknown_opcodes: self.unknown_opcodes.load(Relaxed),
         }
@@ -142,49 +144,109 @@ impl Metrics {
 
     /// The counters in the Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
+        fn metric(out: &mut String, name: &str, kind: &str, samples: &[(String, u64)]) {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        }
+        let one = |value: u64| [(String::new(), value)];
         let s = self.snapshot();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_connections_open gauge\nmesa_connections_open {}",
-            s.connections_open
+        metric(
+            &mut out,
+            "mesa_connections_open",
+            "gauge",
+            &one(s.connections_open),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_connections_total counter\nmesa_connections_total {}",
-            s.connections_total
+        metric(
+            &mut out,
+            "mesa_connections_total",
+            "counter",
+            &one(s.connections_total),
         );
-        let _ = writeln!(out, "# TYPE mesa_upgrades_rejected_total counter");
-        for (label, n) in &s.rejections {
-            let _ = writeln!(
-                out,
-                "mesa_upgrades_rejected_total{{reason=\"{label}\"}} {n}"
-            );
+        let rejections: Vec<_> = s
+            .rejections
+            .iter()
+            .map(|(label, n)| (format!("{{reason=\"{label}\"}}"), *n))
+            .collect();
+        metric(
+            &mut out,
+            "mesa_upgrades_rejected_total",
+            "counter",
+            &rejections,
+        );
+        metric(
+            &mut out,
+            "mesa_frames_received_total",
+            "counter",
+            &one(s.frames_received),
+        );
+        metric(
+            &mut out,
+            "mesa_frames_sent_total",
+            "counter",
+            &one(s.frames_sent),
+        );
+        let mut closes: Vec<_> = s
+            .server_closes
+            .iter()
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n))
+            .collect();
+        if s.other_server_closes > 0 {
+            closes.push(("{code=\"other\"}".to_string(), s.other_server_closes));
         }
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_frames_received_total counter\nmesa_frames_received_total {}",
-            s.frames_received
+        metric(&mut out, "mesa_server_closes_total", "counter", &closes);
+        metric(
+            &mut out,
+            "mesa_peer_closes_total",
+            "counter",
+            &one(s.peer_closes),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_frames_sent_total counter\nmesa_frames_sent_total {}",
-            s.frames_sent
-        );
-        let _ = writeln!(out, "# TYPE mesa_server_closes_total counter");
-        for (code, n) in &s.server_closes {
-            let _ = writeln!(out, "mesa_server_closes_total{{code=\"{code}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_peer_closes_total counter\nmesa_peer_closes_total {}",
-            s.peer_closes
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE mesa_unknown_opcodes_total counter\nmesa_unknown_opcodes_total {}",
-            s.unknown_opcodes
+        metric(
+            &mut out,
+            "mesa_unknown_opcodes_total",
+            "counter",
+            &one(s.unknown_opcodes),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_counted_by_who_closed_and_why() {
+        let metrics = Metrics::default();
+        for by_server in [None, Some(4009), Some(1002), Some(4321)] {
+            metrics.connection_opened();
+            metrics.connection_closed(by_server);
+        }
+        let s = metrics.snapshot();
+        assert_eq!(
+            (s.connections_open, s.connections_total, s.peer_closes),
+            (0, 4, 1)
+        );
+        assert_eq!(s.server_closes, vec![(1002, 1), (4009, 1)]);
+        assert_eq!(s.other_server_closes, 1);
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains("# TYPE mesa_connections_open gauge\nmesa_connections_open 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesa_server_closes_total{code=\"4009\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesa_server_closes_total{code=\"other\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesa_upgrades_rejected_total{reason=\"capacity\"} 0\n"),
+            "{text}"
+        );
     }
 }
