@@ -21,7 +21,9 @@ pub enum Lifecycle {
     Connecting,
     /// The WebSocket is open; waiting for the Hello (op 10).
     AwaitingHello,
-    /// Hello received, credentials sent (op 2), waiting for op 22. Sends stay queued.
+    /// Hello received, credentials sent (op 2), waiting for op 22. Sends stay queued. Also the state of a
+    /// connection whose credentials the server refused with op 9 (the connection stays open): sends stay
+    /// queued until [`Client::authenticate`] succeeds.
     Authenticating,
     /// Connected (and authenticated, when the client has credentials): sends go out.
     Ready,
@@ -45,22 +47,36 @@ pub(crate) enum Command {
 /// The channels a handle holds.
 pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) outbox: mpsc::Sender<Utf8Bytes>,
+    pub(crate) send_queue: mpsc::Sender<Utf8Bytes>,
     pub(crate) lifecycle: watch::Receiver<Lifecycle>,
     pub(crate) queue_capacity: usize,
 }
 
 /// A handle to a Mesa client: send, authenticate, connect and disconnect from any task.
 ///
-/// Cheap to clone (an `Arc`); every clone talks to the same background task, which owns the socket and
-/// runs until the last handle is dropped (it then closes the connection with 1000).
+/// Cheap to clone (an `Arc`); every clone talks to the same background task, which owns the socket.
+///
+/// # Dropping the last handle
+/// Frames [`Client::send`] accepted are still delivered: when the last handle is dropped with frames
+/// queued, the task keeps running (connecting, authenticating and reconnecting as usual) until the queue
+/// is flushed, then closes the connection with 1000 and stops; with an empty queue it does so at once.
+/// This lingering is bounded by [`ClientBuilder::linger`] (default 10 s, counted from the drop) and also
+/// ends when nothing could deliver the queue any more: the client is [`Lifecycle::Disconnected`] or
+/// [`Lifecycle::Closed`] (terminal close, [`Client::disconnect`]), or the server refused the credentials.
+/// Frames left then are discarded, with a `tracing` warning. The task runs on the Tokio runtime the client
+/// was built on: shutting the runtime down ends it whatever is queued. Until the task stops, [`Events`]
+/// goes on reporting (including the final [`Event::Disconnected`](crate::Event::Disconnected) with code
+/// 1000), and it ends after the last event.
 ///
 /// # Ordering and delivery
 /// Frames passed to [`Client::send`] leave in the order they were queued, across reconnections. Frames
 /// queued while disconnected, connecting or authenticating are flushed only once the connection is
-/// [`Lifecycle::Ready`], that is after op 22 when the client has credentials. A frame that was written to a
-/// socket which then turned out to be dead is **not** sent again: the protocol has no acknowledgements, so
-/// the client cannot know whether the server read it (at most once, per connection).
+/// [`Lifecycle::Ready`], that is after op 22 when the client has (or has had) credentials: after a refusal
+/// they wait for a later successful [`Client::authenticate`]. A frame that was written to a socket which
+/// then turned out to be dead is **not** sent again: the protocol has no acknowledgements, so the client
+/// cannot know whether the server read it (at most once, per connection).
+///
+/// [`Events`]: crate::Events
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -87,7 +103,9 @@ impl Client {
         }
     }
 
-    /// Queues `frame` for sending and returns at once. See the [type docs](Client) for ordering.
+    /// Queues `frame` for sending and returns at once. See the [type docs](Client) for ordering, and for
+    /// what happens to accepted frames when the last handle is dropped (they are still delivered, within
+    /// [`ClientBuilder::linger`]).
     ///
     /// Errors: [`SendError::QueueFull`] when `queue_capacity` frames wait already (nothing is queued; the
     /// frame is not silently dropped), [`SendError::Closed`] when the client is [`Lifecycle::Closed`].
@@ -95,7 +113,7 @@ impl Client {
         if self.lifecycle() == Lifecycle::Closed {
             return Err(SendError::Closed);
         }
-        match self.shared.outbox.try_send(frame.encode().into()) {
+        match self.shared.send_queue.try_send(frame.encode().into()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::QueueFull {
                 capacity: self.shared.queue_capacity,
@@ -116,7 +134,25 @@ impl Client {
     /// The credentials are remembered and sent again, automatically, after every reconnection, before queued
     /// sends are flushed. When called while connecting or waiting to reconnect, they are sent as soon as the
     /// next Hello arrives. The wait for op 22 is bounded by the Hello's `c_authentication_timeout`.
-    /// Calling it again replaces the credentials; every pending call resolves with the next answer.
+    ///
+    /// # Several calls
+    /// The latest call's credentials are the current ones, and every call resolves with the answer to its
+    /// own credentials:
+    /// - One op 2 is in flight per connection at a time. A call made while another call's credentials are
+    ///   being checked waits for that answer, which goes to the earlier call (in order).
+    /// - A call with the same credentials as the pending one shares its answer.
+    /// - A call whose credentials were not sent yet, replaced by a newer call with other credentials,
+    ///   resolves with [`AuthenticateError::Superseded`].
+    /// - A connection is never sent a second identity: once the server accepted credentials on it, a call
+    ///   with *other* credentials closes it (1000, [`Event::Disconnected`](crate::Event::Disconnected) with
+    ///   `will_reconnect` and a zero delay, then [`Event::Connected`](crate::Event::Connected) with
+    ///   `automatic_reconnection`) and authenticates on a new connection right away, even with
+    ///   reconnection off. (This project's server closes with the terminal 4005 when a connection switches
+    ///   users; a Mesa 1.5 server ignores a second op 2.) The same credentials again are sent on the same
+    ///   connection: this project's server answers with op 22 again.
+    ///
+    /// Queued sends wait meanwhile: they go out only on a connection authenticated with the current
+    /// credentials.
     pub async fn authenticate(&self, data: Value) -> Result<Value, AuthenticateError> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Authenticate {
@@ -184,6 +220,6 @@ impl Client {
     pub fn queued(&self) -> usize {
         self.shared
             .queue_capacity
-            .saturating_sub(self.shared.outbox.capacity())
+            .saturating_sub(self.shared.send_queue.capacity())
     }
 }

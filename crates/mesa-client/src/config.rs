@@ -53,12 +53,18 @@ pub struct ClientBuilder {
     heartbeat_slack: Option<Duration>,
     ping_interval: Option<Duration>,
     write_timeout: Duration,
+    linger: Duration,
     max_message_size: usize,
     client_version: Option<String>,
     send_rate: Option<RateLimit>,
     tls: Option<Arc<rustls::ClientConfig>>,
     dial: Option<Dial>,
 }
+
+/// The default [`ClientBuilder::linger`]: time left to deliver queued sends after the last handle is
+/// dropped. At the default pace ([`DEFAULT_SEND_RATE`]) a full default queue (1024 frames) takes about
+/// 11 s; most queues are far shorter.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(10);
 
 /// The default pace of outgoing frames: below the server's default inbound limit (burst 200, 100 per
 /// second), with room for heartbeat answers and for bunching on the way.
@@ -85,6 +91,7 @@ impl fmt::Debug for ClientBuilder {
             .field("authentication_timeout", &self.authentication_timeout)
             .field("heartbeat_slack", &self.heartbeat_slack)
             .field("ping_interval", &self.ping_interval)
+            .field("linger", &self.linger)
             .field("client_version", &self.client_version)
             .field("send_rate", &self.send_rate)
             .field("custom_tls", &self.tls.is_some())
@@ -112,6 +119,7 @@ impl ClientBuilder {
             heartbeat_slack: None,
             ping_interval: Some(Duration::from_secs(15)),
             write_timeout: Duration::from_secs(10),
+            linger: DEFAULT_LINGER,
             max_message_size: 16 << 20,
             client_version: None,
             send_rate: Some(DEFAULT_SEND_RATE),
@@ -129,7 +137,9 @@ impl ClientBuilder {
 
     /// Credentials (op 2's `d`, for example `{"token": "…"}`) sent after the Hello of every connection,
     /// before any queued send is flushed. The same as calling [`Client::authenticate`] before connecting,
-    /// without waiting for the answer. Default: none (the client does not authenticate on its own).
+    /// without waiting for the answer. From then on the client drains its send queue only on an
+    /// authenticated connection (after op 22), also after a refusal. Default: none (the client does not
+    /// authenticate on its own, and flushes right after the Hello).
     pub fn credentials(mut self, data: Value) -> Self {
         self.credentials = Some(Credentials(data));
         self
@@ -224,6 +234,24 @@ impl ClientBuilder {
         self
     }
 
+    /// How long the client's task may keep running after the last [`Client`] handle is dropped, to deliver
+    /// the frames [`Client::send`] had accepted. Default 10 s ([`DEFAULT_LINGER`]).
+    ///
+    /// When the last handle goes and frames are still queued, the task carries on as if nothing happened
+    /// (connecting, authenticating with the current credentials, reconnecting after a drop) until the queue
+    /// is empty, then closes with 1000 and stops. It stops earlier, discarding what is left (logged with
+    /// `tracing::warn!`), when this deadline passes, when the client is [`Lifecycle::Closed`] or
+    /// [`Lifecycle::Disconnected`] (nothing would connect it again), or when the server refused the
+    /// credentials and no handle is left to supply others. With an empty queue, or a zero linger, it stops
+    /// at once. The task needs its runtime: a runtime shut down meanwhile ends it too.
+    ///
+    /// [`Lifecycle::Closed`]: crate::Lifecycle::Closed
+    /// [`Lifecycle::Disconnected`]: crate::Lifecycle::Disconnected
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     /// Largest inbound message in bytes; a larger one fails the connection. Default 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1);
@@ -277,7 +305,7 @@ impl ClientBuilder {
     /// auto-connect (the default) it starts connecting at once.
     ///
     /// Returns the cloneable [`Client`] handle and the [`Events`] stream. The task runs until every
-    /// `Client` handle is dropped.
+    /// `Client` handle is dropped and the queued sends are delivered (see [`ClientBuilder::linger`]).
     pub fn build(self) -> Result<(Client, Events), ConnectError> {
         let auto_connect = self.auto_connect;
         let config = self.into_config()?;
@@ -357,6 +385,7 @@ impl ClientBuilder {
             heartbeat_slack: self.heartbeat_slack,
             ping_interval: self.ping_interval,
             write_timeout: self.write_timeout,
+            linger: self.linger,
             max_message_size: self.max_message_size,
             client_version: self.client_version,
             send_rate: self.send_rate.filter(RateLimit::is_enabled),
@@ -399,6 +428,7 @@ pub(crate) struct Config {
     heartbeat_slack: Option<Duration>,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) write_timeout: Duration,
+    pub(crate) linger: Duration,
     max_message_size: usize,
     pub(crate) client_version: Option<String>,
     pub(crate) send_rate: Option<RateLimit>,

@@ -13,9 +13,17 @@
 //!                         └──────► Connecting
 //! ```
 //!
-//! The outbox (queued sends) is read only in `Ready`, which is what makes queued frames wait for
-//! re-authentication, and only when the pace (`TokenBucket`) has a token. Timing decisions are delegated
-//! to the pure [`Backoff`] and [`Liveness`].
+//! The send queue (frames [`Client::send`] accepted) is read only in `Ready`, which is what makes queued
+//! frames wait for (re-)authentication, and only when the pace (`TokenBucket`) has a token. Timing
+//! decisions are delegated to the pure [`Backoff`] and [`Liveness`].
+//!
+//! Authentication: `credentials` are the current ones (the latest `authenticate()`), `auth_waiters` the
+//! calls waiting for them to be sent, and [`Connection::in_flight`] the op 2 a connection is waiting to
+//! hear about. Only one op 2 is in flight per connection; a connection the server authenticated with other
+//! credentials is replaced ([`SessionEnd::SwitchCredentials`]) rather than sent a second identity.
+//!
+//! When the last handle goes, the task lingers (`linger_until`) while frames are still queued: the same
+//! phases run until the queue is empty (its receiver then yields `None`), or the linger deadline passes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +58,7 @@ type ConnectReply = oneshot::Sender<Result<(), ConnectError>>;
 /// Starts the task on `runtime` and returns the handle and the event stream.
 pub(crate) fn spawn(runtime: &Handle, config: Config, auto_connect: bool) -> (Client, Events) {
     let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
-    let (outbox_tx, outbox) = mpsc::channel(config.queue_capacity);
+    let (send_queue_tx, send_queue) = mpsc::channel(config.queue_capacity);
     let initial = if auto_connect {
         Lifecycle::Connecting
     } else {
@@ -60,16 +68,18 @@ pub(crate) fn spawn(runtime: &Handle, config: Config, auto_connect: bool) -> (Cl
     let (events, events_rx) = EventQueue::new(config.event_capacity);
     let client = Client::new(Shared {
         commands: commands_tx,
-        outbox: outbox_tx,
+        send_queue: send_queue_tx,
         lifecycle: lifecycle_rx,
         queue_capacity: config.queue_capacity,
     });
     let driver = Driver {
         backoff: config.backoff.clone(),
         credentials: config.credentials.clone(),
+        auth_required: config.credentials.is_some(),
+        linger_until: None,
         config: Arc::new(config),
         commands,
-        outbox,
+        send_queue,
         events,
         lifecycle,
         auth_waiters: Vec::new(),
@@ -88,12 +98,12 @@ enum Next {
     Wait(Duration),
     /// Open a connection.
     Connect { automatic: bool },
-    /// Every handle is gone.
+    /// Stop the task: every handle is gone (and the queue is delivered, or abandoned).
     Exit,
 }
 
 /// Why a connection ended.
-enum End {
+enum SessionEnd {
     /// The server sent a close frame.
     ServerClosed { code: u16, reason: String },
     /// The socket failed, or ended without a close frame.
@@ -108,8 +118,17 @@ enum End {
     AuthTimeout,
     /// [`Client::disconnect`].
     ClientDisconnect(oneshot::Sender<()>),
-    /// Every handle dropped.
+    /// The connection is authenticated with credentials other than the current ones: replace it by a new
+    /// connection (a second identity on it would be closed with 4005, or ignored by Mesa 1.5).
+    SwitchCredentials,
+    /// Every handle dropped, and the queue is flushed (or cannot be before the linger deadline).
     HandlesDropped,
+}
+
+/// Credentials sent (op 2) on a connection, and the calls waiting for the server's answer to them.
+struct PendingAuth {
+    credentials: Credentials,
+    waiters: Vec<AuthReply>,
 }
 
 /// One open WebSocket and its per-connection state.
@@ -121,8 +140,10 @@ struct Connection {
     liveness: Option<Liveness>,
     auth_timeout: Duration,
     auth_deadline: Option<Instant>,
-    /// Credentials were sent on this connection and not answered yet.
-    auth_sent: bool,
+    /// The op 2 sent on this connection and not answered yet (at most one at a time).
+    in_flight: Option<PendingAuth>,
+    /// The credentials the server accepted (op 22) on this connection: the identity it holds for it.
+    authenticated_as: Option<Credentials>,
     write_timeout: Duration,
     /// The client's estimate of the server's inbound rate limit (`None`: no pacing).
     pace: Option<TokenBucket>,
@@ -174,13 +195,13 @@ impl Connection {
         }
     }
 
-    async fn write(&mut self, message: Message) -> Result<(), End> {
+    async fn write(&mut self, message: Message) -> Result<(), SessionEnd> {
         match timeout(self.write_timeout, self.socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(End::Dropped {
+            Ok(Err(error)) => Err(SessionEnd::Dropped {
                 reason: format!("write failed: {error}"),
             }),
-            Err(_) => Err(End::Dropped {
+            Err(_) => Err(SessionEnd::Dropped {
                 reason: format!("write took longer than {:?}", self.write_timeout),
             }),
         }
@@ -188,7 +209,7 @@ impl Connection {
 
     /// Writes a frame of the client's own (op 2, op 11, the version): it is not held back, but it counts
     /// against the pace like everything the server receives.
-    async fn write_frame(&mut self, frame: &Frame) -> Result<(), End> {
+    async fn write_frame(&mut self, frame: &Frame) -> Result<(), SessionEnd> {
         if let Some(bucket) = self.pace.as_mut() {
             let _ = bucket.try_take(Instant::now().into_std());
         }
@@ -196,7 +217,7 @@ impl Connection {
     }
 
     /// Writes a queued frame with the token `may_send` took.
-    async fn write_queued(&mut self, text: Utf8Bytes) -> Result<(), End> {
+    async fn write_queued(&mut self, text: Utf8Bytes) -> Result<(), SessionEnd> {
         self.token = false;
         self.write(Message::Text(text)).await
     }
@@ -221,13 +242,20 @@ struct Driver {
     config: Arc<Config>,
     backoff: Backoff,
     commands: mpsc::Receiver<Command>,
-    outbox: mpsc::Receiver<Utf8Bytes>,
+    send_queue: mpsc::Receiver<Utf8Bytes>,
     events: EventQueue,
     lifecycle: watch::Sender<Lifecycle>,
+    /// The current credentials: sent after every Hello. Forgotten when refused.
     credentials: Option<Credentials>,
+    /// The client has had credentials: the queue drains only on an authenticated connection, even when
+    /// `credentials` were refused and forgotten.
+    auth_required: bool,
+    /// Calls waiting for the answer to `credentials`, which no connection has sent yet.
     auth_waiters: Vec<AuthReply>,
     connect_waiters: Vec<ConnectReply>,
     connected_before: bool,
+    /// Set when the last handle was dropped with frames still queued: the task stops at this instant.
+    linger_until: Option<Instant>,
 }
 
 impl Driver {
@@ -244,6 +272,13 @@ impl Driver {
                 Next::Connect { automatic } => self.connect(automatic).await,
                 Next::Exit => break,
             };
+        }
+        let abandoned = self.send_queue.len();
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "mesa client stopped with queued frames it could not deliver"
+            );
         }
         self.set(Lifecycle::Closed);
         self.fail_auth_waiters(&AuthenticateError::Closed);
@@ -280,17 +315,58 @@ impl Driver {
         Next::Idle(Lifecycle::Closed)
     }
 
+    /// The last handle is gone (the command channel ended). Returns `true` when the task should stop now:
+    /// nothing is queued, or lingering is off. Otherwise it lingers, until the queue is flushed or the
+    /// linger deadline, and stops reading commands.
+    fn handles_dropped(&mut self) -> bool {
+        if self.linger_until.is_some() {
+            return false;
+        }
+        let queued = self.send_queue.len();
+        if queued == 0 || self.config.linger.is_zero() {
+            return true;
+        }
+        tracing::debug!(queued, linger = ?self.config.linger, "last handle dropped: delivering the queue first");
+        self.linger_until = Some(Instant::now() + self.config.linger);
+        false
+    }
+
+    /// Makes `credentials` the current ones for the call `reply`.
+    ///
+    /// A call with the credentials of `in_flight` (sent on the open connection, not answered yet) joins
+    /// it: same credentials, same answer. Calls waiting for other credentials that were never sent are
+    /// superseded. Otherwise the call waits for the current credentials to be sent.
+    fn accept_credentials(
+        &mut self,
+        credentials: Credentials,
+        reply: AuthReply,
+        in_flight: Option<&mut PendingAuth>,
+    ) {
+        self.auth_required = true;
+        if self.credentials.as_ref() != Some(&credentials) {
+            for waiter in self.auth_waiters.drain(..) {
+                let _ = waiter.send(Err(AuthenticateError::Superseded));
+            }
+        }
+        match in_flight {
+            Some(pending) if pending.credentials == credentials => pending.waiters.push(reply),
+            _ => self.auth_waiters.push(reply),
+        }
+        self.credentials = Some(credentials);
+    }
+
     /// Handles a command that needs no connection; returns what to do next when it changes the phase.
     fn on_idle_command(&mut self, command: Option<Command>, idle: bool) -> Option<Next> {
         match command {
-            None => Some(Next::Exit),
+            // Idle: nothing would connect again, so nothing queued can be delivered.
+            None if idle => Some(Next::Exit),
+            None => self.handles_dropped().then_some(Next::Exit),
             Some(Command::Connect(reply)) => {
                 self.connect_waiters.push(reply);
                 idle.then_some(Next::Connect { automatic: false })
             }
             Some(Command::Authenticate { credentials, reply }) if !idle => {
-                self.credentials = Some(credentials);
-                self.auth_waiters.push(reply);
+                self.accept_credentials(credentials, reply, None);
                 None
             }
             Some(Command::Authenticate { reply, .. }) => {
@@ -304,6 +380,10 @@ impl Driver {
     /// `Disconnected` or `Closed`: wait for `connect()`.
     async fn idle(&mut self, state: Lifecycle) -> Next {
         self.set(state);
+        if self.linger_until.is_some() {
+            // The handles are gone: no connect() will come.
+            return Next::Exit;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -331,9 +411,10 @@ impl Driver {
         );
         let until = Instant::now() + delay;
         loop {
+            let linger_until = self.linger_until;
             tokio::select! {
                 biased;
-                command = self.commands.recv() => {
+                command = self.commands.recv(), if linger_until.is_none() => {
                     let skip_delay = matches!(command, Some(Command::Connect(_)));
                     if let Some(next) = self.on_idle_command(command, false) {
                         return next;
@@ -346,6 +427,9 @@ impl Driver {
                 () = sleep_until(until), if !self.events.is_stalled() => {
                     return Next::Connect { automatic: true };
                 }
+                () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => {
+                    return Next::Exit;
+                }
             }
         }
     }
@@ -357,9 +441,10 @@ impl Driver {
         let attempt = async move { transport::open(&config).await };
         tokio::pin!(attempt);
         let socket = loop {
+            let linger_until = self.linger_until;
             tokio::select! {
                 biased;
-                command = self.commands.recv() => {
+                command = self.commands.recv(), if linger_until.is_none() => {
                     if let Some(next) = self.on_idle_command(command, false) {
                         return next;
                     }
@@ -369,6 +454,9 @@ impl Driver {
                     Ok(socket) => break socket,
                     Err(error) => return self.attempt_failed(error),
                 },
+                () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => {
+                    return Next::Exit;
+                }
             }
         };
         self.session(socket, automatic).await
@@ -407,7 +495,8 @@ impl Driver {
             liveness: None,
             auth_timeout: self.config.authentication_timeout,
             auth_deadline: None,
-            auth_sent: false,
+            in_flight: None,
+            authenticated_as: None,
             write_timeout: self.config.write_timeout,
             pace: self
                 .config
@@ -417,13 +506,23 @@ impl Driver {
             pace_until: None,
         };
         let end = loop {
+            let linger_until = self.linger_until;
+            if linger_until.is_some()
+                && conn.phase == Lifecycle::Authenticating
+                && conn.in_flight.is_none()
+            {
+                // Credentials refused, and no handle is left to supply others: the queue cannot go out.
+                break SessionEnd::HandlesDropped;
+            }
             let stalled = self.events.is_stalled();
             // Before the deadline: when no token is left, `may_send` sets the time of the next one.
             let ready = conn.phase == Lifecycle::Ready && conn.may_send(Instant::now());
             let deadline = conn.next_deadline();
             let step = tokio::select! {
                 biased;
-                command = self.commands.recv() => self.on_command(&mut conn, command).await,
+                command = self.commands.recv(), if linger_until.is_none() => {
+                    self.on_command(&mut conn, command).await
+                }
                 () = self.events.flush_one(), if self.events.has_pending() => {
                     if stalled && !self.events.is_stalled() {
                         // The socket was not read meanwhile: silence was ours, not the server's.
@@ -432,12 +531,16 @@ impl Driver {
                     None
                 }
                 message = conn.socket.next(), if !stalled => self.on_socket(&mut conn, message).await,
-                text = self.outbox.recv(), if ready => match text {
+                text = self.send_queue.recv(), if ready => match text {
                     Some(text) => conn.write_queued(text).await.err(),
-                    None => Some(End::HandlesDropped),
+                    // Every handle is gone and the queue is empty: everything accepted went out.
+                    None => Some(SessionEnd::HandlesDropped),
                 },
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() && !stalled => self.on_deadline(&mut conn).await,
+                () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => {
+                    Some(SessionEnd::HandlesDropped)
+                }
             };
             if let Some(end) = step {
                 break end;
@@ -446,9 +549,13 @@ impl Driver {
         self.finish(conn, end).await
     }
 
-    async fn on_command(&mut self, conn: &mut Connection, command: Option<Command>) -> Option<End> {
+    async fn on_command(
+        &mut self,
+        conn: &mut Connection,
+        command: Option<Command>,
+    ) -> Option<SessionEnd> {
         match command {
-            None => Some(End::HandlesDropped),
+            None => self.handles_dropped().then_some(SessionEnd::HandlesDropped),
             Some(Command::Connect(reply)) => {
                 if conn.phase == Lifecycle::AwaitingHello {
                     self.connect_waiters.push(reply);
@@ -458,15 +565,14 @@ impl Driver {
                 None
             }
             Some(Command::Authenticate { credentials, reply }) => {
-                self.credentials = Some(credentials);
-                self.auth_waiters.push(reply);
+                self.accept_credentials(credentials, reply, conn.in_flight.as_mut());
                 if conn.phase == Lifecycle::AwaitingHello {
                     None // sent when the Hello arrives
                 } else {
-                    self.send_credentials(conn).await
+                    self.advance_auth(conn).await
                 }
             }
-            Some(Command::Disconnect(reply)) => Some(End::ClientDisconnect(reply)),
+            Some(Command::Disconnect(reply)) => Some(SessionEnd::ClientDisconnect(reply)),
         }
     }
 
@@ -474,15 +580,15 @@ impl Driver {
         &mut self,
         conn: &mut Connection,
         message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Option<End> {
+    ) -> Option<SessionEnd> {
         let message = match message {
             None => {
-                return Some(End::Dropped {
+                return Some(SessionEnd::Dropped {
                     reason: "connection ended without a close frame".into(),
                 })
             }
             Some(Err(error)) => {
-                return Some(End::Dropped {
+                return Some(SessionEnd::Dropped {
                     reason: error.to_string(),
                 })
             }
@@ -497,7 +603,7 @@ impl Driver {
                     .unwrap_or((1005, String::new()));
                 // tungstenite queued the close reply; send it so the server sees a clean close.
                 let _ = timeout(CLOSE_TIMEOUT, conn.socket.flush()).await;
-                Some(End::ServerClosed { code, reason })
+                Some(SessionEnd::ServerClosed { code, reason })
             }
             Message::Binary(_) => {
                 tracing::debug!("ignored a binary message: the protocol is JSON text");
@@ -508,7 +614,7 @@ impl Driver {
         }
     }
 
-    async fn on_text(&mut self, conn: &mut Connection, text: &str) -> Option<End> {
+    async fn on_text(&mut self, conn: &mut Connection, text: &str) -> Option<SessionEnd> {
         let frame = match Frame::decode(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -518,14 +624,14 @@ impl Driver {
         };
         if conn.phase == Lifecycle::AwaitingHello {
             if frame.opcode() != Some(OpCode::Hello) {
-                return Some(End::Protocol(format!(
+                return Some(SessionEnd::Protocol(format!(
                     "expected Hello (op 10) first, got op {}",
                     frame.op
                 )));
             }
             return match serde_json::from_value::<Hello>(frame.d) {
                 Ok(hello) => self.on_hello(conn, hello).await,
-                Err(error) => Some(End::Protocol(format!("invalid Hello: {error}"))),
+                Err(error) => Some(SessionEnd::Protocol(format!("invalid Hello: {error}"))),
             };
         }
         match frame.opcode() {
@@ -537,10 +643,7 @@ impl Driver {
                 self.events.push(Event::Message(frame));
                 None
             }
-            Some(OpCode::AuthenticationAck) => {
-                self.on_authenticated(conn, frame.d);
-                None
-            }
+            Some(OpCode::AuthenticationAck) => self.on_authenticated(conn, frame.d).await,
             Some(OpCode::InvalidSession) => {
                 let reason = frame
                     .d
@@ -548,8 +651,7 @@ impl Driver {
                     .and_then(Value::as_str)
                     .unwrap_or("authentication refused")
                     .to_string();
-                self.on_refused(conn, reason);
-                None
+                self.on_refused(conn, reason).await
             }
             Some(OpCode::Hello) => {
                 // A second Hello: adopt its timings.
@@ -592,7 +694,7 @@ impl Driver {
         });
     }
 
-    async fn on_hello(&mut self, conn: &mut Connection, hello: Hello) -> Option<End> {
+    async fn on_hello(&mut self, conn: &mut Connection, hello: Hello) -> Option<SessionEnd> {
         self.configure(conn, &hello);
         if hello.has_rule(rules::ENFORCE_EQUAL_VERSIONS) {
             if let Some(version) = &self.config.client_version {
@@ -612,24 +714,57 @@ impl Driver {
         for waiter in self.connect_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
-        if self.credentials.is_some() {
-            self.send_credentials(conn).await
-        } else {
-            self.ready(conn);
-            None
+        self.advance_auth(conn).await
+    }
+
+    /// Takes the connection (past its Hello) one step towards `Ready` with the current credentials:
+    ///
+    /// - an op 2 is in flight: wait for its answer (one at a time, so that each is answered in order);
+    /// - no credentials: `Ready`, unless the client has had credentials (they were refused): then it waits
+    ///   in `Authenticating` for `authenticate()`, the queue held;
+    /// - the connection is authenticated with these credentials and nobody asked again: `Ready`;
+    /// - it is authenticated with other credentials: replace the connection;
+    /// - otherwise: send op 2.
+    async fn advance_auth(&mut self, conn: &mut Connection) -> Option<SessionEnd> {
+        if conn.in_flight.is_some() {
+            return None;
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            if self.auth_required {
+                conn.phase = Lifecycle::Authenticating;
+                conn.auth_deadline = None;
+                self.set(Lifecycle::Authenticating);
+            } else {
+                self.ready(conn);
+            }
+            return None;
+        };
+        match &conn.authenticated_as {
+            Some(accepted) if *accepted == credentials && self.auth_waiters.is_empty() => {
+                self.ready(conn);
+                None
+            }
+            Some(accepted) if *accepted != credentials => Some(SessionEnd::SwitchCredentials),
+            _ => self.send_credentials(conn, credentials).await,
         }
     }
 
-    /// Sends op 2 with the remembered credentials and waits for op 22 (queued sends stay queued).
-    async fn send_credentials(&mut self, conn: &mut Connection) -> Option<End> {
-        let frame = match &self.credentials {
-            Some(credentials) => Frame::new(OpCode::Authenticate, credentials.0.clone()),
-            None => return None,
-        };
+    /// Sends op 2 with `credentials` and waits for op 22 (queued sends stay queued); the calls waiting for
+    /// them now wait for this connection's answer.
+    async fn send_credentials(
+        &mut self,
+        conn: &mut Connection,
+        credentials: Credentials,
+    ) -> Option<SessionEnd> {
+        let frame = Frame::new(OpCode::Authenticate, credentials.0.clone());
+        // A failed write never reached the server: its callers wait for the next connection.
         if let Err(end) = conn.write_frame(&frame).await {
             return Some(end);
         }
-        conn.auth_sent = true;
+        conn.in_flight = Some(PendingAuth {
+            credentials,
+            waiters: std::mem::take(&mut self.auth_waiters),
+        });
         conn.auth_deadline = Some(Instant::now() + conn.auth_timeout);
         conn.phase = Lifecycle::Authenticating;
         self.set(Lifecycle::Authenticating);
@@ -644,57 +779,84 @@ impl Driver {
         self.set(Lifecycle::Ready);
     }
 
-    fn on_authenticated(&mut self, conn: &mut Connection, user: Value) {
-        conn.auth_sent = false;
-        if conn.phase == Lifecycle::Authenticating {
-            self.ready(conn);
-        }
-        for waiter in self.auth_waiters.drain(..) {
+    /// Op 22: the answer to the op 2 in flight goes to its callers; then on with the current credentials.
+    async fn on_authenticated(&mut self, conn: &mut Connection, user: Value) -> Option<SessionEnd> {
+        let Some(answered) = conn.in_flight.take() else {
+            tracing::debug!("op 22 without an op 2 in flight: reported, nothing else");
+            self.events.push(Event::Authenticated(user));
+            return None;
+        };
+        conn.auth_deadline = None;
+        for waiter in answered.waiters {
             let _ = waiter.send(Ok(user.clone()));
         }
+        conn.authenticated_as = Some(answered.credentials);
         self.events.push(Event::Authenticated(user));
+        self.advance_auth(conn).await
     }
 
-    fn on_refused(&mut self, conn: &mut Connection, reason: String) {
-        conn.auth_sent = false;
-        self.credentials = None;
-        self.fail_auth_waiters(&AuthenticateError::Refused {
+    /// Op 9: the op 2 in flight was refused and the connection stays open. Refused credentials are
+    /// forgotten; the queue stays held until a later op 22.
+    async fn on_refused(&mut self, conn: &mut Connection, reason: String) -> Option<SessionEnd> {
+        let Some(refused) = conn.in_flight.take() else {
+            tracing::debug!("op 9 without an op 2 in flight: reported, nothing else");
+            self.events.push(Event::AuthenticationRefused { reason });
+            return None;
+        };
+        conn.auth_deadline = None;
+        if self.credentials.as_ref() == Some(&refused.credentials) {
+            self.credentials = None;
+        }
+        let error = AuthenticateError::Refused {
             reason: reason.clone(),
             close_code: None,
-        });
-        self.events.push(Event::AuthenticationRefused { reason });
-        if conn.phase == Lifecycle::Authenticating {
-            self.ready(conn);
+        };
+        for waiter in refused.waiters {
+            let _ = waiter.send(Err(error.clone()));
         }
+        self.events.push(Event::AuthenticationRefused { reason });
+        self.advance_auth(conn).await
     }
 
-    async fn on_deadline(&mut self, conn: &mut Connection) -> Option<End> {
+    async fn on_deadline(&mut self, conn: &mut Connection) -> Option<SessionEnd> {
         let now = Instant::now();
         if conn.phase == Lifecycle::AwaitingHello && now >= conn.hello_deadline {
-            return Some(End::HelloTimeout);
+            return Some(SessionEnd::HelloTimeout);
         }
         if conn.auth_deadline.is_some_and(|at| now >= at) {
-            return Some(End::AuthTimeout);
+            return Some(SessionEnd::AuthTimeout);
         }
         match conn.liveness.as_mut()?.poll(now.into_std())? {
-            LivenessAction::Dead { silent_for } => Some(End::Silent { silent_for }),
+            LivenessAction::Dead { silent_for } => Some(SessionEnd::Silent { silent_for }),
             LivenessAction::Ping => conn.write(Message::Ping(Bytes::new())).await.err(),
         }
     }
 
     /// Ends a connection: closing handshake where it makes sense, waiters, event, and what comes next.
-    async fn finish(&mut self, mut conn: Connection, end: End) -> Next {
+    async fn finish(&mut self, mut conn: Connection, end: SessionEnd) -> Next {
         let hello_received = conn.phase != Lifecycle::AwaitingHello;
+        let mut in_flight = conn.in_flight.take();
         // `failure` classifies an end before Hello; `may_reconnect` is false only for a server close code
         // that forbids it (ends the client detects itself are always worth another attempt).
         let (code, reason, failure, may_reconnect) = match end {
-            End::HandlesDropped => {
-                conn.close(CloseCode::Normal.code(), "client dropped").await;
+            SessionEnd::HandlesDropped => {
+                let reason = "client dropped";
+                conn.close(CloseCode::Normal.code(), reason).await;
+                answer(in_flight, &AuthenticateError::Closed);
+                if hello_received {
+                    self.events.push(Event::Disconnected(Disconnected {
+                        code: CloseCode::Normal.code(),
+                        reason: reason.into(),
+                        will_reconnect: false,
+                        reconnect_delay: None,
+                    }));
+                }
                 return Next::Exit;
             }
-            End::ClientDisconnect(reply) => {
+            SessionEnd::ClientDisconnect(reply) => {
                 let reason = "disconnected by the client";
                 conn.close(CloseCode::Normal.code(), reason).await;
+                answer(in_flight, &AuthenticateError::Closed);
                 if hello_received {
                     self.events.push(Event::Disconnected(Disconnected {
                         code: CloseCode::Normal.code(),
@@ -705,56 +867,85 @@ impl Driver {
                 }
                 return self.stop(reply);
             }
-            End::ServerClosed { code, reason } => (code, reason, None, can_reconnect_code(code)),
-            End::Dropped { reason } => (1006, reason, None, true),
+            SessionEnd::SwitchCredentials => {
+                // Asked for by authenticate(): reconnect at once, whatever the reconnection settings.
+                let reason = "switching to new credentials";
+                conn.close(CloseCode::Normal.code(), reason).await;
+                tracing::debug!("reconnecting to authenticate with new credentials");
+                self.events.push(Event::Disconnected(Disconnected {
+                    code: CloseCode::Normal.code(),
+                    reason: reason.into(),
+                    will_reconnect: true,
+                    reconnect_delay: Some(Duration::ZERO),
+                }));
+                return Next::Connect { automatic: true };
+            }
+            SessionEnd::ServerClosed { code, reason } => {
+                (code, reason, None, can_reconnect_code(code))
+            }
+            SessionEnd::Dropped { reason } => (1006, reason, None, true),
             // The peer is presumed gone: no closing handshake to wait for.
-            End::Silent { silent_for } => {
+            SessionEnd::Silent { silent_for } => {
                 let reason = format!("no frame from the server for {} ms", silent_for.as_millis());
                 (1006, reason, None, true)
             }
-            End::HelloTimeout => {
+            SessionEnd::HelloTimeout => {
                 let after = self.config.hello_timeout;
                 let kind = ConnectErrorKind::HelloTimeout { after };
                 (1006, format!("no Hello within {after:?}"), Some(kind), true)
             }
-            End::Protocol(detail) => {
+            SessionEnd::Protocol(detail) => {
                 conn.close(1002, "protocol error").await;
                 let kind = ConnectErrorKind::Protocol {
                     detail: detail.clone(),
                 };
                 (1002, detail, Some(kind), true)
             }
-            End::AuthTimeout => {
+            SessionEnd::AuthTimeout => {
                 let code = CloseCode::AuthenticationTimeout;
                 // Answer the callers first: the closing handshake may take a while.
-                self.fail_auth_waiters(&AuthenticateError::TimedOut {
-                    after: conn.auth_timeout,
-                });
+                answer(
+                    in_flight.take(),
+                    &AuthenticateError::TimedOut {
+                        after: conn.auth_timeout,
+                    },
+                );
                 conn.close(code.code(), code.reason()).await;
+                // The current credentials are sent again on the next connection.
                 (code.code(), code.reason().to_string(), None, true)
             }
         };
         drop(conn.socket);
-        let reconnect = self.config.reconnect && may_reconnect;
-        let refused = code == CloseCode::AuthenticationFailed.code() && conn.auth_sent;
-        if refused {
-            self.credentials = None;
+        let mut reconnect = self.config.reconnect && may_reconnect;
+        // The credentials in flight were refused with a close (1008). Forget them if they are the current
+        // ones (and stop: the server said not to retry them); if newer ones wait, they get their own try.
+        let refused = code == CloseCode::AuthenticationFailed.code() && in_flight.is_some();
+        if let Some(pending) = in_flight.as_ref().filter(|_| refused) {
+            if self.credentials.as_ref() == Some(&pending.credentials) {
+                self.credentials = None;
+            } else if self.credentials.is_some() {
+                reconnect = self.config.reconnect;
+            }
         }
-        // Waiters whose credentials went out on this connection get an answer now; the others wait for the
+        // Calls whose credentials went out on this connection get an answer now; the others wait for the
         // next connection, unless there will be none.
-        if conn.auth_sent || !reconnect {
-            let error = if refused {
-                AuthenticateError::Refused {
-                    reason: reason.clone(),
-                    close_code: Some(code),
-                }
-            } else {
-                AuthenticateError::ConnectionLost {
-                    code,
-                    reason: reason.clone(),
-                }
-            };
-            self.fail_auth_waiters(&error);
+        let error = if refused {
+            AuthenticateError::Refused {
+                reason: reason.clone(),
+                close_code: Some(code),
+            }
+        } else {
+            AuthenticateError::ConnectionLost {
+                code,
+                reason: reason.clone(),
+            }
+        };
+        answer(in_flight, &error);
+        if !reconnect {
+            self.fail_auth_waiters(&AuthenticateError::ConnectionLost {
+                code,
+                reason: reason.clone(),
+            });
         }
         let delay = reconnect.then(|| self.backoff.next_delay());
         tracing::debug!(code, %reason, ?delay, "connection ended");
@@ -779,5 +970,12 @@ impl Driver {
             Some(delay) => Next::Wait(delay),
             None => Next::Idle(Lifecycle::Closed),
         }
+    }
+}
+
+/// Answers the calls waiting for the op 2 that was in flight (if any) with `error`.
+fn answer(in_flight: Option<PendingAuth>, error: &AuthenticateError) {
+    for waiter in in_flight.into_iter().flat_map(|pending| pending.waiters) {
+        let _ = waiter.send(Err(error.clone()));
     }
 }

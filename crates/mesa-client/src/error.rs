@@ -34,7 +34,8 @@ pub enum SendError {
 pub enum AuthenticateError {
     /// The server refused the credentials: a 1008 close (Mesa 1.5; `close_code` is `Some(1008)`, the client
     /// does not reconnect) or op 9 (`close_code` is `None`, the connection stays open, unauthenticated).
-    /// The client forgets refused credentials.
+    /// The client forgets refused credentials; queued sends stay queued until a later
+    /// [`Client::authenticate`](crate::Client::authenticate) succeeds.
     #[error("authentication refused: {reason}")]
     Refused {
         /// The server's reason (close reason or op 9 `d.reason`).
@@ -58,6 +59,11 @@ pub enum AuthenticateError {
         /// The close reason or what went wrong.
         reason: String,
     },
+    /// A newer [`Client::authenticate`](crate::Client::authenticate) call with other credentials replaced
+    /// these before they were sent: the server never saw them. (Credentials already sent are answered
+    /// instead, in order; see [`Client::authenticate`](crate::Client::authenticate).)
+    #[error("authentication superseded by a newer authenticate() call before it was sent")]
+    Superseded,
     /// The client is idle (never connected, or closed): call [`Client::connect`](crate::Client::connect) first.
     /// The credentials were not kept.
     #[error("client is not connected; call connect() first")]

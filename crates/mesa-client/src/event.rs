@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,10 +20,13 @@ pub enum Event {
     /// A connection opened and its Hello arrived (before authentication).
     Connected(Connected),
     /// The server accepted the credentials (op 22); carries the user object (`{}` when the server does not
-    /// send it). Queued sends are flushed right after this.
+    /// send it). Queued sends are flushed right after this, unless a newer
+    /// [`Client::authenticate`](crate::Client::authenticate) call asked for other credentials meanwhile.
     Authenticated(Value),
     /// The server refused the credentials with op 9 and kept the connection open (servers with
-    /// `disconnect_on_fail` off). The credentials are forgotten. A 1008 close is reported as
+    /// `disconnect_on_fail` off). The credentials are forgotten, and queued sends stay queued (the client is
+    /// [`Lifecycle::Authenticating`](crate::Lifecycle::Authenticating)) until a later
+    /// [`Client::authenticate`](crate::Client::authenticate) succeeds. A 1008 close is reported as
     /// [`Event::Disconnected`] instead.
     AuthenticationRefused {
         /// The server's reason.
@@ -78,20 +82,38 @@ pub struct ConnectionFailed {
 }
 
 /// The stream of [`Event`]s of one client. It ends when the client's task stops (every
-/// [`Client`](crate::Client) handle dropped).
+/// [`Client`](crate::Client) handle dropped, and the queued sends delivered or given up: see
+/// [`ClientBuilder::linger`](crate::ClientBuilder::linger)), after every event the task produced.
 ///
 /// Read it: when `event_capacity` events wait unread, the client stops reading its socket (the server will
 /// eventually drop it for missed heartbeats) and stops reconnecting, until the application catches up.
-/// Dropping `Events` is fine: events are then discarded.
+/// Events the task produced before it stopped are never lost while `Events` is alive, however far behind
+/// the reader is. Dropping `Events` is fine: events are then discarded.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    /// Events still waiting for room in `rx` when the task stopped, handed over by [`EventQueue`]'s
+    /// `Drop` (before its sender goes, so they are all there once `rx` reports the end).
+    tail: Tail,
 }
 
+/// Where the task's side leaves its undelivered events when it stops.
+type Tail = Arc<Mutex<VecDeque<Event>>>;
+
 impl Events {
-    /// The next event, or `None` once the client's task stopped.
+    /// The next event, or `None` once the client's task stopped and every event it produced was read.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        match self.rx.recv().await {
+            Some(event) => Some(event),
+            None => self.next_from_tail(),
+        }
+    }
+
+    fn next_from_tail(&self) -> Option<Event> {
+        self.tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
     }
 }
 
@@ -99,7 +121,10 @@ impl Stream for Events {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => Poll::Ready(self.next_from_tail()),
+            other => other,
+        }
     }
 }
 
@@ -109,18 +134,33 @@ pub(crate) struct EventQueue {
     pending: VecDeque<Event>,
     limit: usize,
     closed: bool,
+    tail: Tail,
+}
+
+impl Drop for EventQueue {
+    /// The task stops: the events that did not fit in the channel go to the stream's tail, behind those
+    /// in the channel. This runs before `tx` is dropped, so the stream sees the channel end only after.
+    fn drop(&mut self) {
+        if self.closed || self.pending.is_empty() {
+            return;
+        }
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.extend(self.pending.drain(..));
+    }
 }
 
 impl EventQueue {
     pub(crate) fn new(capacity: usize) -> (EventQueue, Events) {
         let (tx, rx) = mpsc::channel(capacity);
+        let tail = Tail::default();
         let queue = EventQueue {
             tx,
             pending: VecDeque::new(),
             limit: capacity,
             closed: false,
+            tail: tail.clone(),
         };
-        (queue, Events { rx })
+        (queue, Events { rx, tail })
     }
 
     /// Queues an event; it never waits and never drops an event while `Events` is alive.
@@ -187,6 +227,21 @@ mod tests {
         }
         assert_eq!(seen, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
         assert!(!queue.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn events_still_pending_when_the_task_stops_reach_the_stream_in_order() {
+        let (mut queue, mut events) = EventQueue::new(2);
+        for n in 0..5 {
+            queue.push(Event::Authenticated(json!(n)));
+        }
+        drop(queue);
+        let mut seen = Vec::new();
+        while let Some(Event::Authenticated(n)) = events.recv().await {
+            seen.push(n);
+        }
+        assert_eq!(seen, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
+        assert!(events.recv().await.is_none());
     }
 
     #[tokio::test]

@@ -45,16 +45,26 @@
 //! **Lifecycle.** One task per client owns the socket and moves through [`Lifecycle`]:
 //! `Disconnected → Connecting → AwaitingHello → Authenticating → Ready`, then `Backoff → Connecting …` after
 //! a drop, or `Closed` after [`Client::disconnect`] or a close code that forbids reconnecting.
-//! [`Client`] handles talk to it through bounded channels; the task ends when the last handle is dropped.
+//! [`Client`] handles talk to it through bounded channels. When the last handle is dropped the task closes
+//! the connection with 1000 and ends, but first, within [`ClientBuilder::linger`] (default 10 s), it
+//! delivers the sends still queued: `send()` having accepted a frame, dropping the client does not lose it
+//! (see [`Client`] for when it gives up).
 //!
 //! **Authentication.** [`Client::authenticate`] (or [`ClientBuilder::credentials`]) remembers the
 //! credentials; they are sent after the Hello of every connection. The call resolves with op 22's user, or
 //! [`AuthenticateError::Refused`] (a 1008 close, which also stops reconnection, or op 9), `TimedOut` (the
-//! Hello's `c_authentication_timeout`; the client then closes with 4006 and reconnects), or
-//! `ConnectionLost`. Credentials and the `Authorization` header never appear in `Debug` output.
-//! Calling `authenticate` again on an authenticated connection sends op 2 again: this project's server
-//! answers with op 22 each time, but a Mesa 1.5 server answers only the first success of a connection, so
-//! there the call times out (and the reconnection that follows applies the new credentials).
+//! Hello's `c_authentication_timeout`; the client then closes with 4006 and reconnects), `ConnectionLost`,
+//! or `Superseded`. Refused credentials are forgotten, and the queue keeps waiting (in
+//! [`Lifecycle::Authenticating`]) for a later successful `authenticate`: a client that has credentials
+//! never flushes on an unauthenticated connection. Credentials and the `Authorization` header never appear
+//! in `Debug` output.
+//! Each call resolves with the answer to its own credentials: one op 2 is in flight per connection, later
+//! calls wait for its answer (which goes to the earlier call), and a call not sent yet is superseded by a
+//! newer one with other credentials. A connection the server authenticated is never sent other
+//! credentials (this project's server would close it with the terminal 4005): the client replaces it with a
+//! new connection for them. The same credentials again are sent on the same connection: this project's
+//! server answers with op 22 each time, but a Mesa 1.5 server answers only the first success of a
+//! connection, so there the call times out (and the reconnection that follows sends them again).
 //!
 //! **Reconnection.** After a drop the client waits `uniform(0, min(cap, base × 2ⁿ))`, with `base` the
 //! server's `c_reconnect_interval` (or [`ClientBuilder::reconnect_interval`] until a Hello advertised one),
@@ -74,15 +84,17 @@
 //!
 //! **Sends.** [`Client::send`] never waits: the frame joins a bounded queue ([`ClientBuilder::queue_capacity`],
 //! default 1024), or the call fails with [`SendError::QueueFull`]. The queue is drained only in `Ready`
-//! — after op 22 when the client has credentials (Mesa 1.5 flushed before authenticating). Order is kept
-//! across reconnections. Everything the client sends is paced by [`ClientBuilder::send_rate`] (default
+//! — after op 22 when the client has (or had) credentials, with the current credentials (Mesa 1.5 flushed
+//! before authenticating, and after a refusal). Order is kept across reconnections, and frames queued when
+//! the last handle is dropped are still delivered (within [`ClientBuilder::linger`]). Everything the client sends is paced by [`ClientBuilder::send_rate`] (default
 //! burst 150, then 80 per second), under the server's default inbound rate limit, so that flushing a long
 //! queue does not get the client closed with 4008 and lose the frames already written. Delivery is at most once: a frame written to a socket that then turns out to be
 //! dead is not sent again, since the protocol has no acknowledgements to tell whether it arrived.
 //!
 //! **Events.** [`Events`] is a bounded [`Stream`](futures_util::Stream). If the application stops
 //! reading it, the client stops reading the socket and stops reconnecting once `event_capacity` events wait;
-//! it never drops an event while the stream is alive.
+//! it never drops an event while the stream is alive, also when the task stops: the stream ends only after
+//! every event the task produced (the final [`Event::Disconnected`] included).
 
 pub mod backoff;
 pub mod client;
@@ -95,7 +107,7 @@ mod transport;
 
 pub use backoff::{Backoff, Jitter};
 pub use client::{Client, Lifecycle};
-pub use config::{ClientBuilder, DEFAULT_SEND_RATE};
+pub use config::{ClientBuilder, DEFAULT_LINGER, DEFAULT_SEND_RATE};
 pub use error::{AuthenticateError, ConnectError, ConnectErrorKind, SendError};
 pub use event::{Connected, ConnectionFailed, Disconnected, Event, Events};
 pub use liveness::{Liveness, LivenessAction, Probe};

@@ -142,17 +142,26 @@ async fn op_9_refusal_keeps_the_connection_open() {
     })
     .await;
     assert_eq!(reason, "invalid token");
-    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    // Open, unauthenticated: sends wait for a successful authentication (issue #7.3).
+    assert_eq!(client.lifecycle(), Lifecycle::Authenticating);
     client
         .dispatch("ECHO", json!({"still": "here"}))
         .expect("send");
-    let echo = wait_event(&mut events, message).await;
-    assert_eq!(echo.d, json!({"still": "here"}));
+    assert_eq!(client.queued(), 1);
     let user = client
         .authenticate(json!({"token": "user:bob"}))
         .await
         .expect("second try accepted");
     assert_eq!(user, json!({"id": "bob"}));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match next_event(&mut events).await {
+            Event::Authenticated(user) => seen.push(format!("authenticated {}", user["id"])),
+            Event::Message(frame) => seen.push(format!("echo {}", frame.d)),
+            other => panic!("the same connection goes on, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["authenticated \"bob\"", "echo {\"still\":\"here\"}"]);
     server.stop().await;
 }
 
@@ -581,5 +590,359 @@ async fn a_long_queue_reaches_a_rate_limited_server_in_full() {
         !matches!(e, Event::Disconnected(_))
     })
     .await;
+    server.stop().await;
+}
+
+// Issue #7: delivery when the handles go, events when the task exits, the queue after op 9, and
+// overlapping authenticate() calls.
+
+/// A server that logs every dispatch as `msg <n> from <user or <anonymous>>` and every close as
+/// `closed <code> by_server=<bool>`, with token authentication (`user:<id>`) and `alice`'s check taking
+/// `alice_check` (the others answer at once); each check is logged as `check <token>` when it starts.
+fn logging_server(log: &Log, alice_check: Duration) -> mesa_server::MesaBuilder {
+    let (on_check, on_message, on_close) = (log.clone(), log.clone(), log.clone());
+    Mesa::builder()
+        .authenticate(move |data, _client| {
+            let log = on_check.clone();
+            async move {
+                let token = data["token"].as_str().unwrap_or_default().to_string();
+                log.push(format!("check {token}"));
+                match token.strip_prefix("user:") {
+                    Some(id) => {
+                        if id == "alice" {
+                            tokio::time::sleep(alice_check).await;
+                        }
+                        Ok(Identity::new(id, json!({ "id": id })))
+                    }
+                    None => Err(mesa_server::AuthError::new("invalid token")),
+                }
+            }
+        })
+        .on_message(move |client, frame| {
+            let log = on_message.clone();
+            async move {
+                let who = client.id().unwrap_or_else(|| "<anonymous>".into());
+                log.push(format!("msg {} from {who}", frame.d["n"]));
+                let _ = client.send(&frame);
+            }
+        })
+        .on_disconnection(move |_client, why| {
+            let log = on_close.clone();
+            async move { log.push(format!("closed {} by_server={}", why.code, why.by_server)) }
+        })
+}
+
+fn messages(entries: &[String]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.starts_with("msg "))
+        .cloned()
+        .collect()
+}
+
+/// Issue #7.1: `send()` accepted the frames, so dropping the last handle right away must not lose them:
+/// the task connects, authenticates, flushes the queue, and only then closes with 1000.
+#[tokio::test]
+async fn sends_accepted_before_the_last_handle_is_dropped_are_delivered() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::ZERO)).await;
+    let (client, _events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .build()
+        .expect("build");
+    for n in 0..100 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    drop(client);
+    let entries = log
+        .wait_until("100 frames, then the close", |l| {
+            l.iter().any(|e| e.starts_with("closed"))
+        })
+        .await;
+    let expected: Vec<String> = (0..100).map(|n| format!("msg {n} from alice")).collect();
+    assert_eq!(messages(&entries), expected, "{entries:?}");
+    assert_eq!(
+        entries.last().map(String::as_str),
+        Some("closed 1000 by_server=false")
+    );
+    server.stop().await;
+}
+
+/// Issue #7.2: events the task produced before it stopped (more than `event_capacity`, unread) all reach
+/// the stream, which is still alive, in order, and then it ends.
+#[tokio::test]
+async fn events_produced_before_the_task_exits_reach_a_live_stream() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::ZERO)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .reconnect(false)
+        .event_capacity(3)
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("ECHO", json!({"n": n})).expect("queued");
+    }
+    log.wait_until("the three frames", |l| messages(l).len() == 3)
+        .await;
+    server.stop().await; // op 7, then 1012: with reconnection off, the client is Closed
+    assert!(client.wait_for(Lifecycle::Closed).await);
+    drop(client);
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("the stream ends")
+    {
+        seen.push(match event {
+            Event::Connected(_) => "connected".to_string(),
+            Event::Authenticated(user) => format!("authenticated {}", user["id"]),
+            Event::Message(frame) => format!("echo {}", frame.d["n"]),
+            Event::Disconnected(why) => format!("disconnected {} {}", why.code, why.will_reconnect),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "connected",
+            "authenticated \"alice\"",
+            "echo 0",
+            "echo 1",
+            "echo 2",
+            "disconnected 1012 false",
+        ]
+    );
+}
+
+/// Issue #7.3: a client with credentials drains its queue only after op 22. An op 9 refusal (the
+/// connection stays open, unauthenticated) keeps the queue queued, through further refusals, until a
+/// later authentication succeeds; then it flushes as that user.
+#[tokio::test]
+async fn sends_stay_queued_after_an_op_9_refusal_until_a_later_authentication_succeeds() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::ZERO).disconnect_on_fail(false)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "forged"}))
+        .auto_connect(false)
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    client.connect().await.expect("connect");
+    let reason = wait_event(&mut events, |e| match e {
+        Event::AuthenticationRefused { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "invalid token");
+    assert_eq!(
+        client.authenticate(json!({"token": "still-forged"})).await,
+        Err(AuthenticateError::Refused {
+            reason: "invalid token".into(),
+            close_code: None,
+        })
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(messages(&log.entries()).is_empty(), "{:?}", log.entries());
+    assert_eq!(client.queued(), 3);
+    assert_ne!(client.lifecycle(), Lifecycle::Ready);
+
+    let user = client
+        .authenticate(json!({"token": "user:bob"}))
+        .await
+        .expect("accepted");
+    assert_eq!(user, json!({"id": "bob"}));
+    let entries = log
+        .wait_until("the queued frames", |l| messages(l).len() == 3)
+        .await;
+    assert_eq!(
+        messages(&entries),
+        ["msg 0 from bob", "msg 1 from bob", "msg 2 from bob"]
+    );
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    server.stop().await;
+}
+
+/// Issue #7.4: `authenticate(bob)` while alice's check is still running: alice's call gets alice, bob's
+/// call gets bob, and the connection does not end with the terminal 4005 (the client switches identity
+/// on a new connection instead of sending bob's op 2 on alice's).
+#[tokio::test]
+async fn overlapping_authenticate_calls_each_get_the_answer_to_their_own_credentials() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::from_millis(300))).await;
+    let (client, mut events) = mesa_client::connect(server.url()).await.expect("connect");
+    let alice = tokio::spawn({
+        let client = client.clone();
+        async move { client.authenticate(json!({"token": "user:alice"})).await }
+    });
+    log.wait_until("alice's check", |l| {
+        l.contains(&"check user:alice".to_string())
+    })
+    .await;
+    let bob = client.authenticate(json!({"token": "user:bob"})).await;
+    assert_eq!(alice.await.expect("join"), Ok(json!({"id": "alice"})));
+    assert_eq!(bob, Ok(json!({"id": "bob"})));
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    assert!(server.mesa.is_user_connected("bob"));
+    // Whatever closed on the way was not terminal.
+    expect_no_event(&mut events, Duration::from_millis(300), |e| match e {
+        Event::Disconnected(why) => why.will_reconnect && why.code != 4005,
+        _ => true,
+    })
+    .await;
+    assert_eq!(client.lifecycle(), Lifecycle::Ready);
+    assert!(!log.entries().iter().any(|e| e.starts_with("closed 4005")));
+    server.stop().await;
+}
+
+/// Issue #7.4, the rule for a call whose credentials were never sent: a newer call with other credentials
+/// supersedes it (it resolves with `AuthenticateError::Superseded`); the newest call gets its own answer.
+#[tokio::test]
+async fn an_authenticate_call_not_yet_sent_is_superseded_by_a_newer_one() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::from_millis(500))).await;
+    let (client, _events) = mesa_client::connect(server.url()).await.expect("connect");
+    let alice = tokio::spawn({
+        let client = client.clone();
+        async move { client.authenticate(json!({"token": "user:alice"})).await }
+    });
+    log.wait_until("alice's check", |l| {
+        l.contains(&"check user:alice".to_string())
+    })
+    .await;
+    let bob = tokio::spawn({
+        let client = client.clone();
+        async move { client.authenticate(json!({"token": "user:bob"})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let carol = client.authenticate(json!({"token": "user:carol"})).await;
+    assert_eq!(alice.await.expect("join"), Ok(json!({"id": "alice"})));
+    let bob = bob.await.expect("join");
+    assert!(
+        bob.as_ref()
+            .is_err_and(|e| e.to_string().contains("superseded")),
+        "{bob:?}"
+    );
+    assert_eq!(carol, Ok(json!({"id": "carol"})));
+    assert!(server.mesa.is_user_connected("carol"));
+    assert!(!log.entries().contains(&"check user:bob".to_string()));
+    server.stop().await;
+}
+
+/// Collects the events until the stream ends (failing after [`WAIT`]); returns them and when it ended.
+async fn drain_events(events: &mut mesa_client::Events) -> (Vec<Event>, tokio::time::Instant) {
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("the stream ends")
+    {
+        seen.push(event);
+    }
+    (seen, tokio::time::Instant::now())
+}
+
+/// The rule's bound: dropped while its queue cannot go out (the server never answers op 2), the client
+/// gives up at the linger deadline, closes with 1000 (reported), and its stream ends.
+#[tokio::test]
+async fn a_dropped_client_gives_up_on_its_queue_at_the_linger_deadline() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::from_secs(4))).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .linger(Duration::from_millis(300))
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    log.wait_until("alice's check", |l| {
+        l.contains(&"check user:alice".to_string())
+    })
+    .await;
+    let dropped = tokio::time::Instant::now();
+    drop(client);
+    let (seen, ended) = drain_events(&mut events).await;
+    let lingered = ended - dropped;
+    // 300 ms of linger, then a closing handshake the busy server does not answer (at most 2 s).
+    assert!(
+        lingered >= Duration::from_millis(300) && lingered < Duration::from_secs(3),
+        "{lingered:?}"
+    );
+    match seen.last() {
+        Some(Event::Disconnected(why)) => assert_eq!((why.code, why.will_reconnect), (1000, false)),
+        other => panic!("expected the final Disconnected, got {other:?}"),
+    }
+    assert!(messages(&log.entries()).is_empty(), "{:?}", log.entries());
+}
+
+/// Lingering stops as soon as nothing could deliver the queue: the credentials were refused (op 9) and no
+/// handle is left to supply others. It does not wait for the (default, 10 s) linger deadline.
+#[tokio::test]
+async fn a_dropped_client_with_refused_credentials_stops_without_sending_its_queue() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::ZERO).disconnect_on_fail(false)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "forged"}))
+        .build()
+        .expect("build");
+    for n in 0..3 {
+        client.dispatch("SEQ", json!({"n": n})).expect("queued");
+    }
+    let dropped = tokio::time::Instant::now();
+    drop(client);
+    let (seen, ended) = drain_events(&mut events).await;
+    assert!(
+        ended - dropped < Duration::from_secs(3),
+        "{:?}",
+        ended - dropped
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::AuthenticationRefused { .. })),
+        "{seen:?}"
+    );
+    let entries = log
+        .wait_until("the close", |l| l.iter().any(|e| e.starts_with("closed")))
+        .await;
+    assert!(messages(&entries).is_empty(), "{entries:?}");
+    server.stop().await;
+}
+
+/// Issue #7.4, without overlap: `authenticate(bob)` on a connection the server authenticated as alice
+/// does not send bob's op 2 there (4005, terminal) but authenticates bob on a new connection; the queue
+/// then flushes as bob.
+#[tokio::test]
+async fn authenticating_as_another_user_replaces_the_connection_instead_of_ending_with_4005() {
+    let log = Log::default();
+    let server = start(logging_server(&log, Duration::ZERO)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .credentials(json!({"token": "user:alice"}))
+        .reconnect(false) // the switch is asked for, not an automatic reconnection
+        .build()
+        .expect("build");
+    assert_eq!(
+        wait_event(&mut events, authenticated).await,
+        json!({"id": "alice"})
+    );
+    let user = client
+        .authenticate(json!({"token": "user:bob"}))
+        .await
+        .expect("bob accepted");
+    assert_eq!(user, json!({"id": "bob"}));
+    let why = wait_event(&mut events, disconnected).await;
+    assert_eq!(
+        (why.code, why.will_reconnect, why.reconnect_delay),
+        (1000, true, Some(Duration::ZERO))
+    );
+    client.dispatch("SEQ", json!({"n": 1})).expect("send");
+    let entries = log
+        .wait_until("bob's frame", |l| !messages(l).is_empty())
+        .await;
+    assert_eq!(messages(&entries), ["msg 1 from bob"]);
+    assert!(entries.contains(&"closed 1000 by_server=false".to_string()));
+    assert!(!entries.iter().any(|e| e.starts_with("closed 4005")));
+    assert!(server.mesa.is_user_connected("bob"));
+    assert!(!server.mesa.is_user_connected("alice"));
     server.stop().await;
 }
