@@ -1,15 +1,7 @@
-//! The one routing layer every send goes through: encode once, then deliver.
-//!
-//! Today delivery is local (this node's registry of connections). A broker for several nodes sits here: the router
-//! publishes the encoded frame with its [`Target`], and every node's subscriber hands it to its own registry.
+//! Who a send is for ([`Target`], [`Recipients`]) and what became of it ([`Delivery`]): plain data, shared by
+//! the router, the registry and the application.
 
-use std::sync::Arc;
-
-use mesa_protocol::Frame;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-use crate::client::ConnectionId;
-use crate::registry::Registry;
+use crate::ids::ConnectionId;
 
 /// Who a message is for, before exclusions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,27 +77,18 @@ impl Target {
     }
 }
 
-/// Encodes and routes sends. Owned by the server; cheap to share.
-pub(crate) struct Router {
-    registry: Arc<Registry>,
-    authenticated_only: bool,
-}
-
-impl Router {
-    pub(crate) fn new(registry: Arc<Registry>, authenticated_only: bool) -> Router {
-        Router {
-            registry,
-            authenticated_only,
-        }
-    }
-
-    /// Encodes `frame` once and queues the same bytes on every matching connection.
-    /// Returns how many local connections it was queued on.
-    pub(crate) fn send(&self, frame: &Frame, target: &Target) -> usize {
-        let text = Utf8Bytes::from(frame.encode());
-        self.registry
-            .deliver(&text, target, self.authenticated_only)
-    }
+/// What became of one send: how many sessions it was queued for.
+///
+/// Queued means accepted by the session's bounded outbound queue, in order, before any later send to the same
+/// session; a connection that drops before writing it loses it (the delivery-guarantees work replays such
+/// frames). Sessions whose queue was full are counted in `slow_consumers` and are being closed with 4010.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Sessions the frame was queued for.
+    pub queued: usize,
+    /// Sessions the target named whose outbound queue was full: they are closing with 4010 and did not get it.
+    pub slow_consumers: usize,
 }
 
 #[cfg(test)]
