@@ -147,7 +147,15 @@ async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response 
     message.o = None;
     let target = Target::from_mesa(recipients, excluding);
     match state.mesa.send(&message, &target).await {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response(),
+        Ok(delivery) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "ok": true,
+                "queued": delivery.queued,
+                "slow_consumers": delivery.slow_consumers,
+            })),
+        )
+            .into_response(),
         Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
     }
 }
@@ -173,8 +181,9 @@ fn disconnect(
             "DISCONNECT_CLIENT needs recipients: user ids, or [\"*\"] for everyone",
         );
     }
-    mesa.disconnect(&Target::from_mesa(recipients, excluding), 1000, "");
-    (StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()
+    let disconnected = mesa.disconnect(&Target::from_mesa(recipients, excluding), 1000, "");
+    let answer = json!({ "ok": true, "disconnected": disconnected });
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
 }
 
 /// Whether the request carries `Authorization: Bearer <key>`. Compared in constant time so that response

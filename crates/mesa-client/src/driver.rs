@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use mesa_protocol::session::CLIENT_VERSION_EVENT;
+use mesa_protocol::connection::CLIENT_VERSION_EVENT;
 use mesa_protocol::{can_reconnect_code, rules, CloseCode, Frame, Hello, OpCode, TokenBucket};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use mesa_server::{AuthError, Client, Frame, Identity, Mesa, MesaBuilder, Target};
+use mesa_server::{AuthError, Frame, Identity, Mesa, MesaBuilder, Session, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ struct SendTo {
 }
 
 /// Acts on one dispatch (op 0) from `client`.
-async fn on_dispatch(mesa: &Mesa, client: &Client, frame: Frame) {
+async fn on_dispatch(mesa: &Mesa, client: &Session, frame: Frame) {
     let d = frame.d;
     match frame.t.as_deref() {
         Some(ECHO) => {

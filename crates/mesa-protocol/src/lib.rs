@@ -9,7 +9,7 @@
 //! - [`opcode`]: [`OpCode`], the `op` numbers (Mesa 1.5 and this project's extensions).
 //! - [`close_code`]: [`CloseCode`], every code the server closes with and whether a client may reconnect.
 //! - [`hello`]: the [`Hello`] payload (op 10) and its rule names.
-//! - [`session`]: [`Session`], the per-connection rules (heartbeat and authentication deadlines, the version
+//! - [`connection`]: [`ConnectionState`], the per-connection protocol rules (heartbeat and authentication deadlines, the version
 //!   rule, which frames a client may send) as a state machine fed with frames and the current time.
 //! - [`rate_limit`]: the token bucket behind the inbound rate limit.
 //!
@@ -27,15 +27,18 @@
 //! ```
 
 pub mod close_code;
+pub mod connection;
 pub mod frame;
 pub mod hello;
 pub mod opcode;
 pub mod rate_limit;
-pub mod session;
 
 pub use close_code::{can_reconnect_code, CloseCode};
+pub use connection::{
+    AttemptLimit, ConnectionPhase, ConnectionRules, ConnectionState, HeartbeatRules, Inbound,
+    TimerAction,
+};
 pub use frame::{DecodeError, Frame};
 pub use hello::{rules, Hello};
 pub use opcode::OpCode;
 pub use rate_limit::{RateLimit, TokenBucket};
-pub use session::{HeartbeatRules, Inbound, Lifecycle, Session, SessionRules, TimerAction};

@@ -15,7 +15,7 @@ async fn announce(State(mesa): State<Mesa>, body: String) -> String {
         .broadcast(&Frame::dispatch("ANNOUNCEMENT", json!({ "text": body })))
         .await
     {
-        Ok(()) => format!("sent to {} connections\n", mesa.connection_count()),
+        Ok(delivery) => format!("queued for {} sessions\n", delivery.queued),
         Err(error) => format!("not sent: {error}\n"),
     }
 }

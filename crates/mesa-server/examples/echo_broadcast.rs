@@ -4,11 +4,11 @@
 //! come back to the sender, `SAY` dispatches go to everyone else, and `WHISPER {to, text}` to one user's
 //! connections. Try it with any WebSocket client, e.g. `websocat ws://127.0.0.1:4000/`.
 
-use mesa_server::{AuthError, Client, Frame, Identity, Mesa, Target};
+use mesa_server::{AuthError, Frame, Identity, Mesa, Session, Target};
 use serde_json::{json, Value};
 
 /// The demo's authentication: any token of the form `user:<id>`. A real app verifies a signed token.
-async fn check_token(data: Value, _client: Client) -> Result<Identity, AuthError> {
+async fn check_token(data: Value, _session: Session) -> Result<Identity, AuthError> {
     let token = data
         .get("token")
         .and_then(Value::as_str)

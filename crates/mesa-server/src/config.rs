@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use mesa_protocol::{HeartbeatRules, RateLimit, SessionRules};
+use mesa_protocol::{AttemptLimit, ConnectionRules, HeartbeatRules, RateLimit};
 use serde::{Deserialize, Serialize};
 
 /// The whole server configuration. `Config::default()` is Mesa 1.5's defaults plus this project's limits.
@@ -31,8 +31,35 @@ pub struct Config {
     /// Allowed values of the upgrade request's `Origin` header. Empty (the default) allows any origin
     /// and requests without one; otherwise a request whose `Origin` is missing or not listed gets HTTP 403.
     pub allowed_origins: Vec<String>,
+    /// Which upgrade request headers a session keeps for [`Session::headers`](crate::Session::headers).
+    pub headers: HeadersConfig,
     /// How long a graceful shutdown waits for connections to close before dropping them. Default 5000 ms.
     pub shutdown_timeout_ms: u64,
+    /// In a graceful shutdown, how long after op 7 a client may take to leave by itself (its messages are
+    /// still handled meanwhile) before the server closes it with 1012. Default 500 ms.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Which headers of the upgrade request a session keeps for its whole life. A peer chooses how many headers
+/// it sends, so what is kept is bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadersConfig {
+    /// Header names to keep (case-insensitive), or `"*"` for every header. Default `["*"]`.
+    /// The WebSocket handshake headers are never kept.
+    pub keep: Vec<String>,
+    /// Bytes of kept headers per session (`name`, `value` and 2 per header); headers past it are left out.
+    /// Default 4096.
+    pub max_bytes: usize,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig {
+            keep: vec!["*".into()],
+            max_bytes: 4096,
+        }
+    }
 }
 
 impl Default for Config {
@@ -47,7 +74,9 @@ impl Default for Config {
             client: ClientConfig::default(),
             limits: Limits::default(),
             allowed_origins: Vec::new(),
+            headers: HeadersConfig::default(),
             shutdown_timeout_ms: 5000,
+            shutdown_grace_ms: 500,
         }
     }
 }
@@ -99,8 +128,12 @@ impl Default for ReconnectConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthenticationConfig {
     /// Time a client has to authenticate, advertised in Hello. Default 10000 ms (Mesa 1.5).
-    /// Enforced (close 4006) when `required`; otherwise it bounds how long one authentication check may run.
+    /// Enforced (close 4006) when `required`; advertised only otherwise.
     pub timeout_ms: u64,
+    /// Time one run of the application's authentication check may take. A slower check is the server's
+    /// problem, not a refusal: the client is closed with 1013 (retry later), or answered op 9 without
+    /// `disconnect_on_fail`. Default 10000 ms.
+    pub check_timeout_ms: u64,
     /// Default `false` (Mesa 1.5). When `true`: sends to everyone skip unauthenticated clients, a dispatch from
     /// an unauthenticated client closes it with 4003, and the timeout is enforced.
     pub required: bool,
@@ -115,6 +148,7 @@ impl Default for AuthenticationConfig {
     fn default() -> Self {
         AuthenticationConfig {
             timeout_ms: 10_000,
+            check_timeout_ms: 10_000,
             required: false,
             send_user_object: true,
             disconnect_on_fail: true,
@@ -144,9 +178,16 @@ pub struct Limits {
     /// Inbound frames per connection, or `None` for no limit (as is `burst = 0` or `per_second = 0`, for
     /// config files). Exceeding it closes with 4008. Default: burst 200, 100 per second.
     pub rate_limit: Option<RateLimit>,
-    /// Frames that may wait in one connection's outbound queue. A client that falls further behind is
-    /// closed with 4010 instead of buffering without end. Default 1024.
+    /// Frames that may wait in one session's outbound queue. A send that would exceed it (or
+    /// `outbound_queue_bytes`) is refused and the session is closed with 4010 after the frames already
+    /// queued, instead of buffering without end. Default 1024.
     pub outbound_queue: usize,
+    /// Bytes of encoded frames that may wait in one session's outbound queue (a single larger frame still
+    /// passes an empty queue). Default 1048576 (1 MiB).
+    pub outbound_queue_bytes: usize,
+    /// How often one connection may send op 2: each runs the authentication check, often a call to an auth
+    /// backend. Exceeding it closes with 4008. `burst = 0` turns it off. Default burst 5, one more every 10 s.
+    pub authentication_attempts: AttemptsConfig,
     /// Open WebSocket connections the server accepts; further upgrades get HTTP 503. Default 100000.
     pub max_connections: usize,
     /// Time a client has to send a complete HTTP request head; slower (or non-HTTP) peers are dropped.
@@ -168,6 +209,8 @@ impl Default for Limits {
             max_message_size: 64 * 1024,
             rate_limit: Some(RateLimit::default()),
             outbound_queue: 1024,
+            outbound_queue_bytes: 1 << 20,
+            authentication_attempts: AttemptsConfig::default(),
             max_connections: 100_000,
             handshake_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
@@ -176,10 +219,29 @@ impl Default for Limits {
     }
 }
 
+/// A limit for rare events: `burst` at once, then one more every `every_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttemptsConfig {
+    /// Attempts allowed back to back; 0 for no limit. Default 5.
+    pub burst: u32,
+    /// Time to earn one more attempt. Default 10000 ms.
+    pub every_ms: u64,
+}
+
+impl Default for AttemptsConfig {
+    fn default() -> Self {
+        AttemptsConfig {
+            burst: 5,
+            every_ms: 10_000,
+        }
+    }
+}
+
 impl Config {
-    /// The session rules every connection of this server follows.
-    pub fn session_rules(&self) -> SessionRules {
-        SessionRules {
+    /// The protocol rules every connection of this server follows.
+    pub fn connection_rules(&self) -> ConnectionRules {
+        ConnectionRules {
             heartbeat: self.heartbeat.enabled.then(|| HeartbeatRules {
                 interval: Duration::from_millis(self.heartbeat.interval_ms.max(1)),
                 max_attempts: self.heartbeat.max_attempts,
@@ -191,6 +253,14 @@ impl Config {
                 .client
                 .enforce_equal_versions
                 .then(|| self.client.version.clone().unwrap_or_default()),
+            authentication_attempts: (self.limits.authentication_attempts.burst > 0).then(|| {
+                AttemptLimit {
+                    burst: self.limits.authentication_attempts.burst,
+                    every: Duration::from_millis(
+                        self.limits.authentication_attempts.every_ms.max(1),
+                    ),
+                }
+            }),
         }
     }
 

@@ -1,14 +1,21 @@
-//! The task that owns one WebSocket: the glue between the socket and the I/O-free [`Session`].
+//! The task that owns one WebSocket: the glue between the socket, the I/O-free [`ConnectionState`] and the
+//! session's outbound queue.
 //!
-//! One task per connection, one `select!` over: shutdown, the outbound queue, the socket, and the session's
-//! next deadline. Inbound frames are decoded here, classified by the session and acted on; outbound frames are
-//! drained from the [`Outbox`](crate::outbox::Outbox) and written as one batch.
+//! One task per connection, one `select!` over, in this order: shutdown, the protocol deadlines
+//! (heartbeats, the authentication deadline), the socket, and the outbound queue. Deadlines come first so
+//! that no traffic can delay them; the socket comes before the queue so that heavy outbound traffic cannot
+//! starve a client's input; the queue is drained with a budget per turn, and between the messages of a read
+//! batch, so that a burst of replies cannot overflow it.
+//!
+//! Nothing accepted is dropped on a graceful path: frames queued before a close (application disconnect,
+//! slow consumer, shutdown) are written before the close frame, and frames a client sends after op 7 are
+//! still handed to the application.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use mesa_protocol::{CloseCode, Frame, Inbound, OpCode, Session, TimerAction};
+use mesa_protocol::{CloseCode, ConnectionState, Frame, Inbound, OpCode, TimerAction};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -17,22 +24,28 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::client::Client;
 use crate::error::ConnectionError;
-use crate::events::{BoxFuture, Disconnection};
+use crate::events::{guarded, BoxFuture, Disconnection, Panicked};
+use crate::outbox::CloseRequest;
+use crate::registry::IdentityError;
 use crate::server::Inner;
+use crate::session::Session;
 
-/// Messages handled back to back before the queued replies are written.
+/// Messages handled back to back before the replies they caused are flushed to the socket.
 const READ_BATCH: usize = 64;
+
+/// What one turn of the loop takes from the outbound queue before it looks at the socket again.
+const WRITE_BUDGET_FRAMES: usize = 256;
+const WRITE_BUDGET_BYTES: usize = 64 * 1024;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why the loop ended.
-enum End {
+/// Why the serve loop ended.
+enum Exit {
     /// The server closes with this code and reason.
     Close(u16, String),
-    /// Graceful shutdown: op 7, then 1012.
+    /// Graceful shutdown: op 7 was sent; close with 1012.
     Shutdown,
     /// The client sent a close frame.
     PeerClosed(u16, String),
@@ -40,51 +53,104 @@ enum End {
     Dropped,
 }
 
-impl End {
-    fn close(code: CloseCode) -> End {
-        End::Close(code.code(), code.reason().to_string())
+impl Exit {
+    fn close(code: CloseCode) -> Exit {
+        Exit::Close(code.code(), code.reason().to_string())
+    }
+
+    fn panicked(_: Panicked) -> Exit {
+        Exit::close(CloseCode::InternalError)
     }
 }
 
 /// What one inbound message calls for, decided without awaiting.
 enum Step {
     Continue,
-    End(End),
+    Exit(Exit),
     Fail(Box<ConnectionError>),
     Reply(Utf8Bytes),
     Authenticate(serde_json::Value),
     Dispatch(BoxFuture<()>),
 }
 
-struct Connection<S> {
+struct ConnectionTask<S> {
     ws: WebSocketStream<S>,
-    client: Client,
     session: Session,
+    state: ConnectionState,
     inner: Arc<Inner>,
     write_timeout: Duration,
+    /// Frames fed to the socket but not yet flushed, counted in `frames_sent` once flushed.
+    unflushed: usize,
+    /// After op 7: when to stop waiting for the client to leave by itself.
+    draining_until: Option<Instant>,
+    /// A write failed or timed out: the socket cannot take more, so closing does not try to write the queue.
+    write_failed: bool,
+}
+
+/// Keeps the registry consistent whatever happens to the task: the session is inserted when this is created
+/// and removed when it is dropped, even by a panic or by the runtime dropping the task.
+struct Registration {
+    inner: Arc<Inner>,
+    session: Session,
+    done: bool,
+}
+
+impl Registration {
+    fn new(inner: &Arc<Inner>, session: &Session) -> Registration {
+        inner.registry.insert(session.clone());
+        inner.metrics.connection_opened();
+        Registration {
+            inner: inner.clone(),
+            session: session.clone(),
+            done: false,
+        }
+    }
+
+    /// Removes the session (no send reaches it after this) and counts the close.
+    fn finish(&mut self, server_code: Option<u16>) {
+        if !self.done {
+            self.done = true;
+            let undelivered = self.inner.registry.remove(&self.session);
+            self.inner.metrics.frames_undelivered(undelivered);
+            self.inner.metrics.connection_closed(server_code);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
 }
 
 /// The connection task's future. Not an `async fn`: its arguments would stay in the future next to the
-/// `Connection` they are moved into, and every idle connection would pay for both.
+/// `ConnectionTask` they are moved into, and every idle connection would pay for both.
 pub(crate) fn run<S>(
     ws: WebSocketStream<S>,
-    client: Client,
+    session: Session,
     inner: Arc<Inner>,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut connection = Box::new(Connection {
-        session: Session::new(&inner.rules, Instant::now().into_std()),
+    let mut task = Box::new(ConnectionTask {
+        state: ConnectionState::new(&inner.rules, Instant::now().into_std()),
         write_timeout: Duration::from_millis(inner.config.limits.write_timeout_ms.max(1)),
         ws,
-        client,
+        session,
         inner,
+        unflushed: 0,
+        draining_until: None,
+        write_failed: false,
     });
-    async move { connection.run().await }
+    async move { task.run().await }
 }
 
-impl<S> Connection<S>
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+impl<S> ConnectionTask<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -92,121 +158,218 @@ where
         let inner = self.inner.clone();
         // Registered before Hello is written, so that a client that has read its Hello already receives every
         // send. Frames queued meanwhile wait in the outbox, which is drained only after Hello.
-        inner.registry.insert(self.client.clone());
-        inner.metrics.connection_opened();
-        let hello = self.inner.hello.clone();
-        if self.write(vec![hello]).await.is_err() {
-            inner.registry.remove(&self.client);
-            inner.metrics.connection_closed(None);
+        let mut registration = Registration::new(&inner, &self.session);
+        let hello = inner.hello.clone();
+        if self.write(hello).await.is_err() {
             return;
         }
         // Rare paths are boxed so that their state does not enlarge every idle connection's future.
-        Box::pin(inner.hooks.connection(&self.client)).await;
-
-        let end = self.serve().await;
-        let (disconnection, server_code) = Box::pin(self.finish(end)).await;
-
-        inner.registry.remove(&self.client);
-        inner.metrics.connection_closed(server_code);
-        Box::pin(inner.hooks.disconnection(&self.client, disconnection)).await;
+        let exit = match Box::pin(inner.hooks.connection(&self.session)).await {
+            Ok(()) => self.serve().await,
+            Err(panicked) => {
+                inner.metrics.handler_panicked();
+                Exit::panicked(panicked)
+            }
+        };
+        let (disconnection, server_code) = Box::pin(self.finish(exit)).await;
+        registration.finish(server_code);
+        if Box::pin(inner.hooks.disconnection(&self.session, disconnection))
+            .await
+            .is_err()
+        {
+            inner.metrics.handler_panicked();
+        }
     }
 
-    async fn serve(&mut self) -> End {
+    async fn serve(&mut self) -> Exit {
         let inner = self.inner.clone();
         loop {
-            let deadline = self.session.next_deadline().map(Instant::from_std);
+            let deadline = self.state.next_deadline().map(Instant::from_std);
+            let draining = self.draining_until;
             tokio::select! {
                 biased;
-                () = inner.shutdown.cancelled() => return End::Shutdown,
-                () = self.client.shared.outbox.ready() => {
-                    if let Some(end) = self.flush_outbox().await {
-                        return end;
+                () = inner.shutdown.cancelled(), if draining.is_none() => {
+                    if let Err(exit) = self.start_draining().await {
+                        return exit;
                     }
                 }
-                // Before the socket, so that a client with constant input cannot delay its own deadlines.
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    if let Some(end) = self.on_deadline().await {
-                        return end;
+                    if let Err(exit) = self.on_deadline().await {
+                        return exit;
                     }
+                }
+                () = sleep_until(draining.unwrap_or_else(far_future)), if draining.is_some() => {
+                    return Exit::Shutdown;
                 }
                 message = self.ws.next() => {
-                    if let Some(end) = self.on_socket(message).await {
-                        return end;
+                    if let Err(exit) = self.on_socket(message).await {
+                        return exit;
+                    }
+                }
+                () = self.session.shared.outbox.ready() => {
+                    if let Err(exit) = self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES).await {
+                        return exit;
                     }
                 }
             }
         }
     }
 
-    /// Handles one message from the socket, then up to [`READ_BATCH`] more that are already buffered, so
-    /// that the replies they cause leave in one write instead of one write each.
-    async fn on_socket(&mut self, mut message: Option<Result<Message, WsError>>) -> Option<End> {
-        for _ in 0..READ_BATCH {
-            match message {
-                None => return Some(End::Dropped),
-                Some(message) => {
-                    if let Some(end) = self.on_message(message).await {
-                        return Some(end);
-                    }
-                }
-            }
-            // `now_or_never` polls once: a message already received (or EOF) is handled now, anything
-            // else waits for the next turn of the loop, which polls the socket with a real waker.
-            message = self.ws.next().now_or_never()?;
-        }
-        None
+    /// Graceful shutdown, step one: everything queued so far, then op 7 ("reconnect elsewhere"). The
+    /// connection keeps working until the client leaves or `shutdown_grace_ms` passes.
+    async fn start_draining(&mut self) -> Result<(), Exit> {
+        let grace = Duration::from_millis(self.inner.config.shutdown_grace_ms);
+        self.draining_until = Some(Instant::now() + grace);
+        self.write_queued(usize::MAX, usize::MAX).await?;
+        let reconnect: Utf8Bytes = Frame::new(OpCode::Reconnect, json!({})).encode().into();
+        self.write(reconnect).await
     }
 
-    async fn flush_outbox(&mut self) -> Option<End> {
+    /// Handles one message from the socket, then up to [`READ_BATCH`] − 1 more that are already buffered,
+    /// so that the replies they cause leave in one write instead of one write each. What the handlers queue
+    /// is moved to the socket's write buffer after each message, so a burst of replies never piles up in
+    /// the bounded outbox.
+    async fn on_socket(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+        let mut message = first;
+        let mut handled = 0;
+        loop {
+            let Some(current) = message else {
+                return Err(Exit::Dropped);
+            };
+            self.on_message(current).await?;
+            if let Some(close) = self.feed_queued(usize::MAX, usize::MAX).await? {
+                self.flush().await?;
+                return Err(Exit::Close(close.code, close.reason));
+            }
+            handled += 1;
+            if handled == READ_BATCH {
+                break;
+            }
+            // `now_or_never` polls once: a message already received (or EOF) is handled in this batch,
+            // anything else waits for the next turn of the loop, which polls the socket with a real waker.
+            match self.ws.next().now_or_never() {
+                Some(next) => message = next,
+                None => break,
+            }
+        }
+        self.flush().await
+    }
+
+    /// Writes up to a budget of queued frames and flushes them. A close request that is next in the queue
+    /// becomes the loop's exit, after the frames queued before it.
+    async fn write_queued(&mut self, max_frames: usize, max_bytes: usize) -> Result<(), Exit> {
+        let close = self.feed_queued(max_frames, max_bytes).await?;
+        self.flush().await?;
+        match close {
+            Some(close) => Err(Exit::Close(close.code, close.reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves up to a budget of queued frames into the socket's write buffer (which writes to the socket as
+    /// it fills). Returns the close request when the session is closing and nothing is left before it.
+    async fn feed_queued(
+        &mut self,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Result<Option<CloseRequest>, Exit> {
         let mut batch = Vec::new();
-        let close = self.client.shared.outbox.drain(&mut batch);
+        let drained = self
+            .session
+            .shared
+            .outbox
+            .drain(&mut batch, max_frames, max_bytes);
         if !batch.is_empty() {
-            if let Err(end) = self.write(batch).await {
-                return Some(end);
-            }
+            let count = batch.len();
+            let ws = &mut self.ws;
+            let fed = timeout(self.write_timeout, async move {
+                for text in batch {
+                    ws.feed(Message::Text(text)).await?;
+                }
+                Ok::<(), WsError>(())
+            })
+            .await;
+            self.unflushed += count;
+            self.check_written(fed).await?;
         }
-        close.map(|close| End::Close(close.code, close.reason))
+        Ok(drained.close)
     }
 
-    async fn on_deadline(&mut self) -> Option<End> {
+    /// Feeds one frame and flushes.
+    async fn write(&mut self, text: Utf8Bytes) -> Result<(), Exit> {
+        let fed = timeout(self.write_timeout, self.ws.feed(Message::Text(text))).await;
+        self.unflushed += 1;
+        self.check_written(fed).await?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), Exit> {
+        let flushed = timeout(self.write_timeout, self.ws.flush()).await;
+        self.check_written(flushed).await?;
+        self.inner
+            .metrics
+            .frames_sent(std::mem::take(&mut self.unflushed));
+        Ok(())
+    }
+
+    async fn check_written(
+        &mut self,
+        written: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+    ) -> Result<(), Exit> {
+        if !matches!(written, Ok(Ok(()))) {
+            self.write_failed = true;
+        }
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::debug!(connection = %self.session.connection_id(), %error, "write failed");
+                Err(Exit::Dropped)
+            }
+            Err(_) => Err(Box::pin(self.fail(ConnectionError::WriteTimeout)).await),
+        }
+    }
+
+    async fn on_deadline(&mut self) -> Result<(), Exit> {
         loop {
             // Encoded before the write, so that the frame is not held across the await.
-            let beat: Utf8Bytes = match self.session.on_timeout(Instant::now().into_std())? {
-                TimerAction::SendHeartbeat(frame) => frame.encode().into(),
-                TimerAction::Close(code) => return Some(End::close(code)),
-                _ => return None,
+            let beat: Utf8Bytes = match self.state.on_timeout(Instant::now().into_std()) {
+                Some(TimerAction::SendHeartbeat(frame)) => frame.encode().into(),
+                Some(TimerAction::Close(code)) => return Err(Exit::close(code)),
+                _ => return Ok(()),
             };
-            if let Err(end) = self.write(vec![beat]).await {
-                return Some(end);
-            }
+            self.write(beat).await?;
         }
     }
 
     /// Acts on one message from the socket. The message is classified synchronously first, so that the
     /// (large) message and error values are not part of the connection's future.
-    async fn on_message(&mut self, message: Result<Message, WsError>) -> Option<End> {
+    async fn on_message(&mut self, message: Result<Message, WsError>) -> Result<(), Exit> {
         match self.classify(message) {
-            Step::Continue => None,
-            Step::End(end) => Some(end),
-            Step::Fail(error) => Some(Box::pin(self.fail(*error)).await),
-            Step::Reply(text) => self.write(vec![text]).await.err(),
-            Step::Authenticate(data) => Box::pin(self.authenticate(data)).await,
-            Step::Dispatch(handled) => {
-                handled.await;
-                None
+            Step::Continue => Ok(()),
+            Step::Exit(exit) => Err(exit),
+            Step::Fail(error) => Err(Box::pin(self.fail(*error)).await),
+            Step::Reply(text) => {
+                let fed = timeout(self.write_timeout, self.ws.feed(Message::Text(text))).await;
+                self.unflushed += 1;
+                self.check_written(fed).await
             }
+            Step::Authenticate(data) => Box::pin(self.authenticate(data)).await,
+            Step::Dispatch(handled) => guarded(handled).await.map_err(|panicked| {
+                self.inner.metrics.handler_panicked();
+                Exit::panicked(panicked)
+            }),
         }
     }
 
     fn classify(&mut self, message: Result<Message, WsError>) -> Step {
         let text = match message {
             Ok(Message::Text(text)) => text,
-            Ok(Message::Binary(_)) => return Step::End(End::close(CloseCode::UnsupportedData)),
+            Ok(Message::Binary(_)) => return Step::Exit(Exit::close(CloseCode::UnsupportedData)),
             Ok(Message::Close(frame)) => {
                 let (code, reason) = frame
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
                     .unwrap_or((1005, String::new()));
-                return Step::End(End::PeerClosed(code, reason));
+                return Step::Exit(Exit::PeerClosed(code, reason));
             }
             // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => return Step::Continue,
@@ -214,7 +377,7 @@ where
                 let error = ConnectionError::WebSocket(error);
                 if error.close_code().is_none() {
                     // The peer vanished (EOF, reset): a drop, not an error worth reporting.
-                    return Step::End(End::Dropped);
+                    return Step::Exit(Exit::Dropped);
                 }
                 return Step::Fail(Box::new(error));
             }
@@ -224,136 +387,116 @@ where
             Ok(frame) => frame,
             Err(error) => return Step::Fail(Box::new(ConnectionError::Decode(error))),
         };
-        match self.session.on_frame(frame, Instant::now().into_std()) {
+        match self.state.on_frame(frame, Instant::now().into_std()) {
             Inbound::HeartbeatAck | Inbound::VersionAccepted => Step::Continue,
             Inbound::HeartbeatRequest => {
                 Step::Reply(Frame::new(OpCode::HeartbeatAck, json!({})).encode().into())
             }
             Inbound::Authenticate { data, .. } => Step::Authenticate(data),
-            Inbound::Dispatch(frame) => match self.inner.hooks.message(&self.client, frame) {
-                Some(handled) => Step::Dispatch(handled),
-                None => Step::Continue,
-            },
+            Inbound::Dispatch(frame) => self.dispatch(frame),
             Inbound::Ignored { op } => {
-                tracing::debug!(connection = %self.client.connection_id(), op, "ignored frame");
+                tracing::debug!(connection = %self.session.connection_id(), op, "ignored frame");
                 self.inner.metrics.unknown_opcode();
                 Step::Continue
             }
-            Inbound::Close(code) => Step::End(End::close(code)),
+            Inbound::Close(code) => Step::Exit(Exit::close(code)),
             _ => Step::Continue,
         }
     }
 
-    async fn fail(&mut self, error: ConnectionError) -> End {
-        let code = error.close_code();
-        let end = match code {
-            Some(code) => End::Close(code.code(), close_reason(code, &error)),
-            None => End::Dropped,
-        };
-        self.inner.hooks.error(&self.client, error).await;
-        end
+    fn dispatch(&self, frame: Frame) -> Step {
+        match self.inner.hooks.message(&self.session, frame) {
+            Ok(Some(handled)) => Step::Dispatch(handled),
+            Ok(None) => Step::Continue,
+            Err(panicked) => {
+                self.inner.metrics.handler_panicked();
+                Step::Exit(Exit::panicked(panicked))
+            }
+        }
     }
 
-    async fn authenticate(&mut self, data: serde_json::Value) -> Option<End> {
+    async fn fail(&mut self, error: ConnectionError) -> Exit {
+        let code = error.close_code();
+        let exit = match code {
+            Some(code) => Exit::Close(code.code(), close_reason(code, &error)),
+            None => Exit::Dropped,
+        };
+        if self.inner.hooks.error(&self.session, error).await.is_err() {
+            self.inner.metrics.handler_panicked();
+            return Exit::close(CloseCode::InternalError);
+        }
+        exit
+    }
+
+    async fn authenticate(&mut self, data: serde_json::Value) -> Result<(), Exit> {
         let inner = self.inner.clone();
         let config = &inner.config.authentication;
-        let outcome = match &inner.hooks.authenticate {
-            None => Err("authentication is not configured".to_string()),
+        let refusal = match &inner.hooks.authenticate {
+            None => "authentication is not configured".to_string(),
             Some(check) => {
-                let limit = Duration::from_millis(config.timeout_ms.max(1));
-                match timeout(limit, check(data, self.client.clone())).await {
-                    Ok(Ok(identity)) => Ok(identity),
-                    Ok(Err(refusal)) => Err(refusal.reason().to_string()),
+                let limit = Duration::from_millis(config.check_timeout_ms.max(1));
+                match timeout(limit, guarded(check(data, self.session.clone()))).await {
+                    Ok(Ok(Ok(identity))) => return self.authenticated(identity).await,
+                    Ok(Ok(Err(refusal))) => refusal.reason().to_string(),
+                    Ok(Err(panicked)) => {
+                        inner.metrics.handler_panicked();
+                        return Err(Exit::panicked(panicked));
+                    }
                     // A slow check is the server's problem, not a refusal: the client may retry later.
                     Err(_) if config.disconnect_on_fail => {
                         let reason = "authentication check timed out".to_string();
-                        return Some(End::Close(CloseCode::TryAgainLater.code(), reason));
+                        return Err(Exit::Close(CloseCode::TryAgainLater.code(), reason));
                     }
-                    Err(_) => Err("authentication check timed out".to_string()),
+                    Err(_) => "authentication check timed out".to_string(),
                 }
             }
         };
-        let identity = match outcome {
-            Ok(identity) => identity,
-            Err(reason) if config.disconnect_on_fail => {
-                return Some(End::Close(CloseCode::AuthenticationFailed.code(), reason));
-            }
-            Err(reason) => {
-                let refused = Frame::new(OpCode::InvalidSession, json!({ "reason": reason }));
-                return self.write(vec![refused.encode().into()]).await.err();
-            }
-        };
-        if self
-            .client
-            .stored_identity()
-            .is_some_and(|current| *current.id != *identity.id)
-        {
-            return Some(End::close(CloseCode::AlreadyAuthenticated));
+        if config.disconnect_on_fail {
+            return Err(Exit::Close(CloseCode::AuthenticationFailed.code(), refusal));
         }
-        let user = if config.send_user_object {
+        // Refused, connection kept: it is no longer who it was (sends to the old user id stop before op 9).
+        inner.registry.deauthenticate(&self.session);
+        self.state.authentication_refused(Instant::now().into_std());
+        let refused = Frame::new(OpCode::InvalidSession, json!({ "reason": refusal }));
+        self.write(refused.encode().into()).await
+    }
+
+    async fn authenticated(&mut self, identity: crate::Identity) -> Result<(), Exit> {
+        let inner = self.inner.clone();
+        let user = if inner.config.authentication.send_user_object {
             identity.user.clone()
         } else {
             json!({})
         };
-        self.client.set_identity(identity);
-        self.session.authenticated();
-        let ack = Frame::new(OpCode::AuthenticationAck, user);
-        if let Err(end) = self.write(vec![ack.encode().into()]).await {
-            return Some(end);
+        match inner.registry.authenticate(&self.session, identity) {
+            Ok(()) => {}
+            Err(IdentityError::OtherUser) => {
+                return Err(Exit::close(CloseCode::AlreadyAuthenticated))
+            }
+            Err(IdentityError::Gone) => return Err(Exit::Dropped),
         }
-        inner.hooks.authenticated(&self.client).await;
-        None
+        self.state.authenticated();
+        let ack: Utf8Bytes = Frame::new(OpCode::AuthenticationAck, user).encode().into();
+        self.write(ack).await?;
+        inner
+            .hooks
+            .authenticated(&self.session)
+            .await
+            .map_err(|panicked| {
+                inner.metrics.handler_panicked();
+                Exit::panicked(panicked)
+            })
     }
 
-    /// Writes frames as one batch, bounded by the write timeout.
-    async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
-        let count = frames.len();
-        let ws = &mut self.ws;
-        let written = timeout(self.write_timeout, async move {
-            for text in frames {
-                ws.feed(Message::Text(text)).await?;
-            }
-            ws.flush().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                self.inner.metrics.frames_sent(count);
-                Ok(())
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(connection = %self.client.connection_id(), %error, "write failed");
-                Err(End::Dropped)
-            }
-            Err(_) => Err(Box::pin(self.fail(ConnectionError::WriteTimeout)).await),
-        }
-    }
-
-    /// Sends what the end calls for, runs the closing handshake, and says how the connection ended.
-    async fn finish(&mut self, end: End) -> (Disconnection, Option<u16>) {
-        match end {
-            End::Close(code, reason) => {
-                self.close(code, &reason).await;
-                let disconnection = Disconnection {
-                    code,
-                    reason,
-                    by_server: true,
-                };
-                (disconnection, Some(code))
-            }
-            End::Shutdown => {
-                let reconnect = Frame::new(OpCode::Reconnect, json!({}));
-                let _ = self.write(vec![reconnect.encode().into()]).await;
+    /// Sends what the exit calls for, runs the closing handshake, and says how the connection ended.
+    async fn finish(&mut self, exit: Exit) -> (Disconnection, Option<u16>) {
+        let (code, reason) = match exit {
+            Exit::Close(code, reason) => (code, reason),
+            Exit::Shutdown => {
                 let code = CloseCode::ServiceRestart;
-                self.close(code.code(), code.reason()).await;
-                let disconnection = Disconnection {
-                    code: code.code(),
-                    reason: code.reason().into(),
-                    by_server: true,
-                };
-                (disconnection, Some(code.code()))
+                (code.code(), code.reason().to_string())
             }
-            End::PeerClosed(code, reason) => {
+            Exit::PeerClosed(code, reason) => {
                 // tungstenite queued the close reply; send it.
                 let _ = timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
                 let disconnection = Disconnection {
@@ -361,37 +504,66 @@ where
                     reason,
                     by_server: false,
                 };
-                (disconnection, None)
+                return (disconnection, None);
             }
-            End::Dropped => {
+            Exit::Dropped => {
                 let disconnection = Disconnection {
                     code: 1006,
                     reason: String::new(),
                     by_server: false,
                 };
-                (disconnection, None)
+                return (disconnection, None);
             }
+        };
+        // No send is accepted from here on; what was accepted before is written ahead of the close frame.
+        self.session.shared.outbox.close(code, reason.clone());
+        if !self.write_failed && self.feed_queued(usize::MAX, usize::MAX).await.is_ok() {
+            let _ = self.flush().await;
         }
+        self.close(code, &reason).await;
+        let disconnection = Disconnection {
+            code,
+            reason,
+            by_server: true,
+        };
+        (disconnection, Some(code))
     }
 
+    /// Sends the close frame and waits (bounded) for the client's reply. Dispatches the client sent before it
+    /// saw the close frame are still handed to the application; its replies to them cannot be written.
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code: WsCloseCode::from(code),
             reason: truncate_reason(reason).into(),
         };
-        let ws = &mut self.ws;
-        let _ = timeout(CLOSE_TIMEOUT, async move {
-            if ws.close(Some(frame)).await.is_ok() {
-                // Wait for the client's close reply (or EOF) so the client sees a clean close.
-                while let Some(Ok(_)) = ws.next().await {}
+        let until = Instant::now() + CLOSE_TIMEOUT;
+        if timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame)))
+            .await
+            .map_or(true, |closed| closed.is_err())
+        {
+            return;
+        }
+        let authenticated_only = self.inner.config.authentication.required;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, self.ws.next()).await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Ok(frame) = Frame::decode(&text) else {
+                continue;
+            };
+            if frame.opcode() != Some(OpCode::Dispatch)
+                || (authenticated_only && !self.session.has_identity())
+            {
+                continue;
             }
-        })
-        .await;
+            self.inner.metrics.frame_received();
+            if let Step::Dispatch(handled) = self.dispatch(frame) {
+                if guarded(handled).await.is_err() {
+                    self.inner.metrics.handler_panicked();
+                }
+            }
+        }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn close_reason(code: CloseCode, error: &ConnectionError) -> String {
@@ -420,7 +592,7 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    /// Every open connection holds one task future and one boxed `Connection`: their sizes are a direct
+    /// Every open connection holds one task future and one boxed `ConnectionTask`: their sizes are a direct
     /// part of the memory per idle connection, so a change that inflates them should be a conscious one.
     #[tokio::test]
     async fn idle_connection_state_stays_small() {
@@ -428,17 +600,17 @@ mod tests {
         let (socket, _peer) = tokio::io::duplex(64);
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(mesa.inner.ws_config))
             .await;
-        let client = Client::new(
-            crate::ConnectionId(1),
+        let session = Session::new(
+            crate::ConnectionId::new(crate::NodeId(1), 1),
             None,
             Default::default(),
-            16,
-            std::sync::Weak::new(),
+            crate::outbox::Outbox::new(16, 1024),
+            std::sync::Weak::<()>::new(),
         );
-        let task = run(ws, client, mesa.inner.clone());
+        let task = run(ws, session, mesa.inner.clone());
         let (task_size, connection_size) = (
             std::mem::size_of_val(&task),
-            std::mem::size_of::<Connection<tokio::io::DuplexStream>>(),
+            std::mem::size_of::<ConnectionTask<tokio::io::DuplexStream>>(),
         );
         println!("task future {task_size} B, boxed connection {connection_size} B");
         assert!(
@@ -446,8 +618,8 @@ mod tests {
             "the connection task future grew to {task_size} bytes"
         );
         assert!(
-            connection_size <= 640,
-            "Connection grew to {connection_size} bytes"
+            connection_size <= 700,
+            "ConnectionTask grew to {connection_size} bytes"
         );
     }
 }

@@ -6,21 +6,25 @@
 //! every queue is bounded; see `docs/protocol.md`.
 //!
 //! # Layout
+//! Modules depend only on modules listed before them (the type-level arrow from [`session`] to the server
+//! goes through a type-erased weak handle, so there is no circle):
+//! - [`ids`]: [`NodeId`] and [`ConnectionId`] (node + counter, unique across nodes); [`target`]: who a send
+//!   is for ([`Target`]) and what became of it ([`Delivery`]). Plain data.
+//! - `outbox`: a session's bounded outbound queue (frames and bytes).
+//! - [`session`]: [`Session`], the handle the application holds for one client, and its [`SessionState`].
+//! - `registry`: the one owner of sessions, their identities and the user index; local fan-out.
+//! - `router`: the one routing layer every send goes through (encode once, deliver to many; engines go here).
+//! - [`config`], [`error`], [`metrics`], [`events`] (handlers and [`Middleware`]).
+//! - `connection`: the per-connection task, glue between the socket and [`mesa_protocol::ConnectionState`].
 //! - [`server`]: [`Mesa`], the handle (send API, shutdown), and [`MesaBuilder`] (configuration and hooks).
-//! - [`config`]: [`Config`], the serde configuration with Mesa 1.5's defaults.
 //! - [`service`]: [`MesaService`], the tower service that validates upgrades (mount it in axum).
 //! - [`transport`]: the standalone listener ([`Mesa::serve`], [`Mesa::serve_with`]).
-//! - `connection`: the per-connection task, glue between the socket and [`mesa_protocol::Session`].
-//! - `outbox`, `registry`, [`router`]: bounded per-connection queues, the connection/user index, and the one
-//!   routing layer every send goes through (encode once, deliver to many).
-//! - [`client`]: [`Client`], the per-connection handle; [`events`]: handlers and [`Middleware`].
-//! - [`metrics`], [`error`].
 //!
 //! # Events
 //! Handlers are async closures set on the [`MesaBuilder`]: `authenticate`, `on_connection`, `on_message`,
 //! `on_authenticated`, `on_disconnection` (with the close code and reason) and `on_error`. They run on the
 //! connection's own task, in the order its frames arrive, so a handler that awaits delays that connection's next
-//! frame and no other; spawn a task for long work. Inside a handler, [`Client::server`] gives the [`Mesa`] handle
+//! frame and no other; spawn a task for long work. Inside a handler, [`Session::server`] gives the [`Mesa`] handle
 //! for sends to other clients. [`Middleware`] offers the same events (plus `on_message_sent`) as cheap synchronous
 //! hooks for logging, metrics and auditing, as Mesa 1.5's `mesa.use(...)` did.
 //!
@@ -39,8 +43,8 @@
 //!                 None => Err(AuthError::new("invalid token")),
 //!             }
 //!         })
-//!         .on_message(|client, frame| async move {
-//!             let _ = client.send(&frame);
+//!         .on_message(|session, frame| async move {
+//!             let _ = session.send(&frame);
 //!         })
 //!         .build();
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
@@ -48,28 +52,31 @@
 //! }
 //! ```
 
-pub mod client;
 pub mod config;
 mod connection;
 pub mod error;
 pub mod events;
+pub mod ids;
 pub mod metrics;
 mod outbox;
 mod registry;
-pub mod router;
+mod router;
 pub mod server;
 pub mod service;
+pub mod session;
+pub mod target;
 pub mod transport;
 
-pub use client::{Client, ConnectionId, Identity};
 pub use config::Config;
 pub use error::{AuthError, ConnectionError, SendError};
 pub use events::{BoxFuture, Disconnection, Middleware};
+pub use ids::{ConnectionId, NodeId};
 pub use mesa_protocol::{CloseCode, Frame, OpCode};
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use router::{Recipients, Target};
 pub use server::{Mesa, MesaBuilder};
 pub use service::{MesaService, RemoteAddr};
+pub use session::{Identity, Session, SessionState};
+pub use target::{Delivery, Recipients, Target};
 
 /// The README's code blocks, compiled as doctests so that the quickstart cannot rot.
 #[doc = include_str!("../../../README.md")]

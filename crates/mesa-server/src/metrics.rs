@@ -54,6 +54,8 @@ pub struct Metrics {
     other_server_closes: AtomicU64,
     peer_closes: AtomicU64,
     unknown_opcodes: AtomicU64,
+    frames_undelivered: AtomicU64,
+    handler_panics: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -77,6 +79,10 @@ pub struct MetricsSnapshot {
     pub peer_closes: u64,
     /// Frames ignored because of an unknown or client-forbidden opcode.
     pub unknown_opcodes: u64,
+    /// Frames that were queued for a session whose connection then dropped before they could be written.
+    pub frames_undelivered: u64,
+    /// Handlers or middleware that panicked (each closed its connection with 1011).
+    pub handler_panics: u64,
 }
 
 impl Metrics {
@@ -93,7 +99,7 @@ impl Metrics {
         };
         match CloseCode::ALL.iter().position(|c| c.code() == code) {
             Some(i) => self.server_closes[i].fetch_add(1, Relaxed),
-            // A code of the application's own (`Client::disconnect`).
+            // A code of the application's own (`Session::disconnect`).
             None => self.other_server_closes.fetch_add(1, Relaxed),
         };
     }
@@ -108,6 +114,16 @@ impl Metrics {
 
     pub(crate) fn frames_sent(&self, n: usize) {
         self.frames_sent.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn frames_undelivered(&self, n: usize) {
+        if n > 0 {
+            self.frames_undelivered.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub(crate) fn handler_panicked(&self) {
+        self.handler_panics.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn unknown_opcode(&self) {
@@ -139,6 +155,8 @@ impl Metrics {
             other_server_closes: self.other_server_closes.load(Relaxed),
             peer_closes: self.peer_closes.load(Relaxed),
             unknown_opcodes: self.unknown_opcodes.load(Relaxed),
+            frames_undelivered: self.frames_undelivered.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
         }
     }
 
@@ -208,6 +226,18 @@ impl Metrics {
             "mesa_unknown_opcodes_total",
             "counter",
             &one(s.unknown_opcodes),
+        );
+        metric(
+            &mut out,
+            "mesa_frames_undelivered_total",
+            "counter",
+            &one(s.frames_undelivered),
+        );
+        metric(
+            &mut out,
+            "mesa_handler_panics_total",
+            "counter",
+            &one(s.handler_panics),
         );
         out
     }

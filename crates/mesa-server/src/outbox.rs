@@ -1,9 +1,10 @@
-//! The bounded outbound queue of one connection.
+//! The bounded outbound queue of one session.
 //!
-//! Senders (fan-out, `Client::send`) push already-encoded frames without waiting; the connection task drains
-//! everything queued and writes it as one batch. The queue allocates nothing while empty, so an idle connection
-//! costs only the struct itself. When it is full, the connection is marked for closing with 4010 rather than
-//! buffering without end.
+//! Senders (fan-out, [`Session::send`](crate::Session::send)) push already-encoded frames without waiting; the
+//! connection task drains them into the socket. The queue is bounded by frames and by bytes. When a push would
+//! exceed either bound, the session turns to closing with 4010 (slow consumer): the push is refused, and what
+//! is already queued is kept and written before the close frame, so being slow costs the frames that did not
+//! fit, never the ones already accepted. The queue allocates nothing while empty.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -12,7 +13,7 @@ use mesa_protocol::CloseCode;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// A request to close the connection, queued behind nothing: it takes effect at the next wake-up.
+/// A request to close the session after the queued frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CloseRequest {
     pub(crate) code: u16,
@@ -22,36 +23,63 @@ pub(crate) struct CloseRequest {
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
-    /// The queue was full; the connection is now closing with 4010.
+    /// The push would exceed a bound; the session is now closing with 4010.
     Full,
-    /// The connection is already closing.
+    /// The session is closing or closed.
     Closed,
 }
 
-#[derive(Debug, Default)]
+/// Where the queue is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Accepting frames.
+    Open,
+    /// No more frames are accepted; the queued ones are written, then the connection closes.
+    Closing(CloseRequest),
+    /// The connection is gone; nothing will be written.
+    Closed,
+}
+
+#[derive(Debug)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
-    close: Option<CloseRequest>,
+    bytes: usize,
+    phase: Phase,
+}
+
+/// What one drain took out of the queue.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Frames are still queued beyond the drain's budget (the queue has woken its reader again).
+    pub(crate) more: bool,
+    /// The session is closing and every queued frame has been drained.
+    pub(crate) close: Option<CloseRequest>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
     wake: Notify,
-    capacity: usize,
+    max_frames: usize,
+    max_bytes: usize,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Outbox {
+    pub(crate) fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                phase: Phase::Open,
+            }),
             wake: Notify::new(),
-            capacity: capacity.max(1),
+            max_frames: max_frames.max(1),
+            max_bytes: max_bytes.max(1),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue inconsistent; keep going.
+        // No code path panics while holding this lock with the state half-changed; keep going.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -60,12 +88,16 @@ impl Outbox {
     /// Queues one encoded frame.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> Result<(), PushError> {
         let mut state = self.lock();
-        if state.close.is_some() {
+        if state.phase != Phase::Open {
             return Err(PushError::Closed);
         }
-        if state.frames.len() >= self.capacity {
-            state.frames.clear();
-            state.close = Some(CloseRequest {
+        let len = frame.len();
+        // A single frame larger than the byte bound is accepted into an empty queue: otherwise it could
+        // never be sent at all.
+        let over = state.frames.len() >= self.max_frames
+            || (!state.frames.is_empty() && state.bytes + len > self.max_bytes);
+        if over {
+            state.phase = Phase::Closing(CloseRequest {
                 code: CloseCode::SlowConsumer.code(),
                 reason: CloseCode::SlowConsumer.reason().into(),
             });
@@ -74,34 +106,82 @@ impl Outbox {
             return Err(PushError::Full);
         }
         let was_empty = state.frames.is_empty();
+        state.bytes += len;
         state.frames.push_back(frame);
         drop(state);
-        // The task drains everything on each wake-up, so only the first frame of a batch needs to wake it.
+        // The task drains on each wake-up, so only the first frame of a batch needs to wake it.
         if was_empty {
             self.wake.notify_one();
         }
         Ok(())
     }
 
-    /// Asks the connection to close. The first request wins; queued frames are still written first.
+    /// Asks the session to close after the frames already queued. The first request wins.
     pub(crate) fn close(&self, code: u16, reason: String) {
         let mut state = self.lock();
-        if state.close.is_none() {
-            state.close = Some(CloseRequest { code, reason });
+        if state.phase == Phase::Open {
+            state.phase = Phase::Closing(CloseRequest { code, reason });
             drop(state);
             self.wake.notify_one();
         }
     }
 
-    /// Moves every queued frame into `batch` and returns the close request, if any.
-    pub(crate) fn drain(&self, batch: &mut Vec<Utf8Bytes>) -> Option<CloseRequest> {
+    /// Moves queued frames into `batch`, at most `max_frames` of them and (past the first) `max_bytes`.
+    pub(crate) fn drain(
+        &self,
+        batch: &mut Vec<Utf8Bytes>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Drained {
         let mut state = self.lock();
-        batch.extend(state.frames.drain(..));
-        if state.frames.capacity() > 64 {
+        let mut taken_bytes = 0;
+        let mut taken = 0;
+        while let Some(front) = state.frames.front() {
+            if taken >= max_frames || (taken > 0 && taken_bytes + front.len() > max_bytes) {
+                break;
+            }
+            taken += 1;
+            taken_bytes += front.len();
+            if let Some(frame) = state.frames.pop_front() {
+                batch.push(frame);
+            }
+        }
+        state.bytes -= taken_bytes;
+        if state.frames.is_empty() && state.frames.capacity() > 64 {
             // Do not keep a burst's worth of slots on an idle connection.
             state.frames = VecDeque::new();
         }
-        state.close.clone()
+        let more = !state.frames.is_empty();
+        let close = match &state.phase {
+            Phase::Closing(request) if !more => Some(request.clone()),
+            _ => None,
+        };
+        drop(state);
+        if more {
+            self.wake.notify_one();
+        }
+        Drained { more, close }
+    }
+
+    /// Whether the session is closing or closed (no push is accepted any more).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().phase != Phase::Open
+    }
+
+    /// Whether the session's connection is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().phase == Phase::Closed
+    }
+
+    /// The connection is gone: refuse every later push and drop what is queued. Returns how many frames
+    /// were queued and will never be written.
+    pub(crate) fn shut(&self) -> usize {
+        let mut state = self.lock();
+        state.phase = Phase::Closed;
+        let undelivered = state.frames.len();
+        state.frames = VecDeque::new();
+        state.bytes = 0;
+        undelivered
     }
 
     /// Resolves when something was pushed or a close was requested since the last drain.
@@ -114,27 +194,68 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn drain_all(outbox: &Outbox) -> (Vec<Utf8Bytes>, Drained) {
+        let mut batch = Vec::new();
+        let drained = outbox.drain(&mut batch, usize::MAX, usize::MAX);
+        (batch, drained)
+    }
+
     #[test]
-    fn full_queue_turns_into_a_slow_consumer_close() {
-        let outbox = Outbox::new(2);
+    fn a_full_queue_closes_with_4010_and_keeps_what_it_accepted() {
+        let outbox = Outbox::new(2, 1024);
         outbox.push("a".into()).unwrap();
         outbox.push("b".into()).unwrap();
         assert_eq!(outbox.push("c".into()), Err(PushError::Full));
         assert_eq!(outbox.push("d".into()), Err(PushError::Closed));
+        let (batch, drained) = drain_all(&outbox);
+        assert_eq!(batch, ["a", "b"]);
+        assert_eq!(drained.close.map(|c| c.code), Some(4010));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes() {
+        let outbox = Outbox::new(100, 10);
+        outbox.push("0123456".into()).unwrap();
+        assert_eq!(outbox.push("0123".into()), Err(PushError::Full));
+        // One frame larger than the bound still goes through an empty queue.
+        let big = Outbox::new(100, 4);
+        big.push("0123456789".into()).unwrap();
+    }
+
+    #[test]
+    fn a_drain_takes_at_most_its_budget_and_reports_the_rest() {
+        let outbox = Outbox::new(100, 1 << 20);
+        for frame in ["a", "b", "c"] {
+            outbox.push(frame.into()).unwrap();
+        }
+        outbox.close(1000, "bye".into());
         let mut batch = Vec::new();
-        let close = outbox.drain(&mut batch).unwrap();
-        assert!(batch.is_empty());
-        assert_eq!(close.code, 4010);
+        let drained = outbox.drain(&mut batch, 2, usize::MAX);
+        assert_eq!(batch, ["a", "b"]);
+        assert!(drained.more);
+        assert_eq!(drained.close, None, "the close waits for the queued frames");
+        let (batch, drained) = drain_all(&outbox);
+        assert_eq!(batch, ["c"]);
+        assert_eq!(drained.close.map(|c| c.code), Some(1000));
+    }
+
+    #[test]
+    fn a_shut_queue_refuses_pushes_and_counts_what_it_dropped() {
+        let outbox = Outbox::new(8, 1024);
+        outbox.push("a".into()).unwrap();
+        assert_eq!(outbox.shut(), 1);
+        assert_eq!(outbox.push("b".into()), Err(PushError::Closed));
+        assert!(outbox.is_closed());
     }
 
     #[tokio::test]
     async fn push_wakes_the_reader_once_per_batch() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, 1024);
         outbox.push("a".into()).unwrap();
         outbox.push("b".into()).unwrap();
         outbox.ready().await;
-        let mut batch = Vec::new();
-        assert_eq!(outbox.drain(&mut batch), None);
+        let (batch, drained) = drain_all(&outbox);
+        assert_eq!(drained, Drained::default());
         assert_eq!(batch.len(), 2);
     }
 }

@@ -1,147 +1,233 @@
-//! The connections of this node, indexed by connection and by user id, and local fan-out.
+//! The sessions of this node, indexed by connection id and by user id, and local fan-out.
+//!
+//! The registry is the one owner of who a session is: a session's identity and the user index that finds it
+//! change together, under one lock, so a send to a user reaches exactly the sessions authenticated as that
+//! user at that moment. Fan-out holds the lock for reading; identity changes take it for writing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::client::{Client, ConnectionId};
-use crate::router::{Recipients, Target};
+use crate::error::SendError;
+use crate::ids::ConnectionId;
+use crate::session::{Identity, Session, StoredIdentity};
+use crate::target::{Delivery, Recipients, Target};
 
 #[derive(Default)]
-pub(crate) struct Registry {
-    clients: RwLock<HashMap<ConnectionId, Client>>,
-    users: RwLock<HashMap<Arc<str>, Vec<Client>>>,
+struct Index {
+    sessions: HashMap<ConnectionId, Session>,
+    /// Sessions by user id; a map per user so that removing one of 40 000 devices is not a scan.
+    users: HashMap<Arc<str>, HashMap<ConnectionId, Session>>,
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Registry {
-    pub(crate) fn insert(&self, client: Client) {
-        write(&self.clients).insert(client.connection_id(), client);
-    }
-
-    pub(crate) fn remove(&self, client: &Client) {
-        write(&self.clients).remove(&client.connection_id());
-        if let Some(identity) = client.stored_identity() {
-            self.unindex(client, &identity.id);
-        }
-    }
-
-    pub(crate) fn get(&self, id: ConnectionId) -> Option<Client> {
-        read(&self.clients).get(&id).cloned()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        read(&self.clients).len()
-    }
-
-    /// Moves `client` from `old` to `new` in the user index.
-    pub(crate) fn reindex(&self, client: &Client, old: Option<Arc<str>>, new: &Arc<str>) {
-        if old.as_ref() == Some(new) {
-            return;
-        }
-        if let Some(old) = old {
-            self.unindex(client, &old);
-        }
-        // A connection that already left must not be indexed again.
-        if read(&self.clients).contains_key(&client.connection_id()) {
-            write(&self.users)
-                .entry(new.clone())
-                .or_default()
-                .push(client.clone());
-        }
-    }
-
-    fn unindex(&self, client: &Client, user_id: &str) {
-        let mut users = write(&self.users);
-        if let Some(list) = users.get_mut(user_id) {
-            list.retain(|c| c.connection_id() != client.connection_id());
-            if list.is_empty() {
-                users.remove(user_id);
+impl Index {
+    fn unindex(&mut self, user_id: &Arc<str>, connection_id: ConnectionId) {
+        if let Some(sessions) = self.users.get_mut(user_id) {
+            sessions.remove(&connection_id);
+            if sessions.is_empty() {
+                self.users.remove(user_id);
             }
         }
     }
 
-    /// Whether any connection on this node is authenticated as `user_id`.
-    pub(crate) fn has_user(&self, user_id: &str) -> bool {
-        read(&self.users).contains_key(user_id)
+    fn index(&mut self, user_id: &Arc<str>, session: &Session) {
+        self.users
+            .entry(user_id.clone())
+            .or_default()
+            .insert(session.connection_id(), session.clone());
+    }
+}
+
+/// Why an authentication could not be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdentityError {
+    /// The session is authenticated as another user id (close 4005).
+    OtherUser,
+    /// The session has left the registry (its connection is gone).
+    Gone,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    index: RwLock<Index>,
+}
+
+fn write_identity(session: &Session, identity: Option<Arc<StoredIdentity>>) {
+    *session
+        .shared
+        .identity
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = identity;
+}
+
+impl Registry {
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // Every write below leaves the index consistent before anything can panic; keep going.
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `text` on every local connection `target` names. Returns how many connections it was queued on.
-    ///
-    /// `authenticated_only` makes sends to everyone skip unauthenticated connections.
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn insert(&self, session: Session) {
+        self.write()
+            .sessions
+            .insert(session.connection_id(), session);
+    }
+
+    /// Takes a session out of the registry: it leaves the user index, its queue refuses every later send,
+    /// and what was still queued is dropped. Returns how many queued frames will never be written.
+    /// The identity stays readable on the handle (for `on_disconnection`). Idempotent.
+    pub(crate) fn remove(&self, session: &Session) -> usize {
+        let mut index = self.write();
+        index.sessions.remove(&session.connection_id());
+        if let Some(identity) = session.stored_identity() {
+            index.unindex(&identity.id, session.connection_id());
+        }
+        // Shut under the lock: no fan-out can find the session and push after this.
+        session.shared.outbox.shut()
+    }
+
+    /// Records a successful authentication: the session becomes `identity` (same user id: the user object is
+    /// replaced) and is indexed under its user id.
+    pub(crate) fn authenticate(
+        &self,
+        session: &Session,
+        identity: Identity,
+    ) -> Result<(), IdentityError> {
+        let mut index = self.write();
+        if !index.sessions.contains_key(&session.connection_id()) {
+            return Err(IdentityError::Gone);
+        }
+        if let Some(current) = session.stored_identity() {
+            if *current.id != *identity.id {
+                return Err(IdentityError::OtherUser);
+            }
+        }
+        let identity = Arc::new(StoredIdentity::new(identity));
+        index.index(&identity.id, session);
+        write_identity(session, Some(identity));
+        Ok(())
+    }
+
+    /// Replaces the identity of an authenticated session (Mesa 1.5 `client.updateUser`), re-indexing it under
+    /// the new user id in the same step. `false` when the session is not authenticated or has left.
+    pub(crate) fn update_user(&self, session: &Session, identity: Identity) -> bool {
+        let mut index = self.write();
+        if !index.sessions.contains_key(&session.connection_id()) {
+            return false;
+        }
+        let Some(old) = session.stored_identity() else {
+            return false;
+        };
+        let identity = Arc::new(StoredIdentity::new(identity));
+        if old.id != identity.id {
+            index.unindex(&old.id, session.connection_id());
+            index.index(&identity.id, session);
+        }
+        write_identity(session, Some(identity));
+        true
+    }
+
+    /// Forgets a session's identity (a refused re-authentication): sends to its old user id no longer reach it.
+    pub(crate) fn deauthenticate(&self, session: &Session) {
+        let mut index = self.write();
+        if let Some(old) = session.stored_identity() {
+            index.unindex(&old.id, session.connection_id());
+        }
+        write_identity(session, None);
+    }
+
+    pub(crate) fn get(&self, id: ConnectionId) -> Option<Session> {
+        self.read().sessions.get(&id).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.read().sessions.len()
+    }
+
+    /// How many sessions on this node are authenticated as `user_id`.
+    pub(crate) fn user_session_count(&self, user_id: &str) -> usize {
+        self.read().users.get(user_id).map_or(0, HashMap::len)
+    }
+
+    /// Queues `text` on every session `target` names. `authenticated_only` makes sends to everyone skip
+    /// unauthenticated sessions.
     pub(crate) fn deliver(
         &self,
         text: &Utf8Bytes,
         target: &Target,
         authenticated_only: bool,
-    ) -> usize {
-        let mut delivered = 0;
-        self.for_each(target, authenticated_only, |client| {
-            if client.send_encoded(text.clone()).is_ok() {
-                delivered += 1;
+    ) -> Delivery {
+        let mut delivery = Delivery::default();
+        self.for_each(target, authenticated_only, |session| {
+            match session.send_encoded(text.clone()) {
+                Ok(()) => delivery.queued += 1,
+                Err(SendError::QueueFull) => delivery.slow_consumers += 1,
+                Err(_) => {}
             }
         });
-        delivered
+        delivery
     }
 
-    /// Calls `f` once for every local connection `target` names (each connection at most once).
+    /// Calls `f` once for every session `target` names (each session at most once).
     pub(crate) fn for_each(
         &self,
         target: &Target,
         authenticated_only: bool,
-        mut f: impl FnMut(&Client),
+        mut f: impl FnMut(&Session),
     ) {
+        let index = self.read();
+        let excluded = |session: &Session| {
+            !target.excluding.is_empty()
+                && session
+                    .stored_identity()
+                    .is_some_and(|identity| target.excluding.iter().any(|id| **id == *identity.id))
+        };
         match &target.recipients {
             Recipients::All => {
-                let excluded: HashSet<ConnectionId> = if target.excluding.is_empty() {
-                    HashSet::new()
-                } else {
-                    let users = read(&self.users);
-                    target
-                        .excluding
-                        .iter()
-                        .filter_map(|id| users.get(id.as_str()))
-                        .flatten()
-                        .map(Client::connection_id)
-                        .collect()
-                };
-                for client in read(&self.clients).values() {
-                    if authenticated_only && !client.is_authenticated() {
+                let excluded: HashSet<ConnectionId> = target
+                    .excluding
+                    .iter()
+                    .filter_map(|id| index.users.get(id.as_str()))
+                    .flat_map(HashMap::keys)
+                    .copied()
+                    .collect();
+                for session in index.sessions.values() {
+                    if authenticated_only && !session.has_identity() {
                         continue;
                     }
-                    if !excluded.contains(&client.connection_id()) {
-                        f(client);
+                    if !excluded.contains(&session.connection_id()) {
+                        f(session);
                     }
                 }
             }
             Recipients::Users(ids) => {
-                let users = read(&self.users);
                 let mut seen = HashSet::new();
                 for id in ids {
                     if target.excluding.contains(id) || !seen.insert(id) {
                         continue;
                     }
-                    for client in users.get(id.as_str()).into_iter().flatten() {
-                        f(client);
+                    for session in index
+                        .users
+                        .get(id.as_str())
+                        .into_iter()
+                        .flat_map(HashMap::values)
+                    {
+                        f(session);
                     }
                 }
             }
             Recipients::Connection(connection_id) => {
-                if let Some(client) = read(&self.clients).get(connection_id) {
-                    let excluded = client.stored_identity().is_some_and(|identity| {
-                        target.excluding.iter().any(|id| **id == *identity.id)
-                    });
-                    if !excluded {
-                        f(client);
+                if let Some(session) = index.sessions.get(connection_id) {
+                    if !excluded(session) {
+                        f(session);
                     }
                 }
             }

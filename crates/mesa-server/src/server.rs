@@ -5,21 +5,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesa_protocol::{Frame, OpCode, RateLimit, SessionRules};
+use mesa_protocol::{ConnectionRules, Frame, OpCode, RateLimit};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Client, ConnectionId, Identity};
 use crate::config::Config;
 use crate::error::{AuthError, ConnectionError, SendError};
 use crate::events::{Disconnection, Hooks, Middleware};
+use crate::ids::{ConnectionId, NodeId};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::router::{Router, Target};
-use crate::service::MesaService;
+use crate::router::Router;
+use crate::session::{Identity, Session};
+use crate::target::{Delivery, Target};
 
 /// Bytes of queued frames gathered before one socket write: large enough to batch a burst into few
 /// syscalls, small enough that a connection's write buffer stays modest after one.
@@ -28,7 +29,7 @@ const WRITE_BATCH_BYTES: usize = 8 * 1024;
 /// State shared by the server handle, the upgrade service and every connection task.
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) rules: SessionRules,
+    pub(crate) rules: ConnectionRules,
     pub(crate) hello: Utf8Bytes,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) registry: Arc<Registry>,
@@ -39,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// This process's node id, the first half of every connection id it hands out.
+    pub(crate) node_id: NodeId,
     pub(crate) next_connection_id: AtomicU64,
     /// Connections open or being upgraded, for `limits.max_connections`.
     pub(crate) slots: AtomicUsize,
@@ -100,23 +103,26 @@ impl Mesa {
         &self.inner.config
     }
 
-    /// Sends `frame` to the connections `target` names: encoded once, queued on each without waiting.
+    /// Sends `frame` to the sessions `target` names: encoded once, queued on each without waiting, and
+    /// reports how many it was queued for.
     ///
-    /// Sends to everyone skip unauthenticated connections when authentication is required. A recipient whose
-    /// queue is full is closed with 4010; the others still get the message.
-    pub async fn send(&self, frame: &Frame, target: &Target) -> Result<(), SendError> {
+    /// Sends to everyone skip unauthenticated sessions when authentication is required. A recipient whose
+    /// queue is full does not get it and is closed with 4010 (counted in [`Delivery::slow_consumers`]); the
+    /// others still get the message. Two sends to one session arrive in the order they were made. An `Err`
+    /// means the message was not handed to anyone (with the in-memory engine of one node this does not
+    /// happen; a remote engine reports its failures here).
+    pub async fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
         self.inner.hooks.sent(frame, target);
-        self.inner.router.send(frame, target);
-        Ok(())
+        self.inner.router.send(frame, target)
     }
 
-    /// Sends `frame` to every connection (Mesa 1.5 `mesa.send(message)`).
-    pub async fn broadcast(&self, frame: &Frame) -> Result<(), SendError> {
+    /// Sends `frame` to every session (Mesa 1.5 `mesa.send(message)`).
+    pub async fn broadcast(&self, frame: &Frame) -> Result<Delivery, SendError> {
         self.send(frame, &Target::all()).await
     }
 
-    /// Sends `frame` to every connection of these user ids (Mesa 1.5 `mesa.send(message, ids)`).
-    pub async fn send_to<I, S>(&self, ids: I, frame: &Frame) -> Result<(), SendError>
+    /// Sends `frame` to every session of these user ids (Mesa 1.5 `mesa.send(message, ids)`).
+    pub async fn send_to<I, S>(&self, ids: I, frame: &Frame) -> Result<Delivery, SendError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -127,12 +133,7 @@ impl Mesa {
     /// Closes every connection `target` names with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`,
     /// which uses 1000). Queued frames are written first. Returns how many connections were asked to close.
     pub fn disconnect(&self, target: &Target, code: u16, reason: &str) -> usize {
-        let mut closed = 0;
-        self.inner.registry.for_each(target, false, |client| {
-            client.disconnect(code, reason);
-            closed += 1;
-        });
-        closed
+        self.inner.router.disconnect(target, code, reason)
     }
 
     /// Closes every connection of these user ids with `code` and `reason`.
@@ -140,14 +141,24 @@ impl Mesa {
         self.disconnect(&Target::users(ids.iter().cloned()), code, reason)
     }
 
-    /// The handle of a connection of this node.
-    pub fn client(&self, id: ConnectionId) -> Option<Client> {
+    /// The session of a connection of this node.
+    pub fn session(&self, id: ConnectionId) -> Option<Session> {
         self.inner.registry.get(id)
     }
 
-    /// Whether a connection on this node is authenticated as `user_id`.
+    /// Whether a session on this node is authenticated as `user_id`.
     pub fn is_user_connected(&self, user_id: &str) -> bool {
-        self.inner.registry.has_user(user_id)
+        self.user_session_count(user_id) > 0
+    }
+
+    /// How many sessions on this node are authenticated as `user_id` (one per device).
+    pub fn user_session_count(&self, user_id: &str) -> usize {
+        self.inner.registry.user_session_count(user_id)
+    }
+
+    /// This node's id, the first half of every [`ConnectionId`] it hands out.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
     }
 
     /// Open WebSocket connections on this node.
@@ -160,18 +171,14 @@ impl Mesa {
         &self.inner.metrics
     }
 
-    /// A tower service that upgrades requests to Mesa connections. Mount it on a path of an axum app with
-    /// `Router::route_service(path, mesa.service())`, or serve it with hyper.
-    pub fn service(&self) -> MesaService {
-        MesaService::new(self.clone())
-    }
-
     /// Whether a graceful shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
 
-    /// Gracefully closes every WebSocket connection: new upgrades get HTTP 503, each client receives op 7
+    /// Gracefully closes every WebSocket connection: new upgrades get HTTP 503; each session's queued frames
+    /// are written, then op 7 (reconnect); a client that has not left by itself within `shutdown_grace_ms`
+    /// gets a 1012 close (what it sends meanwhile still reaches the handlers). Waits for the connection tasks
     /// (reconnect) and a 1012 close, and this waits for the connection tasks to finish, at most
     /// `shutdown_timeout_ms`. Returns `true` when every task finished in time.
     pub async fn shutdown(&self) -> bool {
@@ -197,6 +204,7 @@ impl Mesa {
 pub struct MesaBuilder {
     config: Config,
     hooks: Hooks,
+    node_id: Option<NodeId>,
 }
 
 fn ms(duration: Duration) -> u64 {
@@ -237,9 +245,16 @@ impl MesaBuilder {
         self
     }
 
-    /// Authentication timeout. Default 10 s.
+    /// Time a client has to authenticate, advertised in Hello (enforced with 4006 when authentication is
+    /// required). Default 10 s.
     pub fn authentication_timeout(mut self, timeout: Duration) -> Self {
         self.config.authentication.timeout_ms = ms(timeout);
+        self
+    }
+
+    /// Time one run of the authentication check may take; longer closes with 1013. Default 10 s.
+    pub fn authentication_check_timeout(mut self, timeout: Duration) -> Self {
+        self.config.authentication.check_timeout_ms = ms(timeout);
         self
     }
 
@@ -280,9 +295,29 @@ impl MesaBuilder {
         self
     }
 
-    /// Frames one connection's outbound queue holds. Default 1024.
+    /// Frames one session's outbound queue holds. Default 1024.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.limits.outbound_queue = frames;
+        self
+    }
+
+    /// Bytes of encoded frames one session's outbound queue holds. Default 1 MiB.
+    pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.limits.outbound_queue_bytes = bytes;
+        self
+    }
+
+    /// This node's id. Default: random at build time. Set it when several nodes must be told apart by a
+    /// stable id (two nodes must never share one).
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Time after op 7 in a graceful shutdown that clients get to leave by themselves before the 1012
+    /// close. Default 500 ms.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace_ms = ms(grace);
         self
     }
 
@@ -324,31 +359,33 @@ impl MesaBuilder {
     /// Without one, every op 2 is refused.
     pub fn authenticate<F, Fut>(mut self, check: F) -> Self
     where
-        F: Fn(Value, Client) -> Fut + Send + Sync + 'static,
+        F: Fn(Value, Session) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Identity, AuthError>> + Send + 'static,
     {
-        self.hooks.authenticate = Some(Arc::new(move |data, client| Box::pin(check(data, client))));
+        self.hooks.authenticate = Some(Arc::new(move |data, session| {
+            Box::pin(check(data, session))
+        }));
         self
     }
 
     /// Runs when a connection opens, after Hello.
     pub fn on_connection<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        F: Fn(Session) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.on_connection = Some(Arc::new(move |client| Box::pin(handler(client))));
+        self.hooks.on_connection = Some(Arc::new(move |session| Box::pin(handler(session))));
         self
     }
 
     /// Runs for every dispatch (op 0) a client sends, in order, on that connection's task.
     pub fn on_message<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(Client, Frame) -> Fut + Send + Sync + 'static,
+        F: Fn(Session, Frame) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.on_message = Some(Arc::new(move |client, frame| {
-            Box::pin(handler(client, frame))
+        self.hooks.on_message = Some(Arc::new(move |session, frame| {
+            Box::pin(handler(session, frame))
         }));
         self
     }
@@ -356,32 +393,33 @@ impl MesaBuilder {
     /// Runs after a connection authenticates (after op 22 was sent).
     pub fn on_authenticated<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        F: Fn(Session) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.on_authenticated = Some(Arc::new(move |client| Box::pin(handler(client))));
+        self.hooks.on_authenticated = Some(Arc::new(move |session| Box::pin(handler(session))));
         self
     }
 
     /// Runs when a connection has closed.
     pub fn on_disconnection<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(Client, Disconnection) -> Fut + Send + Sync + 'static,
+        F: Fn(Session, Disconnection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.on_disconnection =
-            Some(Arc::new(move |client, why| Box::pin(handler(client, why))));
+        self.hooks.on_disconnection = Some(Arc::new(move |session, why| {
+            Box::pin(handler(session, why))
+        }));
         self
     }
 
     /// Runs when a connection hits an error (bad input, a failed write); the connection is closing.
     pub fn on_error<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(Client, Arc<ConnectionError>) -> Fut + Send + Sync + 'static,
+        F: Fn(Session, Arc<ConnectionError>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.hooks.on_error = Some(Arc::new(move |client, error| {
-            Box::pin(handler(client, error))
+        self.hooks.on_error = Some(Arc::new(move |session, error| {
+            Box::pin(handler(session, error))
         }));
         self
     }
@@ -409,7 +447,7 @@ impl MesaBuilder {
         let router = Router::new(registry.clone(), config.authentication.required);
         Mesa {
             inner: Arc::new(Inner {
-                rules: config.session_rules(),
+                rules: config.connection_rules(),
                 hello: hello.encode().into(),
                 ws_config,
                 registry,
@@ -418,10 +456,35 @@ impl MesaBuilder {
                 metrics: Arc::new(Metrics::default()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                node_id: self.node_id.unwrap_or_else(NodeId::random),
                 next_connection_id: AtomicU64::new(1),
                 slots: AtomicUsize::new(0),
                 config,
             }),
+        }
+    }
+}
+
+impl Session {
+    /// The server this session belongs to, to send to other clients from a handler; `None` once the server
+    /// is gone.
+    pub fn server(&self) -> Option<Mesa> {
+        let inner = self.shared.server.upgrade()?.downcast::<Inner>().ok()?;
+        Some(Mesa { inner })
+    }
+
+    /// Replaces the identity of an authenticated session (Mesa 1.5 `client.updateUser`): sends to the new id
+    /// reach it, sends to the old id no longer do, in one step (no send sees it half-changed). Returns `false`
+    /// and changes nothing when the session is not authenticated or its connection is gone.
+    pub fn update_user(&self, identity: Identity) -> bool {
+        match self
+            .shared
+            .server
+            .upgrade()
+            .map(|any| any.downcast::<Inner>())
+        {
+            Some(Ok(inner)) => inner.registry.update_user(self, identity),
+            _ => false,
         }
     }
 }

@@ -15,12 +15,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{Client, ConnectionId};
+use crate::ids::ConnectionId;
 use crate::metrics::Rejection;
+use crate::outbox::Outbox;
 use crate::server::{Inner, Mesa};
+use crate::session::{KeptHeaders, Session};
 
 /// The peer address of a request, inserted as a request extension by the standalone server.
-/// Insert it yourself (or use axum's `ConnectInfo`) to give [`Client::remote_addr`] a value when mounted.
+/// Insert it yourself (or use axum's `ConnectInfo`) to give [`Session::remote_addr`](crate::Session::remote_addr) a value when mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
 
@@ -34,9 +36,11 @@ pub struct MesaService {
     mesa: Mesa,
 }
 
-impl MesaService {
-    pub(crate) fn new(mesa: Mesa) -> MesaService {
-        MesaService { mesa }
+impl Mesa {
+    /// A tower service that upgrades requests to Mesa connections. Mount it on a path of an axum app with
+    /// `Router::route_service(path, mesa.service())`, or serve it with hyper.
+    pub fn service(&self) -> MesaService {
+        MesaService { mesa: self.clone() }
     }
 }
 
@@ -201,13 +205,23 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
     }
     let slot = Slot(inner.clone());
 
-    let connection_id = ConnectionId(inner.next_connection_id.fetch_add(1, Ordering::Relaxed));
-    let client = Client::new(
+    let connection_id = ConnectionId::new(
+        inner.node_id,
+        inner.next_connection_id.fetch_add(1, Ordering::Relaxed),
+    );
+    let limits = &inner.config.limits;
+    let server: std::sync::Weak<dyn std::any::Any + Send + Sync> =
+        Arc::downgrade(inner) as std::sync::Weak<Inner>;
+    let session = Session::new(
         connection_id,
         remote_addr(&request),
-        crate::client::PackedHeaders::pack(request.headers()),
-        inner.config.limits.outbound_queue,
-        Arc::downgrade(inner),
+        KeptHeaders::keep(
+            request.headers(),
+            &inner.config.headers.keep,
+            inner.config.headers.max_bytes,
+        ),
+        Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes),
+        server,
     );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ws_config = inner.ws_config;
@@ -221,7 +235,7 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
             Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
         });
         match socket.await {
-            Some(ws) => crate::connection::run(ws, client, task_inner).await,
+            Some(ws) => crate::connection::run(ws, session, task_inner).await,
             None => tracing::debug!(connection = %connection_id, "upgrade did not complete"),
         }
     });

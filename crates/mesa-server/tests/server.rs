@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesa_server::{Client, Disconnection, Frame, Identity, Mesa, Middleware, Target};
+use mesa_server::{Disconnection, Frame, Identity, Mesa, Middleware, Session, Target};
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
 use serde_json::{json, Value};
@@ -34,8 +34,8 @@ async fn authentication_acknowledges_with_the_user_object() {
     assert_eq!(recv_text(&mut ws).await, r#"{"op":22,"d":{"id":"alice"}}"#);
     let client = server
         .mesa
-        .client(mesa_server::ConnectionId(1))
-        .expect("client handle");
+        .session(mesa_server::ConnectionId::new(server.mesa.node_id(), 1))
+        .expect("session handle");
     assert_eq!(client.id().as_deref(), Some("alice"));
     assert!(server.mesa.is_user_connected("alice"));
     server.stop().await;
@@ -277,7 +277,7 @@ async fn sends_reach_everyone_users_and_not_the_excluded() {
 
 #[tokio::test]
 async fn client_handle_exposes_identity_address_headers_and_can_disconnect() {
-    let seen: Arc<std::sync::Mutex<Option<Client>>> = Arc::default();
+    let seen: Arc<std::sync::Mutex<Option<Session>>> = Arc::default();
     let slot = seen.clone();
     let builder = echo_server().on_authenticated(move |client| {
         let slot = slot.clone();
@@ -361,22 +361,22 @@ impl std::ops::Deref for Counting {
 }
 
 impl Middleware for Counting {
-    fn on_connection(&self, _: &Client) {
+    fn on_connection(&self, _: &Session) {
         self.connections.fetch_add(1, Ordering::SeqCst);
     }
-    fn on_disconnection(&self, _: &Client, _: &Disconnection) {
+    fn on_disconnection(&self, _: &Session, _: &Disconnection) {
         self.disconnections.fetch_add(1, Ordering::SeqCst);
     }
-    fn on_authenticated(&self, _: &Client) {
+    fn on_authenticated(&self, _: &Session) {
         self.authenticated.fetch_add(1, Ordering::SeqCst);
     }
-    fn on_message_received(&self, _: &Client, _: &Frame) {
+    fn on_message_received(&self, _: &Session, _: &Frame) {
         self.received.fetch_add(1, Ordering::SeqCst);
     }
     fn on_message_sent(&self, _: &Frame, _: &Target) {
         self.sent.fetch_add(1, Ordering::SeqCst);
     }
-    fn on_error(&self, _: &Client, _: &mesa_server::ConnectionError) {
+    fn on_error(&self, _: &Session, _: &mesa_server::ConnectionError) {
         self.errors.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -564,7 +564,7 @@ async fn disconnect_users_closes_every_device_of_those_users_only() {
 #[tokio::test]
 async fn a_slow_authentication_check_closes_with_1013_not_1008() {
     let builder = Mesa::builder()
-        .authentication_timeout(Duration::from_millis(200))
+        .authentication_check_timeout(Duration::from_millis(200))
         .authenticate(|_data, _client| async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Ok(Identity::new("late", json!({})))

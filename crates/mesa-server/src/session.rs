@@ -1,8 +1,14 @@
-//! The per-connection handle the application holds.
+//! [`Session`], the handle the application holds for one client: who it is, where it comes from, and how to
+//! send to it or close it.
+//!
+//! The state behind the handle is owned by the registry: identity changes and the user index that finds a
+//! session by user id change together there, in one step ([`Session::update_user`] asks the registry; it does
+//! not edit behind its back). The handle holds the server only weakly and without naming its type, so that this
+//! module does not depend on the server module that depends on it.
 
+use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 use http::HeaderMap;
@@ -10,13 +16,13 @@ use mesa_protocol::{CloseCode, Frame};
 use serde_json::Value;
 
 use crate::error::SendError;
+use crate::ids::ConnectionId;
 use crate::outbox::{Outbox, PushError};
-use crate::server::{Inner, Mesa};
 
-/// Who a connection authenticated as: the application's user id and user object.
+/// Who a session authenticated as: the application's user id and user object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// The user id. Several connections (devices) may share one.
+    /// The user id. Several sessions (devices) may share one.
     pub id: String,
     /// The user object, sent in op 22 when `send_user_object` is on.
     pub user: Value,
@@ -32,26 +38,32 @@ impl Identity {
     }
 }
 
-/// A connection's number, unique within one server process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionState {
+    /// Connected (Hello sent), not authenticated. It may never need to be.
+    Connected,
+    /// Authenticated as a user id: sends to that id reach it.
+    Authenticated,
+    /// Closing: no more sends are accepted; what was queued is being written before the close frame.
+    Closing,
+    /// The connection is gone. Sends return [`SendError::Closed`].
+    Closed,
 }
 
-/// The upgrade request's headers as one allocation of `name:value\n` lines.
+/// The upgrade request's headers the configuration keeps (`headers.keep`, within `headers.max_bytes`), as
+/// one allocation of `name:value\n` lines.
 ///
 /// A `HeaderMap` per idle connection costs about a kilobyte, and hyper's header values are slices of its
-/// 8 KiB connection read buffer, which a kept map would hold on to for the life of the WebSocket.
-/// Header names cannot contain `:` and hyper refuses values with line breaks, so the lines parse back exactly.
+/// 8 KiB connection read buffer, which a kept map would hold on to for the life of the WebSocket; and a peer
+/// controls how many headers it sends. Header names cannot contain `:` and hyper refuses values with line
+/// breaks, so the lines parse back exactly.
 #[derive(Debug, Default)]
-pub(crate) struct PackedHeaders(Box<[u8]>);
+pub(crate) struct KeptHeaders(Box<[u8]>);
 
-impl PackedHeaders {
-    /// Handshake headers mean nothing after the upgrade and are left out.
+impl KeptHeaders {
+    /// Handshake headers mean nothing after the upgrade and are never kept.
     const HANDSHAKE: [http::header::HeaderName; 5] = [
         http::header::CONNECTION,
         http::header::UPGRADE,
@@ -60,10 +72,21 @@ impl PackedHeaders {
         http::header::SEC_WEBSOCKET_EXTENSIONS,
     ];
 
-    pub(crate) fn pack(headers: &HeaderMap) -> PackedHeaders {
+    /// Keeps the headers named in `keep` (`"*"` for all), in request order, while they fit in `max_bytes`;
+    /// a header that does not fit is left out.
+    pub(crate) fn keep(headers: &HeaderMap, keep: &[String], max_bytes: usize) -> KeptHeaders {
+        let all = keep.iter().any(|k| k == "*");
         let mut packed = Vec::new();
         for (name, value) in headers {
             if Self::HANDSHAKE.contains(name) || value.as_bytes().contains(&b'\n') {
+                continue;
+            }
+            if !all && !keep.iter().any(|k| k.eq_ignore_ascii_case(name.as_str())) {
+                continue;
+            }
+            let line = name.as_str().len() + value.len() + 2;
+            if packed.len() + line > max_bytes {
+                tracing::debug!(header = %name, "header left out: headers.max_bytes reached");
                 continue;
             }
             packed.extend_from_slice(name.as_str().as_bytes());
@@ -71,7 +94,7 @@ impl PackedHeaders {
             packed.extend_from_slice(value.as_bytes());
             packed.push(b'\n');
         }
-        PackedHeaders(packed.into_boxed_slice())
+        KeptHeaders(packed.into_boxed_slice())
     }
 
     fn unpack(&self) -> HeaderMap {
@@ -96,8 +119,8 @@ impl PackedHeaders {
     }
 }
 
-/// What a connection keeps of its [`Identity`]: the id shared with the registry's user index, and the user
-/// object encoded (a parsed `serde_json` object costs about half a kilobyte per connection even when small).
+/// What a session keeps of its [`Identity`]: the id shared with the registry's user index, and the user
+/// object encoded (a parsed `serde_json` object costs about half a kilobyte per session even when small).
 #[derive(Debug)]
 pub(crate) struct StoredIdentity {
     pub(crate) id: Arc<str>,
@@ -105,52 +128,61 @@ pub(crate) struct StoredIdentity {
 }
 
 impl StoredIdentity {
+    pub(crate) fn new(identity: Identity) -> StoredIdentity {
+        StoredIdentity {
+            id: Arc::from(identity.id),
+            user: identity.user.to_string().into_boxed_str(),
+        }
+    }
+
     fn user(&self) -> Value {
         // Encoded by serde_json from a `Value`, so it decodes; `Null` only if that invariant ever broke.
         serde_json::from_str(&self.user).unwrap_or(Value::Null)
     }
 }
 
-pub(crate) struct ClientShared {
+pub(crate) struct SessionShared {
     pub(crate) connection_id: ConnectionId,
     remote_addr: Option<SocketAddr>,
-    headers: PackedHeaders,
-    identity: RwLock<Option<Arc<StoredIdentity>>>,
-    authenticated: AtomicBool,
+    headers: KeptHeaders,
+    /// Written only by the registry, under its lock, together with the user index.
+    pub(crate) identity: RwLock<Option<Arc<StoredIdentity>>>,
     pub(crate) outbox: Outbox,
-    server: Weak<Inner>,
+    /// The server (`crate::server::Inner`), type-erased; see the module docs.
+    pub(crate) server: Weak<dyn Any + Send + Sync>,
 }
 
-/// A handle to one connection: who it is, where it comes from, and how to send to or close it.
+/// A handle to one client's session: who it is, where it comes from, and how to send to it or close it
+/// (Mesa 1.5's `Client`).
 ///
-/// Cheap to clone; it stays valid after the connection closes (sends then return [`SendError::Closed`]).
+/// Cheap to clone. It stays valid after the connection closes: sends then return [`SendError::Closed`] and
+/// [`Session::state`] says [`SessionState::Closed`].
 #[derive(Clone)]
-pub struct Client {
-    pub(crate) shared: Arc<ClientShared>,
+pub struct Session {
+    pub(crate) shared: Arc<SessionShared>,
 }
 
-impl Client {
+impl Session {
     pub(crate) fn new(
         connection_id: ConnectionId,
         remote_addr: Option<SocketAddr>,
-        headers: PackedHeaders,
-        outbound_queue: usize,
-        server: Weak<Inner>,
-    ) -> Client {
-        Client {
-            shared: Arc::new(ClientShared {
+        headers: KeptHeaders,
+        outbox: Outbox,
+        server: Weak<dyn Any + Send + Sync>,
+    ) -> Session {
+        Session {
+            shared: Arc::new(SessionShared {
                 connection_id,
                 remote_addr,
                 headers,
                 identity: RwLock::new(None),
-                authenticated: AtomicBool::new(false),
-                outbox: Outbox::new(outbound_queue),
+                outbox,
                 server,
             }),
         }
     }
 
-    /// This connection's number.
+    /// The id of this session's connection, unique across nodes.
     pub fn connection_id(&self) -> ConnectionId {
         self.shared.connection_id
     }
@@ -180,9 +212,30 @@ impl Client {
             .clone()
     }
 
-    /// Whether the connection authenticated.
+    /// Whether the session is authenticated (and still open).
     pub fn is_authenticated(&self) -> bool {
-        self.shared.authenticated.load(Ordering::Acquire)
+        self.state() == SessionState::Authenticated
+    }
+
+    /// Where the session is in its life.
+    pub fn state(&self) -> SessionState {
+        if self.shared.outbox.is_closed() {
+            SessionState::Closed
+        } else if self.shared.outbox.is_closing() {
+            SessionState::Closing
+        } else if self.has_identity() {
+            SessionState::Authenticated
+        } else {
+            SessionState::Connected
+        }
+    }
+
+    pub(crate) fn has_identity(&self) -> bool {
+        self.shared
+            .identity
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
     }
 
     /// The peer's address, when known (standalone server, or axum with `ConnectInfo`).
@@ -190,14 +243,16 @@ impl Client {
         self.shared.remote_addr
     }
 
-    /// The headers of the upgrade request, except the WebSocket handshake's own (`Connection`, `Upgrade`,
+    /// The headers of the upgrade request that the configuration keeps (`headers.keep`, default all, within
+    /// `headers.max_bytes`, default 4096), never the WebSocket handshake's own (`Connection`, `Upgrade`,
     /// `Sec-WebSocket-*`). Built on each call from a compact copy; call it once per need.
     pub fn headers(&self) -> HeaderMap {
         self.shared.headers.unpack()
     }
 
-    /// Queues a frame for this connection only. Never waits: a full queue closes the connection (4010) and
-    /// returns [`SendError::QueueFull`].
+    /// Queues a frame for this session only. Never waits. A full queue (`limits.outbound_queue` frames or
+    /// `limits.outbound_queue_bytes`) refuses it with [`SendError::QueueFull`] and closes the session with
+    /// 4010 after the frames already queued; a closing or closed session refuses it with [`SendError::Closed`].
     pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
         self.send_encoded(frame.encode().into())
     }
@@ -212,8 +267,8 @@ impl Client {
         })
     }
 
-    /// Closes the connection with `code` and `reason` after the frames already queued are written.
-    /// A `code` outside 1000–4999 or one reserved by RFC 6455 (1004–1006, 1015) is sent as 1000.
+    /// Closes the session with `code` and `reason` after the frames already queued are written; later sends
+    /// are refused. A `code` outside 1000–4999 or one reserved by RFC 6455 (1004–1006, 1015) is sent as 1000.
     pub fn disconnect(&self, code: u16, reason: impl Into<String>) {
         let code = if (1000..5000).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
             code
@@ -231,52 +286,14 @@ impl Client {
         }
         self.shared.outbox.close(code, reason);
     }
-
-    /// Replaces the identity of an authenticated connection (Mesa 1.5 `client.updateUser`): sends to the new
-    /// id reach it, sends to the old id no longer do. Returns `false` (and changes nothing) when the connection
-    /// has not authenticated.
-    pub fn update_user(&self, identity: Identity) -> bool {
-        if !self.is_authenticated() {
-            return false;
-        }
-        self.set_identity(identity);
-        true
-    }
-
-    /// The server this connection belongs to, to send to other clients from a handler; `None` once the
-    /// server is gone.
-    pub fn server(&self) -> Option<Mesa> {
-        self.shared.server.upgrade().map(|inner| Mesa { inner })
-    }
-
-    /// Records a (new) identity and marks the connection authenticated.
-    pub(crate) fn set_identity(&self, identity: Identity) {
-        let identity = Arc::new(StoredIdentity {
-            id: Arc::from(identity.id),
-            user: identity.user.to_string().into_boxed_str(),
-        });
-        let old = {
-            let mut slot = self
-                .shared
-                .identity
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            slot.replace(identity.clone())
-        };
-        self.shared.authenticated.store(true, Ordering::Release);
-        if let Some(server) = self.shared.server.upgrade() {
-            server
-                .registry
-                .reindex(self, old.map(|i| i.id.clone()), &identity.id);
-        }
-    }
 }
 
-impl fmt::Debug for Client {
+impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
+        f.debug_struct("Session")
             .field("connection_id", &self.shared.connection_id)
             .field("id", &self.id())
+            .field("state", &self.state())
             .field("remote_addr", &self.shared.remote_addr)
             .finish_non_exhaustive()
     }
@@ -294,11 +311,25 @@ mod tests {
         headers.append("x-multi", "b: c".parse().unwrap());
         headers.insert(http::header::SEC_WEBSOCKET_KEY, "abc".parse().unwrap());
         headers.insert(http::header::UPGRADE, "websocket".parse().unwrap());
-        let unpacked = PackedHeaders::pack(&headers).unpack();
+        let unpacked = KeptHeaders::keep(&headers, &["*".into()], 4096).unpack();
         assert_eq!(unpacked.get("x-device").unwrap(), "phone");
         let multi: Vec<_> = unpacked.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b: c"]);
         assert!(unpacked.get(http::header::SEC_WEBSOCKET_KEY).is_none());
         assert_eq!(unpacked.len(), 3);
+    }
+
+    #[test]
+    fn kept_headers_are_the_configured_ones_within_the_byte_bound() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.insert("x-big", "x".repeat(500).parse().unwrap());
+        headers.insert("x-small", "y".parse().unwrap());
+        let kept = KeptHeaders::keep(&headers, &["Authorization".into(), "x-small".into()], 4096);
+        assert_eq!(kept.unpack().len(), 2);
+        let bounded = KeptHeaders::keep(&headers, &["*".into()], 100).unpack();
+        assert!(bounded.get("x-big").is_none());
+        assert_eq!(bounded.get("x-small").unwrap(), "y");
+        assert!(KeptHeaders::keep(&headers, &[], 4096).unpack().is_empty());
     }
 }

@@ -1,8 +1,9 @@
-//! The per-connection session rules, without I/O and without a clock of their own.
+//! The per-connection protocol rules, without I/O and without a clock of their own.
 //!
-//! A [`Session`] is fed the decoded frames a client sends and the current time, and answers what the
+//! A [`ConnectionState`] (one per WebSocket connection; the server's session, which can outlive a socket, is
+//! `mesa_server::Session`) is fed the decoded frames a client sends and the current time, and answers what the
 //! connection must do: reply, hand a dispatch to the application, send a heartbeat, or close with a code.
-//! [`Session::next_deadline`] says when to call [`Session::on_timeout`] next. The server's connection task is the
+//! [`ConnectionState::next_deadline`] says when to call [`ConnectionState::on_timeout`] next. The server's connection task is the
 //! only caller; tests drive it on a virtual clock.
 
 use std::time::{Duration, Instant};
@@ -25,9 +26,9 @@ pub struct HeartbeatRules {
     pub max_attempts: u32,
 }
 
-/// The rules one session follows, derived from the server configuration.
+/// The rules one connection follows, derived from the server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRules {
+pub struct ConnectionRules {
     /// Heartbeats, or `None` when they are off.
     pub heartbeat: Option<HeartbeatRules>,
     /// Time a client has to authenticate. Enforced (close 4006) only when `authentication_required`.
@@ -38,11 +39,47 @@ pub struct SessionRules {
     pub rate_limit: Option<RateLimit>,
     /// With `enforce_equal_versions`: the version a client must announce in `CLIENT_VERSION`.
     pub required_client_version: Option<String>,
+    /// How often a client may send op 2, apart from the inbound rate limit: each op 2 runs the application's
+    /// authentication check (often a call to an auth backend), so one connection must not be able to drive
+    /// that backend at the general rate limit. `None` for no limit. Exceeding it closes with 4008.
+    pub authentication_attempts: Option<AttemptLimit>,
+}
+
+/// A token bucket for rare events (authentication attempts): `burst` at once, one more every `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimit {
+    /// Attempts allowed back to back.
+    pub burst: u32,
+    /// Time to earn one more attempt.
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct AttemptBucket {
+    limit: AttemptLimit,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl AttemptBucket {
+    fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated);
+        self.updated = now;
+        let every = self.limit.every.as_secs_f64().max(1e-9);
+        self.tokens =
+            (self.tokens + elapsed.as_secs_f64() / every).min(f64::from(self.limit.burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
+pub enum ConnectionPhase {
     /// Hello was sent; the client has not authenticated (it may never need to).
     HelloSent,
     /// The client authenticated.
@@ -100,20 +137,22 @@ struct HeartbeatState {
 
 /// One connection's protocol state. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct Session {
-    lifecycle: Lifecycle,
+pub struct ConnectionState {
+    phase: ConnectionPhase,
     heartbeat: Option<HeartbeatState>,
     authentication_deadline: Option<Instant>,
     authentication_required: bool,
     rate: Option<TokenBucket>,
     required_client_version: Option<String>,
+    authentication_timeout: Duration,
+    authentication_attempts: Option<AttemptBucket>,
 }
 
-impl Session {
+impl ConnectionState {
     /// A session whose Hello was sent at `now`.
-    pub fn new(rules: &SessionRules, now: Instant) -> Session {
-        Session {
-            lifecycle: Lifecycle::HelloSent,
+    pub fn new(rules: &ConnectionRules, now: Instant) -> ConnectionState {
+        ConnectionState {
+            phase: ConnectionPhase::HelloSent,
             heartbeat: rules.heartbeat.map(|hb| HeartbeatState {
                 rules: hb,
                 next_beat: now + hb.interval,
@@ -130,22 +169,31 @@ impl Session {
                 .filter(RateLimit::is_enabled)
                 .map(|limit| TokenBucket::new(limit, now)),
             required_client_version: rules.required_client_version.clone(),
+            authentication_timeout: rules.authentication_timeout,
+            authentication_attempts: rules
+                .authentication_attempts
+                .filter(|limit| limit.burst > 0)
+                .map(|limit| AttemptBucket {
+                    limit,
+                    tokens: f64::from(limit.burst),
+                    updated: now,
+                }),
         }
     }
 
-    /// Where the session is in its life.
-    pub fn lifecycle(&self) -> Lifecycle {
-        self.lifecycle
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> ConnectionPhase {
+        self.phase
     }
 
     /// Whether the client authenticated.
     pub fn is_authenticated(&self) -> bool {
-        self.lifecycle == Lifecycle::Authenticated
+        self.phase == ConnectionPhase::Authenticated
     }
 
-    /// The earliest time at which [`Session::on_timeout`] has something to do, or `None`.
+    /// The earliest time at which [`ConnectionState::on_timeout`] has something to do, or `None`.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if let Lifecycle::Closing(_) = self.lifecycle {
+        if let ConnectionPhase::Closing(_) = self.phase {
             return None;
         }
         let beat = self.heartbeat.as_ref().map(|hb| hb.next_beat);
@@ -157,7 +205,7 @@ impl Session {
 
     /// Runs the deadlines that passed at `now`. Call it again until it returns `None`.
     pub fn on_timeout(&mut self, now: Instant) -> Option<TimerAction> {
-        if let Lifecycle::Closing(_) = self.lifecycle {
+        if let ConnectionPhase::Closing(_) = self.phase {
             return None;
         }
         if self.authentication_deadline.is_some_and(|at| now >= at) {
@@ -193,7 +241,7 @@ impl Session {
 
     /// Classifies a frame the client sent at `now`.
     pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
-        if let Lifecycle::Closing(code) = self.lifecycle {
+        if let ConnectionPhase::Closing(code) = self.phase {
             return Inbound::Close(code);
         }
         if let Some(bucket) = self.rate.as_mut() {
@@ -211,6 +259,11 @@ impl Session {
             }
             Some(OpCode::Heartbeat) => Inbound::HeartbeatRequest,
             Some(OpCode::Authenticate) => {
+                if let Some(bucket) = self.authentication_attempts.as_mut() {
+                    if !bucket.try_take(now) {
+                        return Inbound::Close(self.close_code(CloseCode::RateLimited));
+                    }
+                }
                 let should_sync = frame
                     .d
                     .get("shouldSync")
@@ -243,9 +296,22 @@ impl Session {
 
     /// Records a successful authentication: the authentication deadline no longer applies.
     pub fn authenticated(&mut self) {
-        if !matches!(self.lifecycle, Lifecycle::Closing(_)) {
-            self.lifecycle = Lifecycle::Authenticated;
+        if !matches!(self.phase, ConnectionPhase::Closing(_)) {
+            self.phase = ConnectionPhase::Authenticated;
             self.authentication_deadline = None;
+        }
+    }
+
+    /// Records that an authentication check refused the client while the connection stays open (op 9): a
+    /// connection that was authenticated is no longer, and when authentication is required the client has a
+    /// fresh authentication timeout from `now` to succeed.
+    pub fn authentication_refused(&mut self, now: Instant) {
+        if matches!(self.phase, ConnectionPhase::Closing(_)) {
+            return;
+        }
+        self.phase = ConnectionPhase::HelloSent;
+        if self.authentication_required && self.authentication_deadline.is_none() {
+            self.authentication_deadline = Some(now + self.authentication_timeout);
         }
     }
 
@@ -255,7 +321,7 @@ impl Session {
     }
 
     fn close_code(&mut self, code: CloseCode) -> CloseCode {
-        self.lifecycle = Lifecycle::Closing(code);
+        self.phase = ConnectionPhase::Closing(code);
         code
     }
 }
@@ -264,8 +330,8 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn rules() -> SessionRules {
-        SessionRules {
+    fn rules() -> ConnectionRules {
+        ConnectionRules {
             heartbeat: Some(HeartbeatRules {
                 interval: Duration::from_millis(1000),
                 max_attempts: 2,
@@ -274,6 +340,7 @@ mod tests {
             authentication_required: false,
             rate_limit: None,
             required_client_version: None,
+            authentication_attempts: None,
         }
     }
 
@@ -288,7 +355,7 @@ mod tests {
     #[test]
     fn silent_client_is_closed_after_max_attempts_plus_one_beat() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         assert_eq!(s.next_deadline(), Some(ms(t0, 1000)));
         assert_eq!(s.on_timeout(ms(t0, 999)), None);
         let first = s.on_timeout(ms(t0, 1000));
@@ -316,8 +383,8 @@ mod tests {
             Some(TimerAction::Close(CloseCode::HeartbeatTimeout))
         );
         assert_eq!(
-            s.lifecycle(),
-            Lifecycle::Closing(CloseCode::HeartbeatTimeout)
+            s.phase(),
+            ConnectionPhase::Closing(CloseCode::HeartbeatTimeout)
         );
         assert_eq!(s.next_deadline(), None);
     }
@@ -325,7 +392,7 @@ mod tests {
     #[test]
     fn answering_client_is_never_closed() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         for beat in 1..=50u64 {
             let action = s.on_timeout(ms(t0, beat * 1000));
             assert_eq!(
@@ -345,7 +412,7 @@ mod tests {
     #[test]
     fn a_late_answer_resets_the_attempts() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         s.on_timeout(ms(t0, 1000));
         s.on_timeout(ms(t0, 2000)); // tries 1
         s.on_timeout(ms(t0, 3000)); // tries 2
@@ -362,7 +429,7 @@ mod tests {
     #[test]
     fn a_stalled_caller_does_not_burst_beats() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         assert!(s.on_timeout(ms(t0, 10_000)).is_some());
         assert_eq!(s.on_timeout(ms(t0, 10_000)), None);
         assert_eq!(s.next_deadline(), Some(ms(t0, 11_000)));
@@ -371,8 +438,8 @@ mod tests {
     #[test]
     fn authentication_timeout_is_enforced_only_when_required() {
         let t0 = Instant::now();
-        let mut optional = Session::new(
-            &SessionRules {
+        let mut optional = ConnectionState::new(
+            &ConnectionRules {
                 heartbeat: None,
                 ..rules()
             },
@@ -381,19 +448,19 @@ mod tests {
         assert_eq!(optional.next_deadline(), None);
         assert_eq!(optional.on_timeout(ms(t0, 60_000)), None);
 
-        let required_rules = SessionRules {
+        let required_rules = ConnectionRules {
             heartbeat: None,
             authentication_required: true,
             ..rules()
         };
-        let mut required = Session::new(&required_rules, t0);
+        let mut required = ConnectionState::new(&required_rules, t0);
         assert_eq!(required.next_deadline(), Some(ms(t0, 2000)));
         assert_eq!(
             required.on_timeout(ms(t0, 2000)),
             Some(TimerAction::Close(CloseCode::AuthenticationTimeout))
         );
 
-        let mut in_time = Session::new(&required_rules, t0);
+        let mut in_time = ConnectionState::new(&required_rules, t0);
         in_time.authenticated();
         assert_eq!(in_time.next_deadline(), None);
         assert_eq!(in_time.on_timeout(ms(t0, 60_000)), None);
@@ -402,25 +469,25 @@ mod tests {
     #[test]
     fn dispatch_before_authentication_when_required_is_refused() {
         let t0 = Instant::now();
-        let required = SessionRules {
+        let required = ConnectionRules {
             authentication_required: true,
             ..rules()
         };
-        let mut s = Session::new(&required, t0);
+        let mut s = ConnectionState::new(&required, t0);
         let dispatch = Frame::dispatch("MSG", json!({}));
         assert_eq!(
             s.on_frame(dispatch.clone(), t0),
             Inbound::Close(CloseCode::NotAuthenticated)
         );
 
-        let mut s = Session::new(&required, t0);
+        let mut s = ConnectionState::new(&required, t0);
         s.authenticated();
         assert_eq!(
             s.on_frame(dispatch.clone(), t0),
             Inbound::Dispatch(dispatch.clone())
         );
 
-        let mut optional = Session::new(&rules(), t0);
+        let mut optional = ConnectionState::new(&rules(), t0);
         assert_eq!(
             optional.on_frame(dispatch.clone(), t0),
             Inbound::Dispatch(dispatch)
@@ -430,7 +497,7 @@ mod tests {
     #[test]
     fn authentication_frames_carry_should_sync() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         let auth = Frame::new(OpCode::Authenticate, json!({"token": "x"}));
         assert_eq!(
             s.on_frame(auth, t0),
@@ -455,23 +522,23 @@ mod tests {
     #[test]
     fn version_rule() {
         let t0 = Instant::now();
-        let versioned = SessionRules {
+        let versioned = ConnectionRules {
             required_client_version: Some("1.2.0".into()),
             ..rules()
         };
         let good = Frame::dispatch(CLIENT_VERSION_EVENT, json!({"v": "1.2.0"}));
         let bad = Frame::dispatch(CLIENT_VERSION_EVENT, json!({"v": "1.1.0"}));
         assert_eq!(
-            Session::new(&versioned, t0).on_frame(good.clone(), t0),
+            ConnectionState::new(&versioned, t0).on_frame(good.clone(), t0),
             Inbound::VersionAccepted
         );
         assert_eq!(
-            Session::new(&versioned, t0).on_frame(bad, t0),
+            ConnectionState::new(&versioned, t0).on_frame(bad, t0),
             Inbound::Close(CloseCode::VersionMismatch)
         );
         // Without the rule, CLIENT_VERSION is an ordinary dispatch.
         assert_eq!(
-            Session::new(&rules(), t0).on_frame(good.clone(), t0),
+            ConnectionState::new(&rules(), t0).on_frame(good.clone(), t0),
             Inbound::Dispatch(good)
         );
     }
@@ -479,7 +546,7 @@ mod tests {
     #[test]
     fn unknown_and_server_only_opcodes_are_ignored() {
         let t0 = Instant::now();
-        let mut s = Session::new(&rules(), t0);
+        let mut s = ConnectionState::new(&rules(), t0);
         for op in [3u64, 5, 10, 22, 1000] {
             let frame = Frame {
                 op,
@@ -504,8 +571,8 @@ mod tests {
                 per_second: 0,
             },
         ] {
-            let mut s = Session::new(
-                &SessionRules {
+            let mut s = ConnectionState::new(
+                &ConnectionRules {
                     rate_limit: Some(limit),
                     ..rules()
                 },
@@ -520,14 +587,14 @@ mod tests {
     #[test]
     fn flood_is_closed_by_the_rate_limit() {
         let t0 = Instant::now();
-        let limited = SessionRules {
+        let limited = ConnectionRules {
             rate_limit: Some(RateLimit {
                 burst: 5,
                 per_second: 5,
             }),
             ..rules()
         };
-        let mut s = Session::new(&limited, t0);
+        let mut s = ConnectionState::new(&limited, t0);
         for _ in 0..5 {
             assert!(matches!(s.on_frame(ack(), t0), Inbound::HeartbeatAck));
         }
@@ -538,6 +605,78 @@ mod tests {
         assert_eq!(
             s.on_frame(ack(), ms(t0, 10_000)),
             Inbound::Close(CloseCode::RateLimited)
+        );
+    }
+
+    fn op2() -> Frame {
+        Frame::new(OpCode::Authenticate, json!({"token": "t"}))
+    }
+
+    #[test]
+    fn authentication_attempts_are_limited_apart_from_the_rate_limit() {
+        let t0 = Instant::now();
+        let limited = ConnectionRules {
+            authentication_attempts: Some(AttemptLimit {
+                burst: 2,
+                every: Duration::from_secs(10),
+            }),
+            ..rules()
+        };
+        let mut s = ConnectionState::new(&limited, t0);
+        assert!(matches!(
+            s.on_frame(op2(), t0),
+            Inbound::Authenticate { .. }
+        ));
+        assert!(matches!(
+            s.on_frame(op2(), ms(t0, 1)),
+            Inbound::Authenticate { .. }
+        ));
+        assert_eq!(
+            s.on_frame(op2(), ms(t0, 2)),
+            Inbound::Close(CloseCode::RateLimited)
+        );
+        // One attempt is earned back per interval.
+        let mut s = ConnectionState::new(&limited, t0);
+        s.on_frame(op2(), t0);
+        s.on_frame(op2(), t0);
+        assert!(matches!(
+            s.on_frame(op2(), ms(t0, 10_001)),
+            Inbound::Authenticate { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refused_reauthentication_leaves_the_connection_unauthenticated() {
+        let t0 = Instant::now();
+        let required = ConnectionRules {
+            authentication_required: true,
+            ..rules()
+        };
+        let mut s = ConnectionState::new(&required, t0);
+        s.authenticated();
+        assert!(s.is_authenticated());
+        s.authentication_refused(ms(t0, 5000));
+        assert_eq!(s.phase(), ConnectionPhase::HelloSent);
+        // Dispatches are refused again, and a new authentication deadline runs from the refusal.
+        assert_eq!(
+            s.on_frame(Frame::dispatch("A", json!({})), ms(t0, 5001)),
+            Inbound::Close(CloseCode::NotAuthenticated)
+        );
+        let quiet = ConnectionRules {
+            heartbeat: None,
+            ..required
+        };
+        let mut s = ConnectionState::new(&quiet, t0);
+        s.authenticated();
+        assert_eq!(s.next_deadline(), None);
+        s.authentication_refused(ms(t0, 5000));
+        assert_eq!(s.next_deadline(), Some(ms(t0, 7000)));
+        assert_eq!(
+            (0..3).find_map(|_| match s.on_timeout(ms(t0, 7000)) {
+                Some(TimerAction::Close(code)) => Some(code),
+                _ => None,
+            }),
+            Some(CloseCode::AuthenticationTimeout)
         );
     }
 }
