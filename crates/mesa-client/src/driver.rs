@@ -629,7 +629,7 @@ impl Driver {
                     frame.op
                 )));
             }
-            return match serde_json::from_value::<Hello>(frame.d) {
+            return match serde_json::from_value::<Hello>(frame.d.into_value()) {
                 Ok(hello) => self.on_hello(conn, hello).await,
                 Err(error) => Some(SessionEnd::Protocol(format!("invalid Hello: {error}"))),
             };
@@ -643,7 +643,9 @@ impl Driver {
                 self.events.push(Event::Message(frame));
                 None
             }
-            Some(OpCode::AuthenticationAck) => self.on_authenticated(conn, frame.d).await,
+            Some(OpCode::AuthenticationAck) => {
+                self.on_authenticated(conn, frame.d.into_value()).await
+            }
             Some(OpCode::InvalidSession) => {
                 let reason = frame
                     .d
@@ -655,7 +657,7 @@ impl Driver {
             }
             Some(OpCode::Hello) => {
                 // A second Hello: adopt its timings.
-                if let Ok(hello) = serde_json::from_value::<Hello>(frame.d) {
+                if let Ok(hello) = serde_json::from_value::<Hello>(frame.d.into_value()) {
                     self.configure(conn, &hello);
                 }
                 None

@@ -99,7 +99,7 @@ async fn on_dispatch(mesa: &Mesa, client: &Session, frame: Frame) {
                 tracing::debug!(%error, "broadcast not sent");
             }
         }
-        Some(SEND_TO) => match SendTo::deserialize(&d) {
+        Some(SEND_TO) => match d.decode::<SendTo>() {
             Ok(send_to) => {
                 let frame = Frame::dispatch(DIRECT, send_to.payload);
                 let target = Target::users(send_to.to).excluding(send_to.excluding);

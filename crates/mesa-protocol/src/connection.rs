@@ -270,7 +270,7 @@ impl ConnectionState {
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
                 Inbound::Authenticate {
-                    data: frame.d,
+                    data: frame.d.into_value(),
                     should_sync,
                 }
             }

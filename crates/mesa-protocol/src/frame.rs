@@ -3,7 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::OpCode;
+use crate::{OpCode, Payload};
+
+/// Deepest nesting of arrays and objects a frame may have (the JSON decoder's own limit for a parsed tree).
+pub const MAX_DEPTH: usize = 128;
 
 /// One protocol frame: the JSON object carried by every WebSocket text message.
 ///
@@ -13,9 +16,10 @@ use crate::OpCode;
 pub struct Frame {
     /// The opcode number (see [`OpCode`]).
     pub op: u64,
-    /// The payload. Missing on the wire decodes as `null`; it is always written.
+    /// The payload, kept raw from the wire until read (see [`Payload`]). Missing on the wire decodes as
+    /// `null`; it is always written.
     #[serde(default)]
-    pub d: Value,
+    pub d: Payload,
     /// The event type of a dispatch (op 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t: Option<String>,
@@ -37,14 +41,17 @@ pub enum DecodeError {
     /// Valid JSON that is not a frame: `null`, an array, an object without an integer `op`, and so on.
     #[error("not a frame: {0}")]
     NotAFrame(#[source] serde_json::Error),
+    /// Arrays and objects nested deeper than [`MAX_DEPTH`].
+    #[error("nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
 }
 
 impl Frame {
     /// A frame with this opcode and payload, no type and no sequence number.
-    pub fn new(op: OpCode, d: Value) -> Frame {
+    pub fn new(op: OpCode, d: impl Into<Payload>) -> Frame {
         Frame {
             op: op.code(),
-            d,
+            d: d.into(),
             t: None,
             s: None,
             o: None,
@@ -52,7 +59,7 @@ impl Frame {
     }
 
     /// A dispatch (op 0) of event type `t` with payload `d`.
-    pub fn dispatch(t: impl Into<String>, d: Value) -> Frame {
+    pub fn dispatch(t: impl Into<String>, d: impl Into<Payload>) -> Frame {
         Frame {
             t: Some(t.into()),
             ..Frame::new(OpCode::Dispatch, d)
@@ -67,8 +74,12 @@ impl Frame {
     /// Decodes one text message.
     ///
     /// The input is untrusted: any text either decodes or yields a [`DecodeError`]; nothing panics.
-    /// Nesting deeper than 128 levels is refused by the JSON decoder as [`DecodeError::Malformed`].
+    /// Nesting deeper than [`MAX_DEPTH`] levels is refused ([`DecodeError::TooDeep`]). `d` is kept raw.
     pub fn decode(text: &str) -> Result<Frame, DecodeError> {
+        // `d` is captured raw, which the decoder does not depth-check: one pass over the bytes does.
+        if nesting_depth_exceeds(text.as_bytes(), MAX_DEPTH) {
+            return Err(DecodeError::TooDeep);
+        }
         // serde's derived struct decoding also accepts a JSON array (`[op, d]`); a frame is an object only.
         if text.trim_start().starts_with('[') {
             let not_object =
@@ -86,6 +97,34 @@ impl Frame {
         // A `Value` and plain fields always serialise; the fallback is unreachable in practice.
         serde_json::to_string(self).unwrap_or_else(|_| String::from(r#"{"op":0,"d":null}"#))
     }
+}
+
+/// Whether arrays and objects in `json` nest deeper than `max`, ignoring brackets inside strings.
+fn nesting_depth_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -106,6 +145,10 @@ mod tests {
         let f = Frame::decode(r#"{"op":11}"#).unwrap();
         assert_eq!(f.opcode(), Some(OpCode::HeartbeatAck));
         assert_eq!(f.d, Value::Null);
+        let raw = r#"{"op":0,"d":{"b":2,  "a":"[x"},"t":"ECHO"}"#;
+        let f = Frame::decode(raw).unwrap();
+        assert_eq!(f.d.raw().map(|r| r.get()), Some(r#"{"b":2,  "a":"[x"}"#));
+        assert_eq!(f.encode(), r#"{"op":0,"d":{"b":2,  "a":"[x"},"t":"ECHO"}"#);
         let f =
             Frame::decode(r#"{"op":0,"d":{"x":1},"t":"A","o":{"sync":false},"extra":1}"#).unwrap();
         assert_eq!(f.t.as_deref(), Some("A"));
@@ -145,6 +188,10 @@ mod tests {
             "[".repeat(5000),
             "]".repeat(5000)
         );
-        assert!(Frame::decode(&deep_d).is_err());
+        assert!(matches!(Frame::decode(&deep_d), Err(DecodeError::TooDeep)));
+        let at_limit = format!(r#"{{"op":0,"d":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
+        assert!(Frame::decode(&at_limit).is_ok());
+        let in_string = format!(r#"{{"op":0,"d":"{}"}}"#, "[".repeat(500));
+        assert!(Frame::decode(&in_string).is_ok());
     }
 }

@@ -5,7 +5,8 @@
 //! (`mesa-server`) and clients so that there is one definition of the wire.
 //!
 //! # Layout
-//! - [`frame`]: the [`Frame`] type, its JSON encoding and [`DecodeError`].
+//! - [`frame`]: the [`Frame`] type, its JSON encoding and [`DecodeError`]; [`payload`]: [`Payload`], its `d`,
+//!   kept raw until read.
 //! - [`opcode`]: [`OpCode`], the `op` numbers (Mesa 1.5 and this project's extensions).
 //! - [`close_code`]: [`CloseCode`], every code the server closes with and whether a client may reconnect.
 //! - [`hello`]: the [`Hello`] payload (op 10) and its rule names.
@@ -31,6 +32,7 @@ pub mod connection;
 pub mod frame;
 pub mod hello;
 pub mod opcode;
+pub mod payload;
 pub mod rate_limit;
 
 pub use close_code::{can_reconnect_code, CloseCode};
@@ -41,4 +43,5 @@ pub use connection::{
 pub use frame::{DecodeError, Frame};
 pub use hello::{rules, Hello};
 pub use opcode::OpCode;
+pub use payload::Payload;
 pub use rate_limit::{RateLimit, TokenBucket};

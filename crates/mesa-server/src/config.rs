@@ -36,7 +36,8 @@ pub struct Config {
     /// How long a graceful shutdown waits for connections to close before dropping them. Default 5000 ms.
     pub shutdown_timeout_ms: u64,
     /// In a graceful shutdown, how long after op 7 a client may take to leave by itself (its messages are
-    /// still handled meanwhile) before the server closes it with 1012. Default 500 ms.
+    /// still handled meanwhile) before the server closes it with 1012. At most half of `shutdown_timeout_ms`
+    /// is used, so that the close still fits in the shutdown. Default 500 ms.
     pub shutdown_grace_ms: u64,
 }
 

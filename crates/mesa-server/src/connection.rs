@@ -218,7 +218,10 @@ where
     /// Graceful shutdown, step one: everything queued so far, then op 7 ("reconnect elsewhere"). The
     /// connection keeps working until the client leaves or `shutdown_grace_ms` passes.
     async fn start_draining(&mut self) -> Result<(), Exit> {
-        let grace = Duration::from_millis(self.inner.config.shutdown_grace_ms);
+        // At most half the shutdown timeout, so that the close and its handshake still fit in it.
+        let config = &self.inner.config;
+        let grace =
+            Duration::from_millis(config.shutdown_grace_ms.min(config.shutdown_timeout_ms / 2));
         self.draining_until = Some(Instant::now() + grace);
         self.write_queued(usize::MAX, usize::MAX).await?;
         let reconnect: Utf8Bytes = Frame::new(OpCode::Reconnect, json!({})).encode().into();
