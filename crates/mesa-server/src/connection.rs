@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -30,6 +30,7 @@ use crate::outbox::CloseRequest;
 use crate::registry::IdentityError;
 use crate::server::Inner;
 use crate::session::Session;
+use crate::socket::{client_frame_len, CountingIo};
 
 /// Messages handled back to back before the replies they caused are flushed to the socket.
 const READ_BATCH: usize = 64;
@@ -37,6 +38,10 @@ const READ_BATCH: usize = 64;
 /// What one turn of the loop takes from the outbound queue before it looks at the socket again.
 const WRITE_BUDGET_FRAMES: usize = 256;
 const WRITE_BUDGET_BYTES: usize = 64 * 1024;
+
+/// A message or frame larger than this grows tungstenite's buffers for good; after one, the buffers are
+/// rebuilt at their configured size as soon as that is safe (see `crate::socket`).
+const LARGE_MESSAGE: usize = 4096;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,7 +79,7 @@ enum Step {
 }
 
 struct ConnectionTask<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<CountingIo<S>>,
     session: Session,
     state: ConnectionState,
     inner: Arc<Inner>,
@@ -85,6 +90,10 @@ struct ConnectionTask<S> {
     draining_until: Option<Instant>,
     /// A write failed or timed out: the socket cannot take more, so closing does not try to write the queue.
     write_failed: bool,
+    /// Bytes of the client frames tungstenite returned since the socket was (re)wrapped.
+    consumed: u64,
+    /// A large message went through the buffers since they were last rebuilt.
+    buffers_grown: bool,
 }
 
 /// Keeps the registry consistent whatever happens to the task: the session is inserted when this is created
@@ -126,7 +135,7 @@ impl Drop for Registration {
 /// The connection task's future. Not an `async fn`: its arguments would stay in the future next to the
 /// `ConnectionTask` they are moved into, and every idle connection would pay for both.
 pub(crate) fn run<S>(
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<CountingIo<S>>,
     session: Session,
     inner: Arc<Inner>,
 ) -> impl std::future::Future<Output = ()>
@@ -142,6 +151,8 @@ where
         unflushed: 0,
         draining_until: None,
         write_failed: false,
+        consumed: 0,
+        buffers_grown: false,
     });
     async move { task.run().await }
 }
@@ -252,10 +263,32 @@ where
             // anything else waits for the next turn of the loop, which polls the socket with a real waker.
             match self.ws.next().now_or_never() {
                 Some(next) => message = next,
-                None => break,
+                None => {
+                    self.flush().await?;
+                    self.shrink_buffers().await;
+                    return Ok(());
+                }
             }
         }
         self.flush().await
+    }
+
+    /// After a large message, builds a new WebSocket over the same socket so that tungstenite's buffers go
+    /// back to their configured size. Only when nothing is buffered either way: every byte read from the
+    /// socket belongs to a frame already returned (a fragmented message makes the counts differ, and then
+    /// the buffers are simply kept), and the write buffer was just flushed.
+    async fn shrink_buffers(&mut self) {
+        if !self.buffers_grown || self.consumed != self.ws.get_ref().bytes_read() {
+            return;
+        }
+        let config = *self.ws.get_config();
+        let Some(io) = self.ws.get_mut().take() else {
+            return;
+        };
+        self.ws =
+            WebSocketStream::from_raw_socket(CountingIo::new(io), Role::Server, Some(config)).await;
+        self.consumed = 0;
+        self.buffers_grown = false;
     }
 
     /// Writes up to a budget of queued frames and flushes them. A close request that is next in the queue
@@ -284,6 +317,7 @@ where
             .drain(&mut batch, max_frames, max_bytes);
         if !batch.is_empty() {
             let count = batch.len();
+            self.buffers_grown |= batch.iter().any(|text| text.len() > LARGE_MESSAGE);
             let ws = &mut self.ws;
             let fed = timeout(self.write_timeout, async move {
                 for text in batch {
@@ -365,6 +399,16 @@ where
     }
 
     fn classify(&mut self, message: Result<Message, WsError>) -> Step {
+        match &message {
+            Ok(Message::Text(text)) => {
+                self.consumed += client_frame_len(text.len());
+                self.buffers_grown |= text.len() > LARGE_MESSAGE;
+            }
+            Ok(Message::Ping(data) | Message::Pong(data)) => {
+                self.consumed += client_frame_len(data.len());
+            }
+            _ => {}
+        }
         let text = match message {
             Ok(Message::Text(text)) => text,
             Ok(Message::Binary(_)) => return Step::Exit(Exit::close(CloseCode::UnsupportedData)),
@@ -593,7 +637,6 @@ fn truncate_reason(reason: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::protocol::Role;
 
     /// Every open connection holds one task future and one boxed `ConnectionTask`: their sizes are a direct
     /// part of the memory per idle connection, so a change that inflates them should be a conscious one.
@@ -601,8 +644,12 @@ mod tests {
     async fn idle_connection_state_stays_small() {
         let mesa = crate::Mesa::builder().build();
         let (socket, _peer) = tokio::io::duplex(64);
-        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(mesa.inner.ws_config))
-            .await;
+        let ws = WebSocketStream::from_raw_socket(
+            CountingIo::new(socket),
+            Role::Server,
+            Some(mesa.inner.ws_config),
+        )
+        .await;
         let session = Session::new(
             crate::ConnectionId::new(crate::NodeId(1), 1),
             None,

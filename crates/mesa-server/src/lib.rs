@@ -15,7 +15,8 @@
 //! - `registry`: the one owner of sessions, their identities and the user index; local fan-out.
 //! - `router`: the one routing layer every send goes through (encode once, deliver to many; engines go here).
 //! - [`config`], [`error`], [`metrics`], [`events`] (handlers and [`Middleware`]).
-//! - `connection`: the per-connection task, glue between the socket and [`mesa_protocol::ConnectionState`].
+//! - `socket`: the upgraded stream, counting bytes read; `connection`: the per-connection task, glue between
+//!   the socket and [`mesa_protocol::ConnectionState`].
 //! - [`server`]: [`Mesa`], the handle (send API, shutdown), and [`MesaBuilder`] (configuration and hooks).
 //! - [`service`]: [`MesaService`], the tower service that validates upgrades (mount it in axum).
 //! - [`transport`]: the standalone listener ([`Mesa::serve`], [`Mesa::serve_with`]).
@@ -64,6 +65,7 @@ mod router;
 pub mod server;
 pub mod service;
 pub mod session;
+mod socket;
 pub mod target;
 pub mod transport;
 
