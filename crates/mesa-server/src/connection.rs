@@ -240,9 +240,9 @@ where
     }
 
     /// Handles one message from the socket, then up to [`READ_BATCH`] − 1 more that are already buffered,
-    /// so that the replies they cause leave in one write instead of one write each. What the handlers queue
-    /// is moved to the socket's write buffer after each message, so a burst of replies never piles up in
-    /// the bounded outbox.
+    /// so that the replies they cause leave in one write instead of one write each. Once the outbox is half
+    /// full, what the handlers queue is moved to the socket's write buffer after each message, so a burst of
+    /// replies never overflows the bounded outbox.
     async fn on_socket(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         let mut message = first;
         let mut handled = 0;
@@ -251,9 +251,8 @@ where
                 return Err(Exit::Dropped);
             };
             self.on_message(current).await?;
-            if let Some(close) = self.feed_queued(usize::MAX, usize::MAX).await? {
-                self.flush().await?;
-                return Err(Exit::Close(close.code, close.reason));
+            if self.session.shared.outbox.is_half_full() {
+                self.feed_queued(usize::MAX, usize::MAX).await?;
             }
             handled += 1;
             if handled == READ_BATCH {
@@ -264,13 +263,14 @@ where
             match self.ws.next().now_or_never() {
                 Some(next) => message = next,
                 None => {
-                    self.flush().await?;
+                    self.write_queued(usize::MAX, usize::MAX).await?;
                     self.shrink_buffers().await;
                     return Ok(());
                 }
             }
         }
-        self.flush().await
+        // The replies of the whole batch leave in one write.
+        self.write_queued(usize::MAX, usize::MAX).await
     }
 
     /// After a large message, builds a new WebSocket over the same socket so that tungstenite's buffers go
@@ -505,6 +505,8 @@ where
         inner.registry.deauthenticate(&self.session);
         self.state.authentication_refused(Instant::now().into_std());
         let refused = Frame::new(OpCode::InvalidSession, json!({ "reason": refusal }));
+        // What the application queued before this op 2 goes first.
+        self.feed_queued(usize::MAX, usize::MAX).await?;
         self.write(refused.encode().into()).await
     }
 
@@ -524,6 +526,8 @@ where
         }
         self.state.authenticated();
         let ack: Utf8Bytes = Frame::new(OpCode::AuthenticationAck, user).encode().into();
+        // What the application queued before this op 2 goes first.
+        self.feed_queued(usize::MAX, usize::MAX).await?;
         self.write(ack).await?;
         inner
             .hooks

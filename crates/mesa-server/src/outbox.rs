@@ -163,6 +163,13 @@ impl Outbox {
         Drained { more, close }
     }
 
+    /// Whether at least half of either bound is used: the connection task then drains the queue between
+    /// the messages of a read batch instead of once at the end, so a burst of replies cannot overflow it.
+    pub(crate) fn is_half_full(&self) -> bool {
+        let state = self.lock();
+        state.frames.len() * 2 >= self.max_frames || state.bytes * 2 >= self.max_bytes
+    }
+
     /// Whether the session is closing or closed (no push is accepted any more).
     pub(crate) fn is_closing(&self) -> bool {
         self.lock().phase != Phase::Open
