@@ -7,21 +7,25 @@
 # scenario gets a freshly started server. Results: one JSON line per run in $OUT/results.jsonl, logs in $OUT,
 # and a Markdown table with ratios (ours/baseline, ours/node) on stdout and in $OUT/table.md.
 #
-# Usage: bench/compare.sh [--quick] [--out DIR] [--servers ours,baseline,node]
+# Usage: bench/compare.sh [--quick] [--storm] [--out DIR] [--servers ours,baseline,node]
 #   --quick   a smoke run of a few seconds per server (small counts, 0.5 s scenarios)
+#   --storm   also run the storm scenario: 5 000 connections dropped at once, then 30 s of RSS samples
+#             (about 40 s per server; with --quick 300 connections and 2 s)
 # Only loopback addresses are used. The script stops only the processes it started, by their PIDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=0
+STORM=0
 OUT=""
 SERVERS="ours,baseline,node"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --storm) STORM=1 ;;
     --out) OUT="$2"; shift ;;
     --servers) SERVERS="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,7 +48,7 @@ fi
 
 say "building release binaries (mesa-bench, mesa-baseline, mesa-conformance)"
 cargo build --release -p mesa-bench -p mesa-conformance >&2
-BIN="$(pwd)/target/release"
+BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/release"
 
 if [[ ",$SERVERS," == *",node,"* ]] && [ ! -d bench/node/node_modules/@cryb/mesa ]; then
   say "installing @cryb/mesa 1.5.8 in bench/node"
@@ -113,6 +117,13 @@ else
     "connect-c50|connect -c 50 -d 10s"
   )
 fi
+if [ "$STORM" = 1 ]; then
+  if [ "$QUICK" = 1 ]; then
+    SCENARIOS+=("storm-300|storm -n 300 -m 2 -p 512 --hold 200ms --watch 2s")
+  else
+    SCENARIOS+=("storm-5k|storm -n 5000 -m 4 -p 1024 --hold 2s --watch 30s")
+  fi
+fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -120,7 +131,7 @@ fi
     "($(git status --porcelain -- crates 2>/dev/null | wc -l | tr -d ' ') uncommitted changes under crates/)"
   echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "node: $(node --version)"
-  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)"
+  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")"
 } | tee "$OUT/run.txt" >&2
 
 IFS=',' read -r -a SERVER_LIST <<< "$SERVERS"

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::target::{Target, TargetError};
 
@@ -26,6 +26,8 @@ pub enum Command {
     Echo(EchoArgs),
     /// Connect + authenticate (+ close) as fast as possible with a given concurrency.
     Connect(ConnectArgs),
+    /// Open N connections, send some traffic, drop them all at once, then watch the server's RSS for 30 s.
+    Storm(StormArgs),
     /// Prints a side-by-side table (with ratios) of JSON result lines from several servers.
     Compare(CompareArgs),
 }
@@ -41,6 +43,14 @@ impl Command {
             Command::Fanout(a) => ramp + a.duration + a.drain + margin,
             Command::Echo(a) => ramp + a.duration + margin,
             Command::Connect(a) => a.duration + margin,
+            Command::Storm(a) => {
+                ramp + crate::scenario::storm::SETTLE
+                    + crate::scenario::storm::ECHO_TIMEOUT
+                    + a.hold
+                    + crate::scenario::storm::END_TIMEOUT
+                    + a.watch
+                    + margin
+            }
             Command::Compare(_) => margin,
         }
     }
@@ -154,6 +164,62 @@ pub struct ConnectArgs {
     /// How long to run.
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+}
+
+/// How the connections of a storm end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ending {
+    /// Every socket is closed at once without a close frame, as when clients crash or a network path fails.
+    Drop,
+    /// Every connection starts a clean close handshake at once (close frame, reply, end of stream).
+    Close,
+}
+
+impl Ending {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Drop => "drop",
+            Ending::Close => "close",
+        }
+    }
+}
+
+/// The longest `storm --watch` may be.
+pub const MAX_WATCH: Duration = Duration::from_secs(600);
+
+/// `storm` settings.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// Shared settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections opened for the storm (capped to the open-files limit).
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    pub connections: usize,
+    /// `ECHO` requests each connection writes at once when it is open (0: none), so that the server
+    /// allocates per-connection buffers.
+    #[arg(long, short = 'm', default_value_t = 4)]
+    pub messages: usize,
+    /// Size in bytes of each request's `d` (JSON).
+    #[arg(long, short = 'p', default_value_t = 1024)]
+    pub payload: usize,
+    /// Do not wait for the echoes (for servers that do not answer `ECHO`, such as `mesa serve`); echoes that
+    /// arrive anyway are still counted.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// How long to keep the connections open once all are open and their echoes are back.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// How the connections end, all at the same moment.
+    #[arg(long, value_enum, default_value_t = Ending::Drop)]
+    pub ending: Ending,
+    /// How long to watch the server's RSS after the storm, sampled every second (at most 10 minutes).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub watch: Duration,
+    /// Do not authenticate (default: each connection authenticates as `user:storm-<i>`).
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 /// `compare` settings.
@@ -280,6 +346,20 @@ impl ConnectArgs {
     }
 }
 
+impl StormArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        positive("connections", self.connections)?;
+        if self.watch < Duration::from_secs(1) || self.watch > MAX_WATCH {
+            return Err(InvalidArgs(
+                "--watch must be between 1 s and 10 minutes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +415,23 @@ mod tests {
             panic!("connect expected")
         };
         assert!(c.validate().is_err());
+
+        let Command::Storm(s) = parse(&["storm"]).unwrap().command else {
+            panic!("storm expected")
+        };
+        assert_eq!(s.connections, 5000);
+        assert_eq!(s.watch, Duration::from_secs(30));
+        assert_eq!(s.ending, Ending::Drop);
+        assert!(s.validate().is_ok());
+        let Command::Storm(s) = parse(&["storm", "--ending", "close", "--watch", "11m"])
+            .unwrap()
+            .command
+        else {
+            panic!("storm expected")
+        };
+        assert_eq!(s.ending, Ending::Close);
+        assert!(s.validate().is_err());
+        assert!(parse(&["storm", "--ending", "later"]).is_err());
 
         assert!(parse(&["idle", "--hold", "forever"]).is_err());
         assert!(parse(&["nonsense"]).is_err());

@@ -54,6 +54,19 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("failed", "failed"),
             ("server_cpu_pct", "server CPU (% of a core)"),
         ],
+        "storm" => &[
+            ("server_rss_before_kib", "server RSS before (KiB)"),
+            ("server_rss_peak_kib", "server RSS at the peak (KiB)"),
+            (
+                "server_rss_end_kib",
+                "server RSS at the end of the watch (KiB)",
+            ),
+            ("given_back_fraction", "share of the storm's RSS given back"),
+            ("half_given_back_after_s", "half given back after (s)"),
+            ("connections_ended", "connections ended"),
+            ("connections.closed_by_server", "closed by server"),
+            ("unanswered", "requests unanswered"),
+        ],
         _ => &[],
     }
 }

@@ -16,8 +16,8 @@
 //! - [`scan`]: an allocation-free look into server frames, and the probe payloads (sequence number and send
 //!   time).
 //! - [`stats`]: HDR latency histograms, percentiles, duplicate detection.
-//! - [`procfs`]: the server's RSS and CPU time from `/proc`.
-//! - [`scenario`]: `idle`, `fanout`, `echo`, `connect`.
+//! - [`procfs`]: the server's RSS, CPU time and open descriptors from `/proc`.
+//! - [`scenario`]: `idle`, `fanout`, `echo`, `connect`, `storm`.
 //! - [`report`]: progress, the summary table and the JSON line; [`compare`]: the side-by-side table.
 //! - [`baseline`]: the thin baseline server (binary `mesa-baseline`).
 //!

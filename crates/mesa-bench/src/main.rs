@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => scenario::fanout::run(args).await,
             Command::Echo(args) => scenario::echo::run(args).await,
             Command::Connect(args) => scenario::connect::run(args).await,
+            Command::Storm(args) => scenario::storm::run(args).await,
             Command::Compare(_) => unreachable!("handled above"),
         }
     });

@@ -1,4 +1,4 @@
-//! What `/proc` says about a process: resident memory (`VmRSS`) and CPU time.
+//! What `/proc` says about a process: resident memory (`VmRSS`), CPU time and open file descriptors.
 
 use std::io;
 use std::time::Duration;
@@ -31,6 +31,16 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_vm_rss_kib(&status)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"))
+}
+
+/// File descriptors process `pid` has open (entries of `/proc/<pid>/fd`; needs the same user or root).
+pub fn fd_count(pid: u32) -> io::Result<u64> {
+    let mut count = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        entry?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// CPU time (user + system) process `pid` has used so far.
@@ -93,6 +103,8 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_time(me).is_ok());
+        // The listing itself holds a descriptor of the directory.
+        assert!(fd_count(me).unwrap() >= 1);
         assert!(CpuMeter::start(me).percent().is_some());
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 pub struct Report {
     /// Always `"mesa-bench"`, so that the line can be told apart from other output.
     pub tool: &'static str,
-    /// `idle`, `fanout`, `echo` or `connect`.
+    /// `idle`, `fanout`, `echo`, `connect` or `storm`.
     pub scenario: &'static str,
     /// A name for this run (for example `fanout-1k-64B`), given with `--name`; the scenario otherwise.
     pub name: String,

@@ -37,6 +37,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, Overrides, ServeConfig};
 
+/// The global allocator: jemalloc with its background purge thread, which returns memory freed after a burst
+/// of connections to the OS within seconds, where glibc's malloc keeps most of it
+/// (`docs/decisions/0002-global-allocator.md`).
+/// `--no-default-features` builds with the system allocator.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A Mesa 1.5 compatible WebSocket gateway.
 #[derive(Debug, Parser)]
 #[command(name = "mesa", version, propagate_version = true)]

@@ -40,6 +40,14 @@ use tracing_subscriber::EnvFilter;
 /// The port used when `PORT` is not set (Mesa 1.5's default).
 const DEFAULT_PORT: u16 = 4000;
 
+/// The global allocator: jemalloc with its background purge thread, which returns memory freed after a burst
+/// of connections to the OS within seconds, where glibc's malloc keeps most of it
+/// (`docs/decisions/0002-global-allocator.md`).
+/// `--no-default-features` builds with the system allocator.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()

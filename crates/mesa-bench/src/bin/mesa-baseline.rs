@@ -9,6 +9,15 @@ use std::sync::Arc;
 use mesa_bench::baseline::{self, Baseline};
 use tokio::net::TcpListener;
 
+/// The global allocator: jemalloc with its background purge thread, which returns memory freed after a burst
+/// of connections to the OS within seconds, where glibc's malloc keeps most of it
+/// (`docs/decisions/0002-global-allocator.md`).
+/// The same as the gateway's, so that the comparison measures the code; `--no-default-features` builds with
+/// the system allocator.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let port: u16 = match std::env::var("PORT") {

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::future::Future;
