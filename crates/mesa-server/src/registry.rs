@@ -14,28 +14,79 @@ use crate::ids::ConnectionId;
 use crate::session::{Identity, Session, StoredIdentity};
 use crate::target::{Delivery, Recipients, Target};
 
+/// The sessions of one user id. Most users have one device, and a map of one entry costs a hash table
+/// per connection; many devices get a map so that removing one of 40 000 is not a scan.
+enum UserSessions {
+    One(Session),
+    Many(HashMap<ConnectionId, Session>),
+}
+
+impl UserSessions {
+    fn len(&self) -> usize {
+        match self {
+            UserSessions::One(_) => 1,
+            UserSessions::Many(sessions) => sessions.len(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Session)) {
+        match self {
+            UserSessions::One(session) => f(session),
+            UserSessions::Many(sessions) => sessions.values().for_each(f),
+        }
+    }
+
+    fn insert(&mut self, session: &Session) {
+        match self {
+            UserSessions::One(existing) if existing.connection_id() == session.connection_id() => {}
+            UserSessions::One(existing) => {
+                let mut sessions = HashMap::with_capacity(2);
+                sessions.insert(existing.connection_id(), existing.clone());
+                sessions.insert(session.connection_id(), session.clone());
+                *self = UserSessions::Many(sessions);
+            }
+            UserSessions::Many(sessions) => {
+                sessions.insert(session.connection_id(), session.clone());
+            }
+        }
+    }
+
+    /// Removes one session; `true` when none is left.
+    fn remove(&mut self, connection_id: ConnectionId) -> bool {
+        match self {
+            UserSessions::One(existing) => existing.connection_id() == connection_id,
+            UserSessions::Many(sessions) => {
+                sessions.remove(&connection_id);
+                sessions.is_empty()
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
     sessions: HashMap<ConnectionId, Session>,
-    /// Sessions by user id; a map per user so that removing one of 40 000 devices is not a scan.
-    users: HashMap<Arc<str>, HashMap<ConnectionId, Session>>,
+    /// Sessions by user id.
+    users: HashMap<Arc<str>, UserSessions>,
 }
 
 impl Index {
     fn unindex(&mut self, user_id: &Arc<str>, connection_id: ConnectionId) {
         if let Some(sessions) = self.users.get_mut(user_id) {
-            sessions.remove(&connection_id);
-            if sessions.is_empty() {
+            if sessions.remove(connection_id) {
                 self.users.remove(user_id);
             }
         }
     }
 
     fn index(&mut self, user_id: &Arc<str>, session: &Session) {
-        self.users
-            .entry(user_id.clone())
-            .or_default()
-            .insert(session.connection_id(), session.clone());
+        match self.users.get_mut(user_id) {
+            Some(sessions) => sessions.insert(session),
+            None => {
+                self.users
+                    .insert(user_id.clone(), UserSessions::One(session.clone()));
+            }
+        }
     }
 }
 
@@ -154,7 +205,7 @@ impl Registry {
 
     /// How many sessions on this node are authenticated as `user_id`.
     pub(crate) fn user_session_count(&self, user_id: &str) -> usize {
-        self.read().users.get(user_id).map_or(0, HashMap::len)
+        self.read().users.get(user_id).map_or(0, UserSessions::len)
     }
 
     /// Queues `text` on every session `target` names. `authenticated_only` makes sends to everyone skip
@@ -192,13 +243,16 @@ impl Registry {
         };
         match &target.recipients {
             Recipients::All => {
-                let excluded: HashSet<ConnectionId> = target
+                let mut excluded: HashSet<ConnectionId> = HashSet::new();
+                for sessions in target
                     .excluding
                     .iter()
                     .filter_map(|id| index.users.get(id.as_str()))
-                    .flat_map(HashMap::keys)
-                    .copied()
-                    .collect();
+                {
+                    sessions.for_each(|session| {
+                        excluded.insert(session.connection_id());
+                    });
+                }
                 for session in index.sessions.values() {
                     if authenticated_only && !session.has_identity() {
                         continue;
@@ -214,13 +268,8 @@ impl Registry {
                     if target.excluding.contains(id) || !seen.insert(id) {
                         continue;
                     }
-                    for session in index
-                        .users
-                        .get(id.as_str())
-                        .into_iter()
-                        .flat_map(HashMap::values)
-                    {
-                        f(session);
+                    if let Some(sessions) = index.users.get(id.as_str()) {
+                        sessions.for_each(&mut f);
                     }
                 }
             }
