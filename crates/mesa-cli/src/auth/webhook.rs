@@ -72,12 +72,12 @@ impl WebhookAuth {
             value.set_sensitive(true);
             headers.insert(header, value);
         }
-        if config.timeout_ms >= server.authentication.timeout_ms {
+        if config.timeout_ms >= server.authentication.check_timeout_ms {
             tracing::warn!(
-                "auth.timeout_ms ({}) is not below server.authentication.timeout_ms ({}): a slow backend \
-                 will be cut off by the gateway's own deadline instead",
+                "auth.timeout_ms ({}) is not below server.authentication.check_timeout_ms ({}): a slow \
+                 backend will be cut off by the gateway's own deadline instead",
                 config.timeout_ms,
-                server.authentication.timeout_ms
+                server.authentication.check_timeout_ms
             );
         }
         let client = reqwest::Client::builder()
