@@ -834,6 +834,27 @@ impl Driver {
         }
     }
 
+    /// Closes a connection the client itself ends for good (1000): the pending authentication fails and,
+    /// after a Hello, the application sees a final `Disconnected`.
+    async fn close_for_good(
+        &mut self,
+        conn: &mut Connection,
+        in_flight: Option<PendingAuth>,
+        hello_received: bool,
+        reason: &str,
+    ) {
+        conn.close(CloseCode::Normal.code(), reason).await;
+        answer(in_flight, &AuthenticateError::Closed);
+        if hello_received {
+            self.events.push(Event::Disconnected(Disconnected {
+                code: CloseCode::Normal.code(),
+                reason: reason.into(),
+                will_reconnect: false,
+                reconnect_delay: None,
+            }));
+        }
+    }
+
     /// Ends a connection: closing handshake where it makes sense, waiters, event, and what comes next.
     async fn finish(&mut self, mut conn: Connection, end: SessionEnd) -> Next {
         let hello_received = conn.phase != Lifecycle::AwaitingHello;
@@ -842,31 +863,14 @@ impl Driver {
         // that forbids it (ends the client detects itself are always worth another attempt).
         let (code, reason, failure, may_reconnect) = match end {
             SessionEnd::HandlesDropped => {
-                let reason = "client dropped";
-                conn.close(CloseCode::Normal.code(), reason).await;
-                answer(in_flight, &AuthenticateError::Closed);
-                if hello_received {
-                    self.events.push(Event::Disconnected(Disconnected {
-                        code: CloseCode::Normal.code(),
-                        reason: reason.into(),
-                        will_reconnect: false,
-                        reconnect_delay: None,
-                    }));
-                }
+                self.close_for_good(&mut conn, in_flight, hello_received, "client dropped")
+                    .await;
                 return Next::Exit;
             }
             SessionEnd::ClientDisconnect(reply) => {
                 let reason = "disconnected by the client";
-                conn.close(CloseCode::Normal.code(), reason).await;
-                answer(in_flight, &AuthenticateError::Closed);
-                if hello_received {
-                    self.events.push(Event::Disconnected(Disconnected {
-                        code: CloseCode::Normal.code(),
-                        reason: reason.into(),
-                        will_reconnect: false,
-                        reconnect_delay: None,
-                    }));
-                }
+                self.close_for_good(&mut conn, in_flight, hello_received, reason)
+                    .await;
                 return self.stop(reply);
             }
             SessionEnd::SwitchCredentials => {

@@ -594,7 +594,6 @@ where
         {
             return;
         }
-        let authenticated_only = self.inner.config.authentication.required;
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, self.ws.next()).await {
             let Message::Text(text) = message else {
                 continue;
@@ -602,12 +601,13 @@ where
             let Ok(frame) = Frame::decode(&text) else {
                 continue;
             };
-            if frame.opcode() != Some(OpCode::Dispatch)
-                || (authenticated_only && !self.session.has_identity())
-            {
-                continue;
-            }
             self.inner.metrics.frame_received();
+            // The same rules as before the close (rate limit, required authentication): a connection closed
+            // for breaking one (its state is then closing) hands nothing more to the application.
+            let Inbound::Dispatch(frame) = self.state.on_frame(frame, Instant::now().into_std())
+            else {
+                continue;
+            };
             if let Step::Dispatch(handled) = self.dispatch(frame) {
                 if guarded(handled).await.is_err() {
                     self.inner.metrics.handler_panicked();

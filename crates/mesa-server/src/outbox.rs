@@ -47,6 +47,14 @@ struct State {
     phase: Phase,
 }
 
+/// [`Outbox::phase`], without the close request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboxPhase {
+    Open,
+    Closing,
+    Closed,
+}
+
 /// What one drain took out of the queue.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Drained {
@@ -170,14 +178,13 @@ impl Outbox {
         state.frames.len() * 2 >= self.max_frames || state.bytes * 2 >= self.max_bytes
     }
 
-    /// Whether the session is closing or closed (no push is accepted any more).
-    pub(crate) fn is_closing(&self) -> bool {
-        self.lock().phase != Phase::Open
-    }
-
-    /// Whether the session's connection is gone.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.lock().phase == Phase::Closed
+    /// Whether the queue accepts frames, is closing, or its connection is gone.
+    pub(crate) fn phase(&self) -> OutboxPhase {
+        match self.lock().phase {
+            Phase::Open => OutboxPhase::Open,
+            Phase::Closing(_) => OutboxPhase::Closing,
+            Phase::Closed => OutboxPhase::Closed,
+        }
     }
 
     /// The connection is gone: refuse every later push and drop what is queued. Returns how many frames
@@ -252,7 +259,7 @@ mod tests {
         outbox.push("a".into()).unwrap();
         assert_eq!(outbox.shut(), 1);
         assert_eq!(outbox.push("b".into()), Err(PushError::Closed));
-        assert!(outbox.is_closed());
+        assert_eq!(outbox.phase(), OutboxPhase::Closed);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::SendError;
 use crate::ids::ConnectionId;
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Outbox, OutboxPhase, PushError};
 
 /// Who a session authenticated as: the application's user id and user object.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,14 +219,11 @@ impl Session {
 
     /// Where the session is in its life.
     pub fn state(&self) -> SessionState {
-        if self.shared.outbox.is_closed() {
-            SessionState::Closed
-        } else if self.shared.outbox.is_closing() {
-            SessionState::Closing
-        } else if self.has_identity() {
-            SessionState::Authenticated
-        } else {
-            SessionState::Connected
+        match self.shared.outbox.phase() {
+            OutboxPhase::Closed => SessionState::Closed,
+            OutboxPhase::Closing => SessionState::Closing,
+            OutboxPhase::Open if self.has_identity() => SessionState::Authenticated,
+            OutboxPhase::Open => SessionState::Connected,
         }
     }
 
