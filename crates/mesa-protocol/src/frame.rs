@@ -101,6 +101,11 @@ impl Frame {
 
 /// Whether arrays and objects in `json` nest deeper than `max`, ignoring brackets inside strings.
 fn nesting_depth_exceeds(json: &[u8], max: usize) -> bool {
+    // Fast path for nearly every frame: with no more than `max` opening brackets in all (strings included),
+    // nothing can nest deeper. This count vectorises; the exact scan below is byte by byte.
+    if json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= max {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &byte in json {
         if in_string {

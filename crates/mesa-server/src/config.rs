@@ -197,10 +197,10 @@ pub struct Limits {
     /// Time one batch of outbound frames may take to write; a peer that does not read is dropped after it.
     /// Default 10000 ms.
     pub write_timeout_ms: u64,
-    /// Size of each connection's socket read buffer, in bytes. tungstenite allocates it whole for every
-    /// connection, so it dominates idle memory: 256 B costs about 5% of echo throughput at 64 B messages and
-    /// 17% at 1 KiB (docs/benchmarks.md) and saves about 3.8 KB per connection against 4096. Raise it for
-    /// few connections with large messages. At least 256; default 256.
+    /// Size of tungstenite's read buffer per connection, in bytes. It is allocated whole for every
+    /// connection, so it dominates idle memory; the socket itself is read in chunks of up to 4 KiB, held
+    /// only while input is waiting, so a small buffer does not mean one system call per small message.
+    /// At least 256; default 256.
     pub read_buffer_size: usize,
 }
 

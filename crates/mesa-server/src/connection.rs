@@ -30,7 +30,7 @@ use crate::outbox::CloseRequest;
 use crate::registry::IdentityError;
 use crate::server::Inner;
 use crate::session::Session;
-use crate::socket::{client_frame_len, CountingIo};
+use crate::socket::{client_frame_len, BufferedSocket};
 
 /// Messages handled back to back before the replies they caused are flushed to the socket.
 const READ_BATCH: usize = 64;
@@ -79,7 +79,7 @@ enum Step {
 }
 
 struct ConnectionTask<S> {
-    ws: WebSocketStream<CountingIo<S>>,
+    ws: WebSocketStream<BufferedSocket<S>>,
     session: Session,
     state: ConnectionState,
     inner: Arc<Inner>,
@@ -135,7 +135,7 @@ impl Drop for Registration {
 /// The connection task's future. Not an `async fn`: its arguments would stay in the future next to the
 /// `ConnectionTask` they are moved into, and every idle connection would pay for both.
 pub(crate) fn run<S>(
-    ws: WebSocketStream<CountingIo<S>>,
+    ws: WebSocketStream<BufferedSocket<S>>,
     session: Session,
     inner: Arc<Inner>,
 ) -> impl std::future::Future<Output = ()>
@@ -282,11 +282,10 @@ where
             return;
         }
         let config = *self.ws.get_config();
-        let Some(io) = self.ws.get_mut().take() else {
+        let Some(socket) = self.ws.get_mut().hand_over() else {
             return;
         };
-        self.ws =
-            WebSocketStream::from_raw_socket(CountingIo::new(io), Role::Server, Some(config)).await;
+        self.ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
         self.consumed = 0;
         self.buffers_grown = false;
     }
@@ -649,7 +648,7 @@ mod tests {
         let mesa = crate::Mesa::builder().build();
         let (socket, _peer) = tokio::io::duplex(64);
         let ws = WebSocketStream::from_raw_socket(
-            CountingIo::new(socket),
+            BufferedSocket::new(socket),
             Role::Server,
             Some(mesa.inner.ws_config),
         )

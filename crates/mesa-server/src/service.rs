@@ -231,7 +231,7 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         // Boxed so that the upgrade's state does not enlarge the long-lived connection future.
         let socket = Box::pin(async move {
             let upgraded = on_upgrade.await.ok()?;
-            let io = crate::socket::CountingIo::new(TokioIo::new(upgraded));
+            let io = crate::socket::BufferedSocket::new(TokioIo::new(upgraded));
             Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
         });
         match socket.await {
