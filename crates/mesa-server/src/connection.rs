@@ -11,6 +11,7 @@
 //! slow consumer, shutdown) are written before the close frame, and frames a client sends after op 7 are
 //! still handed to the application.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ConnectionError;
 use crate::events::{guarded, BoxFuture, Disconnection, Panicked};
-use crate::outbox::CloseRequest;
+use crate::outbox::{CloseRequest, KEPT_SLOTS};
 use crate::registry::IdentityError;
 use crate::server::Inner;
 use crate::session::Session;
@@ -94,6 +95,9 @@ struct ConnectionTask<S> {
     consumed: u64,
     /// A large message went through the buffers since they were last rebuilt.
     buffers_grown: bool,
+    /// Empty between drains; its storage and the outbox's swap on each drain, so that a busy connection
+    /// allocates nothing per batch.
+    spare_batch: VecDeque<Utf8Bytes>,
 }
 
 /// Keeps the registry consistent whatever happens to the task: the session is inserted when this is created
@@ -153,6 +157,7 @@ where
         write_failed: false,
         consumed: 0,
         buffers_grown: false,
+        spare_batch: VecDeque::new(),
     });
     async move { task.run().await }
 }
@@ -194,17 +199,30 @@ where
 
     async fn serve(&mut self) -> Exit {
         let inner = self.inner.clone();
+        // The shutdown signal and the deadline timer live across turns of the loop: made afresh each turn,
+        // both would register and deregister (the timer under the time driver's lock, the signal under the
+        // shutdown token's, which every connection shares) on every message and every wake-up.
+        let shutdown = inner.shutdown.clone().cancelled_owned();
+        let timer = sleep_until(far_future());
+        tokio::pin!(shutdown, timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.state.next_deadline().map(Instant::from_std);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             let draining = self.draining_until;
             tokio::select! {
                 biased;
-                () = inner.shutdown.cancelled(), if draining.is_none() => {
+                () = &mut shutdown, if draining.is_none() => {
                     if let Err(exit) = self.start_draining().await {
                         return exit;
                     }
                 }
-                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                () = &mut timer, if armed.is_some() => {
                     if let Err(exit) = self.on_deadline().await {
                         return exit;
                     }
@@ -308,7 +326,7 @@ where
         max_frames: usize,
         max_bytes: usize,
     ) -> Result<Option<CloseRequest>, Exit> {
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut self.spare_batch);
         let drained = self
             .session
             .shared
@@ -318,8 +336,8 @@ where
             let count = batch.len();
             self.buffers_grown |= batch.iter().any(|text| text.len() > LARGE_MESSAGE);
             let ws = &mut self.ws;
-            let fed = timeout(self.write_timeout, async move {
-                for text in batch {
+            let fed = timeout(self.write_timeout, async {
+                while let Some(text) = batch.pop_front() {
                     ws.feed(Message::Text(text)).await?;
                 }
                 Ok::<(), WsError>(())
@@ -327,6 +345,9 @@ where
             .await;
             self.unflushed += count;
             self.check_written(fed).await?;
+        }
+        if batch.capacity() <= KEPT_SLOTS {
+            self.spare_batch = batch;
         }
         Ok(drained.close)
     }

@@ -14,6 +14,9 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A request to close the session after the queued frames.
+/// The most frame slots an empty queue keeps allocated (a burst's worth is given back).
+pub(crate) const KEPT_SLOTS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CloseRequest {
     pub(crate) code: u16,
@@ -134,28 +137,36 @@ impl Outbox {
         }
     }
 
-    /// Moves queued frames into `batch`, at most `max_frames` of them and (past the first) `max_bytes`.
+    /// Moves queued frames into `batch` (which must be empty), at most `max_frames` of them and (past the
+    /// first) `max_bytes`. When the whole queue fits, the two swap storage: no frame is moved one by one, and
+    /// the queue keeps the batch's allocation for the next frames.
     pub(crate) fn drain(
         &self,
-        batch: &mut Vec<Utf8Bytes>,
+        batch: &mut VecDeque<Utf8Bytes>,
         max_frames: usize,
         max_bytes: usize,
     ) -> Drained {
+        debug_assert!(batch.is_empty());
         let mut state = self.lock();
-        let mut taken_bytes = 0;
-        let mut taken = 0;
-        while let Some(front) = state.frames.front() {
-            if taken >= max_frames || (taken > 0 && taken_bytes + front.len() > max_bytes) {
-                break;
+        let taken_bytes = if state.frames.len() <= max_frames && state.bytes <= max_bytes {
+            std::mem::swap(batch, &mut state.frames);
+            state.bytes
+        } else {
+            let (mut taken, mut taken_bytes) = (0, 0);
+            while let Some(front) = state.frames.front() {
+                if taken >= max_frames || (taken > 0 && taken_bytes + front.len() > max_bytes) {
+                    break;
+                }
+                taken += 1;
+                taken_bytes += front.len();
+                if let Some(frame) = state.frames.pop_front() {
+                    batch.push_back(frame);
+                }
             }
-            taken += 1;
-            taken_bytes += front.len();
-            if let Some(frame) = state.frames.pop_front() {
-                batch.push(frame);
-            }
-        }
+            taken_bytes
+        };
         state.bytes -= taken_bytes;
-        if state.frames.is_empty() && state.frames.capacity() > 64 {
+        if state.frames.is_empty() && state.frames.capacity() > KEPT_SLOTS {
             // Do not keep a burst's worth of slots on an idle connection.
             state.frames = VecDeque::new();
         }
@@ -208,8 +219,8 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn drain_all(outbox: &Outbox) -> (Vec<Utf8Bytes>, Drained) {
-        let mut batch = Vec::new();
+    fn drain_all(outbox: &Outbox) -> (VecDeque<Utf8Bytes>, Drained) {
+        let mut batch = VecDeque::new();
         let drained = outbox.drain(&mut batch, usize::MAX, usize::MAX);
         (batch, drained)
     }
@@ -243,7 +254,7 @@ mod tests {
             outbox.push(frame.into()).unwrap();
         }
         outbox.close(1000, "bye".into());
-        let mut batch = Vec::new();
+        let mut batch = VecDeque::new();
         let drained = outbox.drain(&mut batch, 2, usize::MAX);
         assert_eq!(batch, ["a", "b"]);
         assert!(drained.more);
