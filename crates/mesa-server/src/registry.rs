@@ -283,3 +283,59 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{Identity, NodeId};
+
+    fn sessions_of_one_user(registry: &Registry, n: u64) -> Vec<Session> {
+        (0..n)
+            .map(|seq| {
+                let session = Session::new(
+                    ConnectionId::new(NodeId(1), seq),
+                    None,
+                    Default::default(),
+                    crate::outbox::Outbox::new(16, 1024),
+                    std::sync::Weak::<()>::new(),
+                );
+                registry.insert(session.clone());
+                registry
+                    .authenticate(&session, Identity::new("u", serde_json::Value::Null))
+                    .expect("authenticated");
+                session
+            })
+            .collect()
+    }
+
+    /// The fastest of three runs that each remove `n` sessions of one user.
+    fn time_to_remove(n: u64) -> Duration {
+        (0..3)
+            .map(|_| {
+                let registry = Registry::default();
+                let sessions = sessions_of_one_user(&registry, n);
+                let started = Instant::now();
+                for session in &sessions {
+                    registry.remove(session);
+                }
+                let took = started.elapsed();
+                assert_eq!((registry.len(), registry.user_session_count("u")), (0, 0));
+                took
+            })
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Defect 12 of issue #7: 40 000 sessions of one user took 2.2 s to close (each removal scanned the
+    /// user's list). Ten times the sessions must cost about ten times the time, not a hundred: the ratio,
+    /// measured in one run, is what is checked, not a duration.
+    #[test]
+    fn removing_the_sessions_of_one_user_costs_linear_time() {
+        let (small, large) = (time_to_remove(4_000), time_to_remove(40_000));
+        let ratio = large.as_secs_f64() / small.as_secs_f64().max(1e-6);
+        println!("4 000 sessions: {small:?}, 40 000: {large:?}, ratio {ratio:.1}");
+        assert!(ratio < 40.0, "10× the sessions took {ratio:.1}× the time");
+    }
+}
