@@ -39,6 +39,8 @@ const READ_BATCH: usize = 64;
 /// What one turn of the loop takes from the outbound queue before it looks at the socket again.
 const WRITE_BUDGET_FRAMES: usize = 256;
 const WRITE_BUDGET_BYTES: usize = 64 * 1024;
+/// The most turns in a row the loop writes queued frames without polling the socket.
+const OUTBOX_TURNS: u8 = 16;
 
 /// A message or frame larger than this grows tungstenite's buffers for good; after one, the buffers are
 /// rebuilt at their configured size as soon as that is safe (see `crate::socket`).
@@ -98,6 +100,10 @@ struct ConnectionTask<S> {
     /// Empty between drains; its storage and the outbox's swap on each drain, so that a busy connection
     /// allocates nothing per batch.
     spare_batch: VecDeque<Utf8Bytes>,
+    /// The last drain left frames queued (more than one write budget).
+    outbox_backlog: bool,
+    /// Turns in a row that wrote the outbox without polling the socket.
+    outbox_turns: u8,
 }
 
 /// Keeps the registry consistent whatever happens to the task: the session is inserted when this is created
@@ -158,6 +164,8 @@ where
         consumed: 0,
         buffers_grown: false,
         spare_batch: VecDeque::new(),
+        outbox_backlog: false,
+        outbox_turns: 0,
     });
     async move { task.run().await }
 }
@@ -215,6 +223,7 @@ where
                 armed = deadline;
             }
             let draining = self.draining_until;
+            let socket_first = self.outbox_backlog || self.outbox_turns >= OUTBOX_TURNS;
             tokio::select! {
                 biased;
                 () = &mut shutdown, if draining.is_none() => {
@@ -230,12 +239,25 @@ where
                 () = sleep_until(draining.unwrap_or_else(far_future)), if draining.is_some() => {
                     return Exit::Shutdown;
                 }
+                // The outbox goes before the socket while it has no backlog: a connection woken to write
+                // (fan-out) then does not poll an idle socket first, which cost more than the write
+                // itself. Never for more than `OUTBOX_TURNS` turns in a row, so input is still read.
+                () = self.session.shared.outbox.ready(), if !socket_first => {
+                    self.outbox_turns += 1;
+                    if let Err(exit) = self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES).await {
+                        return exit;
+                    }
+                }
                 message = self.ws.next() => {
+                    self.outbox_turns = 0;
                     if let Err(exit) = self.on_socket(message).await {
                         return exit;
                     }
                 }
-                () = self.session.shared.outbox.ready() => {
+                // A backlog (more than one budget queued): the socket was polled first, and this turn
+                // writes one budget's worth, so that heavy output cannot starve input.
+                () = self.session.shared.outbox.ready(), if socket_first => {
+                    self.outbox_turns = 0;
                     if let Err(exit) = self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES).await {
                         return exit;
                     }
@@ -311,8 +333,10 @@ where
     /// Writes up to a budget of queued frames and flushes them. A close request that is next in the queue
     /// becomes the loop's exit, after the frames queued before it.
     async fn write_queued(&mut self, max_frames: usize, max_bytes: usize) -> Result<(), Exit> {
-        let close = self.feed_queued(max_frames, max_bytes).await?;
-        self.flush().await?;
+        let close = self.move_queued(max_frames, max_bytes, true).await?;
+        self.inner
+            .metrics
+            .frames_sent(std::mem::take(&mut self.unflushed));
         match close {
             Some(close) => Err(Exit::Close(close.code, close.reason)),
             None => Ok(()),
@@ -326,25 +350,40 @@ where
         max_frames: usize,
         max_bytes: usize,
     ) -> Result<Option<CloseRequest>, Exit> {
+        self.move_queued(max_frames, max_bytes, false).await
+    }
+
+    /// Drains up to a budget from the outbox into the socket and, if asked, flushes, all under one write
+    /// timeout.
+    async fn move_queued(
+        &mut self,
+        max_frames: usize,
+        max_bytes: usize,
+        flush: bool,
+    ) -> Result<Option<CloseRequest>, Exit> {
         let mut batch = std::mem::take(&mut self.spare_batch);
         let drained = self
             .session
             .shared
             .outbox
             .drain(&mut batch, max_frames, max_bytes);
-        if !batch.is_empty() {
+        self.outbox_backlog = drained.more;
+        if !batch.is_empty() || flush {
             let count = batch.len();
             self.buffers_grown |= batch.iter().any(|text| text.len() > LARGE_MESSAGE);
             let ws = &mut self.ws;
-            let fed = timeout(self.write_timeout, async {
+            let written = timeout(self.write_timeout, async {
                 while let Some(text) = batch.pop_front() {
                     ws.feed(Message::Text(text)).await?;
+                }
+                if flush {
+                    ws.flush().await?;
                 }
                 Ok::<(), WsError>(())
             })
             .await;
             self.unflushed += count;
-            self.check_written(fed).await?;
+            self.check_written(written).await?;
         }
         if batch.capacity() <= KEPT_SLOTS {
             self.spare_batch = batch;

@@ -310,7 +310,7 @@ async fn a_refused_reauthentication_stops_sends_to_the_old_user() {
 async fn heavy_outbound_traffic_does_not_starve_heartbeats_or_input() {
     let (builder, seen) = recording_sessions(
         echo_server()
-            .heartbeat(Duration::from_millis(100), 50)
+            .heartbeat(Duration::from_millis(50), 100)
             .outbound_queue(4_000_000)
             .outbound_queue_bytes(512 << 20),
     );
@@ -364,12 +364,17 @@ async fn heavy_outbound_traffic_does_not_starve_heartbeats_or_input() {
         echo_at.is_some_and(|at| at < sent),
         "op 11 came back after {echo_at:?} of {sent} filler frames"
     );
-    // How many heartbeats fit in the flood depends on how fast this machine drains it: expect at least half
-    // of those due (the interval is 100 ms), and at least one (the old loop sent none until it had drained).
+    // The old loop sent no heartbeat at all until the queue had drained. How many fit in the flood depends
+    // on how fast this machine drains it, and a loaded machine runs the server's timer late (missed beats
+    // are skipped, not caught up), so: the flood lasted at least four intervals, and two beats came in it.
     let during = heartbeats_at.iter().filter(|at| **at < sent).count();
-    let due = (drained_after.as_millis() / 100) as usize;
+    let due = (drained_after.as_millis() / 50) as usize;
     assert!(
-        during >= 1 && during >= due / 2,
+        due >= 4,
+        "the flood drained in {drained_after:?}: too fast to test"
+    );
+    assert!(
+        during >= 2,
         "{during} heartbeats before the queue drained after {drained_after:?} ({due} were due)"
     );
     assert_eq!(fills, sent, "filler frames read of those queued");
