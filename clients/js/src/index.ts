@@ -442,6 +442,9 @@ export default class MesaClient extends EventTarget {
     const { op, d, t, s } = frame;
     switch (op) {
       case 1:
+        // A server that heartbeats us (or answered op 2, below) is healthy: the backoff starts over. Not on
+        // Hello: a server that accepts and then closes at once would otherwise be retried at the base rate.
+        if (!this.credentials) this.attempt = 0;
         this.write({ op: 11, d: {} });
         this.rearmLiveness();
         return;
@@ -451,7 +454,6 @@ export default class MesaClient extends EventTarget {
         if (this.rules.includes('enforce_equal_versions')) {
           this.write({ op: 0, d: { v: this.options.clientVersion }, t: 'CLIENT_VERSION' });
         }
-        if (!this.credentials) this.attempt = 0;
         this.rearmLiveness();
         return;
       case 22:
