@@ -323,3 +323,25 @@ test('without credentials a heartbeat (not the Hello) marks the connection healt
   last().drop(1006);
   assert.equal(client.nextReconnectAt - clock.now(), 500);
 });
+
+test('going online (or visible) skips the reconnect wait', () => {
+  const window = new EventTarget();
+  const saved = { add: globalThis.addEventListener, remove: globalThis.removeEventListener };
+  globalThis.addEventListener = window.addEventListener.bind(window);
+  globalThis.removeEventListener = window.removeEventListener.bind(window);
+  try {
+    const { client, sockets, last } = setup({ randomValue: 0.999999, config: { reconnectInterval: 60000 } });
+    last().fail();
+    assert.equal(client.state, 'reconnecting');
+    window.dispatchEvent(new Event('online'));
+    assert.equal(client.state, 'connecting');
+    assert.equal(sockets.length, 2);
+    client.disconnect();
+    last().drop(1006);
+    window.dispatchEvent(new Event('online'));
+    assert.equal(sockets.length, 2, 'a stopped client stays stopped');
+  } finally {
+    globalThis.addEventListener = saved.add;
+    globalThis.removeEventListener = saved.remove;
+  }
+});
