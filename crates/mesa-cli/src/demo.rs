@@ -128,7 +128,7 @@ pub(crate) fn install(builder: MesaBuilder) -> MesaBuilder {
             };
             let at = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|since| since.as_millis() as u64)
+                .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default();
             let chat = json!({
                 "from": shorten(&from, MAX_NAME_CHARS),

@@ -121,8 +121,12 @@ test('a gateway that goes silent (SIGSTOP) is detected within the heartbeat inte
     // interval + slack (max(1 s, interval / 2)), plus up to one interval since the last beat and some margin.
     assert.ok(detectedAfter <= 2 * HEARTBEAT_MS + 1000 + 2000, `detected after ${detectedAfter} ms`);
     assert.equal((await ada.evaluate(() => window.demo.client.lastClose)).code, 1006);
-    await ada.waitForFunction(() => ['reconnecting', 'connecting'].includes(window.demo.client.state));
     await screenshot(ada, 'chat-5-silent-server-detected');
+    // The next attempt hangs: the stopped process's kernel accepts the TCP connection, nothing answers the
+    // upgrade (given up after connectTimeout).
+    await ada.waitForFunction(() => window.demo.client.state === 'connecting' && window.demo.client.attempt > 0);
+    assert.match(await ada.textContent('#state'), /reconnecting \(attempt \d+\)/);
+    await screenshot(ada, 'chat-6-connecting');
   } finally {
     process.kill(gateway.pid, 'SIGCONT');
   }
