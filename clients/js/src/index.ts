@@ -240,7 +240,10 @@ export default class MesaClient extends EventTarget {
   private credentials: Data | null = null;
   private credentialsKey: string | null = null;
   private waiters: AuthWaiter[] = [];
+  /** The Hello of the current connection (`null` until it arrives). */
   private hello: IClientConnectionConfig | null = null;
+  /** The last Hello of any connection: its timings still apply while a reconnection has none yet. */
+  private advertised: IClientConnectionConfig = {};
   private generation = 0;
   private stopped = false;
   private reconnectTimer: unknown = null;
@@ -372,6 +375,17 @@ export default class MesaClient extends EventTarget {
       reject?.(error);
       return;
     }
+    const previous = this.ws;
+    if (previous) {
+      // connect() while an attempt is under way: that socket is replaced, not left open behind our back.
+      previous.onopen = previous.onmessage = previous.onclose = previous.onerror = null;
+      try {
+        previous.close(1000);
+      } catch {
+        /* already closing */
+      }
+      this.ws = null;
+    }
     const generation = ++this.generation;
     this.nextReconnectAt = null;
     this.hello = null;
@@ -450,6 +464,7 @@ export default class MesaClient extends EventTarget {
         return;
       case 10:
         this.hello = (d ?? {}) as IClientConnectionConfig;
+        this.advertised = this.hello;
         this.rules = Array.isArray(this.hello.rules) ? this.hello.rules : [];
         if (this.rules.includes('enforce_equal_versions')) {
           this.write({ op: 0, d: { v: this.options.clientVersion }, t: 'CLIENT_VERSION' });
@@ -531,7 +546,7 @@ export default class MesaClient extends EventTarget {
   }
 
   private scheduleReconnect(soon: boolean): void {
-    const base = this.hello?.c_reconnect_interval ?? this.options.reconnectInterval;
+    const base = this.advertised.c_reconnect_interval ?? this.options.reconnectInterval;
     const delay = soon
       ? backoffDelay(0, Math.min(base, 1000), this.options.reconnectCap, this.random)
       : backoffDelay(this.attempt, base, this.options.reconnectCap, this.random);
@@ -565,7 +580,7 @@ export default class MesaClient extends EventTarget {
     this.setState('authenticating');
     this.write({ op: 2, d: this.credentials });
     this.cancel('authTimer');
-    const timeout = this.hello?.c_authentication_timeout ?? this.options.authenticationTimeout;
+    const timeout = this.advertised.c_authentication_timeout ?? this.options.authenticationTimeout;
     this.authTimer = this.clock.setTimeout(() => {
       this.authTimer = null;
       this.abandon(4006, `no authentication answer (op 22) within ${timeout} ms`);

@@ -345,3 +345,29 @@ test('going online (or visible) skips the reconnect wait', () => {
     globalThis.removeEventListener = saved.remove;
   }
 });
+
+test('the last advertised timings apply to attempts that get no Hello', () => {
+  const { clock, client, sockets, last } = setup({ randomValue: 0.999999 });
+  last().open();
+  last().hello({ c_reconnect_interval: 500, c_authentication_timeout: 700, c_heartbeat_interval: 60000 });
+  last().drop(1006);
+  assert.equal(client.nextReconnectAt - clock.now(), 500);
+  clock.advance(500);
+  last().fail(); // refused: no Hello on this attempt
+  assert.equal(client.nextReconnectAt - clock.now(), 1000, 'base stays the advertised 500, not the default 1000');
+  clock.advance(1000);
+  client.authenticate({ id: 'a' });
+  last().open(); // op 2 goes out before this connection's Hello
+  clock.advance(700);
+  assert.equal(client.lastClose.code, 4006, 'the advertised authentication timeout applies');
+  assert.equal(sockets.length, 3);
+});
+
+test('connect() during an attempt replaces its socket instead of leaking it', () => {
+  const { client, sockets } = setup();
+  client.connect().catch(() => {});
+  assert.equal(sockets.length, 2);
+  assert.deepEqual(sockets[0].closedWith, { code: 1000, reason: undefined });
+  sockets[0].open(); // late events of the replaced socket are ignored
+  assert.equal(client.state, 'connecting');
+});

@@ -71,7 +71,10 @@ export default class MesaClient extends EventTarget {
         this.credentials = null;
         this.credentialsKey = null;
         this.waiters = [];
+        /** The Hello of the current connection (`null` until it arrives). */
         this.hello = null;
+        /** The last Hello of any connection: its timings still apply while a reconnection has none yet. */
+        this.advertised = {};
         this.generation = 0;
         this.stopped = false;
         this.reconnectTimer = null;
@@ -197,6 +200,18 @@ export default class MesaClient extends EventTarget {
             reject?.(error);
             return;
         }
+        const previous = this.ws;
+        if (previous) {
+            // connect() while an attempt is under way: that socket is replaced, not left open behind our back.
+            previous.onopen = previous.onmessage = previous.onclose = previous.onerror = null;
+            try {
+                previous.close(1000);
+            }
+            catch {
+                /* already closing */
+            }
+            this.ws = null;
+        }
         const generation = ++this.generation;
         this.nextReconnectAt = null;
         this.hello = null;
@@ -284,6 +299,7 @@ export default class MesaClient extends EventTarget {
                 return;
             case 10:
                 this.hello = (d ?? {});
+                this.advertised = this.hello;
                 this.rules = Array.isArray(this.hello.rules) ? this.hello.rules : [];
                 if (this.rules.includes('enforce_equal_versions')) {
                     this.write({ op: 0, d: { v: this.options.clientVersion }, t: 'CLIENT_VERSION' });
@@ -368,7 +384,7 @@ export default class MesaClient extends EventTarget {
         this.closed(soon ? 1012 : code, reason);
     }
     scheduleReconnect(soon) {
-        const base = this.hello?.c_reconnect_interval ?? this.options.reconnectInterval;
+        const base = this.advertised.c_reconnect_interval ?? this.options.reconnectInterval;
         const delay = soon
             ? backoffDelay(0, Math.min(base, 1000), this.options.reconnectCap, this.random)
             : backoffDelay(this.attempt, base, this.options.reconnectCap, this.random);
@@ -404,7 +420,7 @@ export default class MesaClient extends EventTarget {
         this.setState('authenticating');
         this.write({ op: 2, d: this.credentials });
         this.cancel('authTimer');
-        const timeout = this.hello?.c_authentication_timeout ?? this.options.authenticationTimeout;
+        const timeout = this.advertised.c_authentication_timeout ?? this.options.authenticationTimeout;
         this.authTimer = this.clock.setTimeout(() => {
             this.authTimer = null;
             this.abandon(4006, `no authentication answer (op 22) within ${timeout} ms`);
