@@ -30,7 +30,7 @@ use crate::config::ConfigError;
 
 /// The page, with `__MESA_GATEWAY_PATH__` standing for the gateway path (a JSON string).
 const PAGE: &str = include_str!("../assets/demo/index.html");
-/// The browser client, built from `clients/js` by `npm run build` there.
+/// The browser client, built from `clients/js` by `npm run vendor` there.
 const CLIENT_JS: &str = include_str!("../assets/demo/mesa-client.js");
 
 /// Longest chat text relayed, in characters; longer texts are cut.

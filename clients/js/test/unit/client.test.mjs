@@ -23,7 +23,7 @@ function setup(options = {}) {
 }
 
 test('the vendored demo copy is the current build', () => {
-  assert.equal(readFileSync(vendored, 'utf8'), expected(), 'run `npm run build` in clients/js and commit crates/mesa-cli/assets/demo/mesa-client.js');
+  assert.equal(readFileSync(vendored, 'utf8'), expected(), 'run `npm run vendor` in clients/js and commit crates/mesa-cli/assets/demo/mesa-client.js');
 });
 
 test('backoff: full jitter below min(cap, base * 2^attempt)', () => {

@@ -1,4 +1,4 @@
-// Built from clients/js/src/index.ts by `npm run build` in clients/js; do not edit.
+// Built from clients/js/src/index.ts by `npm run vendor` in clients/js; do not edit.
 /**
  * A client for Mesa WebSocket gateways (`docs/protocol.md`), in browsers and in Node.
  *
