@@ -134,4 +134,15 @@ test('a gateway that goes silent (SIGSTOP) is detected within the heartbeat inte
     timeout: 20000,
   });
   assert.equal(await state(ada), 'connected');
+  await bob.waitForFunction(() => window.demo.client.state === 'connected' && window.demo.client.authenticated, null, {
+    timeout: 20000,
+  });
+  // Chat works again after the gateway resumed.
+  const base = { ada: await stats(ada), bob: await stats(bob) };
+  await say(ada, ['after the pause']);
+  await say(bob, ['same here']);
+  const sent = (await stats(ada)).sent - base.ada.sent + (await stats(bob)).sent - base.bob.sent;
+  assert.equal(sent, 2);
+  assert.equal(await received(ada, base.ada.received + sent), base.ada.received + sent);
+  assert.equal(await received(bob, base.bob.received + sent), base.bob.received + sent);
 });
