@@ -43,6 +43,8 @@ pub(crate) struct ServeConfig {
     pub(crate) api: ApiConfig,
     /// Logging (`[log]`).
     pub(crate) log: LogConfig,
+    /// Serve the demo chat page at `/demo` (see `demo.rs`); `--demo` also turns it on. Default: off.
+    pub(crate) demo: bool,
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.

@@ -26,6 +26,7 @@
 mod api;
 mod auth;
 mod config;
+mod demo;
 mod logging;
 mod serve;
 mod signal;
@@ -85,6 +86,9 @@ struct ServeArgs {
     /// Redis URL for clustering: NOT IMPLEMENTED YET, the server warns and runs in memory (redis_url).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Serve a demo chat page at /demo, relayed by the gateway, without authentication (demo).
+    #[arg(long)]
+    demo: bool,
 }
 
 /// Parses the command line and runs the subcommand.
@@ -105,13 +109,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         log_filter: args.log_filter,
         redis_url: args.redis_url,
     };
-    let config = match ServeConfig::load(args.config.as_deref(), overrides) {
+    let mut config = match ServeConfig::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("mesa: configuration error: {error}");
             return ExitCode::from(2);
         }
     };
+    config.demo |= args.demo;
     if let Err(error) = logging::init(&config.log) {
         eprintln!("mesa: configuration error: {error}");
         return ExitCode::from(2);

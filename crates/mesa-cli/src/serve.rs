@@ -51,10 +51,13 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
 
     let body_limit = config.api_body_limit();
-    let mesa = authenticator
-        .install(Mesa::builder().config(config.server.clone()))
-        .build();
-    let app = api::router(
+    let mut builder = authenticator.install(Mesa::builder().config(config.server.clone()));
+    if config.demo {
+        crate::demo::check_gateway_path(&config.server.path)?;
+        builder = crate::demo::install(builder);
+    }
+    let mesa = builder.build();
+    let mut app = api::router(
         &config.server.path,
         ApiState {
             mesa: mesa.clone(),
@@ -62,6 +65,9 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
             body_limit,
         },
     );
+    if config.demo {
+        app = app.merge(crate::demo::router(&config.server.path));
+    }
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
@@ -77,6 +83,9 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         auth = config.auth.mode.name(),
         "listening on {local}"
     );
+    if config.demo {
+        tracing::warn!("demo chat without authentication: http://{local}/demo");
+    }
     mesa.serve_with(listener, app, crate::signal::shutdown())
         .await?;
     tracing::info!("stopped");

@@ -1,0 +1,690 @@
+/**
+ * A client for Mesa WebSocket gateways (`docs/protocol.md`), in browsers and in Node.
+ *
+ * A drop-in for `mesa-js-client` 1.4.8 (same default export, constructor, `connect()`, `authenticate()`,
+ * `send()`, `disconnect()` and `on*` callbacks), plus: bounded memory, exponential backoff with full jitter,
+ * re-authentication before queued sends are flushed, a bounded send queue, dead-server detection, close codes
+ * that stop reconnection, reconnection on `online` / page visibility, and `addEventListener` events.
+ *
+ * The connection is one state machine (`ConnectionState`); every timer goes through an injectable `Clock`, so
+ * the unit tests drive it on a fake clock with a fake socket.
+ */
+
+/** An opcode (`docs/protocol.md`, "Opcodes"). */
+export type Opcode = number;
+/** A frame's payload. */
+export type Data = { [key in string]?: any };
+/** A dispatch's event type. */
+export type Type = string;
+/** A sequence number (Mesa 1.5 stored messages). */
+export type Sequence = number;
+/** A rule a server announces in Hello. */
+export type Rule = 'enforce_equal_versions' | 'store_messages' | 'sends_user_object';
+
+/** A frame as it travels on the wire. */
+export interface ReceivedMessage {
+  op: Opcode;
+  d: Data;
+  t?: Type;
+  s?: Sequence;
+}
+
+/** A frame as `onMessage` receives it (mesa-js-client's shape). */
+export interface Message {
+  opcode: Opcode;
+  data: Data;
+  type?: Type;
+  sequence?: Sequence;
+}
+
+/** The last frames sent and received, at most `messageLogLimit` of each (mesa-js-client kept all of them). */
+export interface Messages {
+  sent: ReceivedMessage[];
+  received: ReceivedMessage[];
+}
+
+/** The argument of `onConnected` (mesa-js-client's). */
+export interface ConnectionOptions {
+  isInitialConnection: boolean;
+  isInitialSessionConnection: boolean;
+  isAutomaticReconnection: boolean;
+}
+
+/** The third argument of `onDisconnected` (mesa-js-client's). */
+export interface DisconnectionOptions {
+  willAttemptReconnect: boolean;
+}
+
+/** mesa-js-client's authentication options: merged into op 2's `d`. */
+export interface IClientAuthenticationConfig {
+  shouldSync?: boolean;
+}
+
+/** What the Hello (op 10) advertised. */
+export interface IClientConnectionConfig {
+  c_heartbeat_interval?: number;
+  c_reconnect_interval?: number;
+  c_authentication_timeout?: number;
+  rules?: Rule[];
+}
+
+/** The part of a WebSocket the client uses (the browser's, Node 22's global one, or the `ws` package's). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: { data: any }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Timers and time, injectable for tests. */
+export interface Clock {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+/** Options of the constructor. Every field is optional; each documents its default. */
+export interface IClientConfig {
+  /** Connect from the constructor. Default `true` (as mesa-js-client). */
+  autoConnect?: boolean;
+  /** The WebSocket constructor. Default: the global `WebSocket` (browsers, Node 22+); required elsewhere. */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect after a connection is lost. Default `true`. */
+  reconnect?: boolean;
+  /** Backoff base before a Hello has advertised `c_reconnect_interval`, ms. Default 1000. */
+  reconnectInterval?: number;
+  /** Upper bound of one reconnection delay, ms. Default 30000. */
+  reconnectCap?: number;
+  /** Frames `send()` holds while not connected (or paced); one more is refused. Default 1000. */
+  maxQueue?: number;
+  /** Frames kept in `messages.sent` / `messages.received` each. Default 0 (none kept). */
+  messageLogLimit?: number;
+  /** Extra silence tolerated after `c_heartbeat_interval` before the server is declared dead, ms.
+   * Default: half the interval, at least 1000. */
+  heartbeatSlack?: number;
+  /** Time from opening the socket to the first frame (Hello) before giving up on it, ms. Default 10000. */
+  helloTimeout?: number;
+  /** Time the socket may take to open, ms. Default 10000. */
+  connectTimeout?: number;
+  /** Time op 22 may take after op 2 before the connection is dropped (4006) and retried, ms, when the Hello
+   * advertised no `c_authentication_timeout`. Default 10000. */
+  authenticationTimeout?: number;
+  /** Send pacing, below the server's default inbound limit (burst 200, 100/s). Default burst 100, 50/s. */
+  rate?: { burst: number; perSecond: number };
+  /** Reconnect at once when the browser goes `online` or the page becomes visible. Default `true`. */
+  reconnectOnVisibility?: boolean;
+  /** Timers (tests). Default: the global ones and `Date.now`. */
+  clock?: Clock;
+  /** A random number in [0, 1) for jitter (tests). Default `Math.random`. */
+  random?: () => number;
+  /** The version sent as `CLIENT_VERSION` under `enforce_equal_versions`. Default `"1.5.3"` (mesa-js-client's). */
+  clientVersion?: string;
+}
+
+/**
+ * Where the connection is:
+ * - `idle`: never connected;
+ * - `connecting`: a socket is opening (`attempt` > 0 when it is a reconnection);
+ * - `authenticating`: open, op 2 sent, waiting for op 22 (queued sends wait too);
+ * - `connected`: open and, when credentials were given, authenticated; sends go out;
+ * - `reconnecting`: waiting `nextReconnectAt` before the next attempt;
+ * - `closed`: stopped by `disconnect()` or by a close code that means "do not reconnect".
+ */
+export type ConnectionState =
+  | 'idle'
+  | 'connecting'
+  | 'authenticating'
+  | 'connected'
+  | 'reconnecting'
+  | 'closed';
+
+/** The detail of every event the client dispatches. */
+export interface MesaEventDetail {
+  state: ConnectionState;
+  [key: string]: unknown;
+}
+
+/** An event of the client (`addEventListener`): `statechange`, `connected`, `authenticated`, `message`,
+ * `disconnected`, `error`, `queuefull`, `dead`. */
+export class MesaEvent extends Event {
+  readonly detail: MesaEventDetail;
+  constructor(type: string, detail: MesaEventDetail) {
+    super(type);
+    this.detail = detail;
+  }
+}
+
+/**
+ * Close codes after which reconnecting cannot help (`docs/protocol.md`, "Close codes"): normal (the
+ * application disconnected us), protocol error / version mismatch, unsupported data, invalid payload,
+ * authentication failed, message too big, decode error, not authenticated, already authenticated.
+ */
+export const TERMINAL_CLOSE_CODES: readonly number[] = [1000, 1002, 1003, 1007, 1008, 1009, 4002, 4003, 4005];
+
+/** Whether a close code allows reconnecting. */
+export function canReconnect(code: number): boolean {
+  return !TERMINAL_CLOSE_CODES.includes(code);
+}
+
+/** The delay before reconnection attempt `attempt` (0-based): uniform in [0, min(cap, base × 2^attempt)]. */
+export function backoffDelay(attempt: number, base: number, cap: number, random: () => number): number {
+  const ceiling = Math.min(cap, base * Math.pow(2, Math.min(attempt, 30)));
+  return Math.floor(random() * (ceiling + 1));
+}
+
+/** The silence after which a server that heartbeats every `interval` ms is dead. */
+export function livenessTimeout(interval: number, slack?: number): number {
+  return interval + (slack ?? Math.max(1000, Math.floor(interval / 2)));
+}
+
+const OPEN = 1;
+const ALREADY_CONNECTED =
+  'This client is already connected to a pre-existing Mesa server. Call disconnect() to disconnect before attempting to reconnect again';
+
+const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+interface AuthWaiter {
+  resolve: (user: any) => void;
+  reject: (error: Error) => void;
+}
+
+/** A Mesa client. See the README for the API, what it keeps in memory and its reconnect schedule. */
+export default class MesaClient extends EventTarget {
+  /** The gateway's URL. */
+  url: string;
+  /** The current socket, `null` between connections. */
+  ws: WebSocketLike | null = null;
+  /** Whether op 22 arrived on the current connection. */
+  authenticated = false;
+  /** The last frames, bounded by `messageLogLimit`. */
+  messages: Messages = { sent: [], received: [] };
+  /** See `ConnectionState`. */
+  state: ConnectionState = 'idle';
+  /** Reconnection attempts since the last healthy connection. */
+  attempt = 0;
+  /** When the next reconnection attempt starts (clock ms), while `reconnecting`. */
+  nextReconnectAt: number | null = null;
+  /** The user object of the last op 22 (with `sends_user_object`). */
+  user: any = undefined;
+  /** The rules of the last Hello. */
+  rules: Rule[] = [];
+  /** The code and reason of the last close. */
+  lastClose: { code: number; reason: string } | null = null;
+
+  /** Called when a socket opens (mesa-js-client). */
+  onConnected?: (options: ConnectionOptions) => void;
+  /** Called for every frame but heartbeats, Hello and op 22 (mesa-js-client). */
+  onMessage?: (message: Message) => void;
+  /** Called when a connection closes (mesa-js-client). */
+  onDisconnected?: (code: number, reason: string, options: DisconnectionOptions) => void;
+  /** Called on socket errors and unreadable frames (mesa-js-client). */
+  onError?: (error: Error) => void;
+
+  private readonly options: Required<Omit<IClientConfig, 'WebSocket' | 'heartbeatSlack'>> & {
+    heartbeatSlack?: number;
+  };
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private queue: ReceivedMessage[] = [];
+  private credentials: Data | null = null;
+  private credentialsKey: string | null = null;
+  private waiters: AuthWaiter[] = [];
+  /** The Hello of the current connection (`null` until it arrives). */
+  private hello: IClientConnectionConfig | null = null;
+  /** The last Hello of any connection: its timings still apply while a reconnection has none yet. */
+  private advertised: IClientConnectionConfig = {};
+  private generation = 0;
+  private stopped = false;
+  private reconnectTimer: unknown = null;
+  private connectTimer: unknown = null;
+  private livenessTimer: unknown = null;
+  private authTimer: unknown = null;
+  private drainTimer: unknown = null;
+  private lastHeard = 0;
+  private tokens: number;
+  private tokensAt: number;
+  private isInitialConnection = true;
+  private isInitialSessionConnection = true;
+  private isAutomaticReconnection = false;
+  private listening = false;
+  private readonly onOnline = () => this.wake();
+  private readonly onVisibility = () => {
+    const doc = (globalThis as any).document;
+    if (!doc || doc.visibilityState === 'visible') this.wake();
+  };
+
+  /** A client for `url`; connects at once unless `autoConnect` is `false`. */
+  constructor(url: string, config: IClientConfig = {}) {
+    super();
+    this.url = url;
+    this.WS = config.WebSocket ?? (globalThis as any).WebSocket;
+    this.clock = config.clock ?? systemClock;
+    this.random = config.random ?? Math.random;
+    this.options = {
+      autoConnect: config.autoConnect ?? true,
+      reconnect: config.reconnect ?? true,
+      reconnectInterval: config.reconnectInterval ?? 1000,
+      reconnectCap: config.reconnectCap ?? 30000,
+      maxQueue: config.maxQueue ?? 1000,
+      messageLogLimit: config.messageLogLimit ?? 0,
+      heartbeatSlack: config.heartbeatSlack,
+      helloTimeout: config.helloTimeout ?? 10000,
+      connectTimeout: config.connectTimeout ?? 10000,
+      authenticationTimeout: config.authenticationTimeout ?? 10000,
+      rate: config.rate ?? { burst: 100, perSecond: 50 },
+      reconnectOnVisibility: config.reconnectOnVisibility ?? true,
+      clock: this.clock,
+      random: this.random,
+      clientVersion: config.clientVersion ?? '1.5.3',
+    };
+    this.tokens = this.options.rate.burst;
+    this.tokensAt = this.clock.now();
+    if (this.options.autoConnect) this.connect().catch(() => {});
+  }
+
+  /** Frames waiting in the send queue. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Opens a connection; resolves when the socket opens, rejects on its error (as mesa-js-client). Reconnection
+   * after a failure is automatic unless stopped. */
+  connect(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.ws && this.ws.readyState === OPEN) {
+        reject(new Error(ALREADY_CONNECTED));
+        return;
+      }
+      this.stopped = false;
+      this.listen(true);
+      this.cancel('reconnectTimer');
+      this.open(resolve, reject);
+    });
+  }
+
+  /** Sends op 2 with `data` (plus `shouldSync`, default `true`) and resolves with the user object of op 22
+   * (`undefined` without `sends_user_object`). The credentials are kept and sent again after every reconnect,
+   * before queued sends. Rejects when the server refuses them (close 1008 or op 9). */
+  authenticate(data: object, config?: IClientAuthenticationConfig): Promise<any> {
+    const payload: Data = { ...data, shouldSync: true, ...(config ?? {}) };
+    const key = JSON.stringify(payload);
+    const promise = new Promise<any>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    // A page written for mesa-js-client authenticates in onConnected, after this client already re-sent the
+    // same credentials: wait for that op 22 instead of sending a second op 2.
+    if (this.state === 'authenticating' && key === this.credentialsKey) return promise;
+    this.credentials = payload;
+    this.credentialsKey = key;
+    if (this.state === 'connected' || this.state === 'authenticating') this.sendAuthentication();
+    return promise;
+  }
+
+  /** Sends a frame, or queues it while not connected (or paced). Returns `false` when the queue is full (the
+   * frame is dropped; a `queuefull` event says so). */
+  send(opcode: Opcode, data: Data, type?: Type): boolean {
+    const frame: ReceivedMessage = type === undefined ? { op: opcode, d: data } : { op: opcode, d: data, t: type };
+    if (this.state === 'connected' && this.queue.length === 0 && this.take()) {
+      this.write(frame);
+      return true;
+    }
+    if (this.queue.length >= this.options.maxQueue) {
+      this.emit('queuefull', { dropped: frame, capacity: this.options.maxQueue });
+      return false;
+    }
+    this.queue.push(frame);
+    if (this.state === 'connected') this.scheduleDrain();
+    return true;
+  }
+
+  /** Closes the connection and stops reconnecting (code 1000 unless given). Queued frames stay queued for a
+   * later `connect()`. */
+  disconnect(code?: number, data?: string): void {
+    this.stopped = true;
+    this.listen(false);
+    this.cancel('reconnectTimer');
+    this.nextReconnectAt = null;
+    const ws = this.ws;
+    if (ws) {
+      try {
+        ws.close(code ?? 1000, data);
+      } catch {
+        ws.close();
+      }
+      this.isInitialSessionConnection = true;
+    } else {
+      this.setState('closed');
+    }
+  }
+
+  // --- the connection ------------------------------------------------------------------------------------
+
+  private open(resolve?: () => void, reject?: (error: any) => void): void {
+    if (!this.WS) {
+      const error = new Error('no WebSocket: pass the `WebSocket` option (for example the `ws` package) outside browsers');
+      this.onError?.(error);
+      reject?.(error);
+      return;
+    }
+    const previous = this.ws;
+    if (previous) {
+      // connect() while an attempt is under way: that socket is replaced, not left open behind our back.
+      previous.onopen = previous.onmessage = previous.onclose = previous.onerror = null;
+      try {
+        previous.close(1000);
+      } catch {
+        /* already closing */
+      }
+      this.ws = null;
+    }
+    const generation = ++this.generation;
+    this.nextReconnectAt = null;
+    this.hello = null;
+    this.setState('connecting');
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.url);
+    } catch (error) {
+      reject?.(error);
+      this.closed(1006, String(error));
+      return;
+    }
+    this.ws = ws;
+    const current = () => generation === this.generation;
+    this.connectTimer = this.clock.setTimeout(() => {
+      if (current()) this.abandon(1006, `the socket did not open within ${this.options.connectTimeout} ms`);
+    }, this.options.connectTimeout);
+    ws.onopen = () => {
+      if (!current()) return;
+      resolve?.();
+      this.opened();
+    };
+    ws.onmessage = (event) => {
+      if (current()) this.received(event.data);
+    };
+    ws.onclose = (event) => {
+      if (current()) this.closed(event.code, event.reason);
+    };
+    ws.onerror = (event) => {
+      if (!current()) return;
+      reject?.(event);
+      this.onError?.(new Error(event?.type ?? 'error'));
+      this.emit('error', { error: event });
+    };
+  }
+
+  private opened(): void {
+    this.cancel('connectTimer');
+    this.lastHeard = this.clock.now();
+    this.armLiveness(this.options.helloTimeout);
+    this.setState('connected');
+    // Re-authenticate before anything queued goes out (mesa-js-client flushed first).
+    if (this.credentials) this.sendAuthentication();
+    const options = {
+      isInitialConnection: this.isInitialConnection,
+      isInitialSessionConnection: this.isInitialSessionConnection,
+      isAutomaticReconnection: this.isAutomaticReconnection,
+    };
+    this.isInitialConnection = false;
+    this.isInitialSessionConnection = false;
+    this.isAutomaticReconnection = false;
+    this.onConnected?.(options);
+    this.emit('connected', { ...options });
+    if (this.state === 'connected') this.drain();
+  }
+
+  private received(raw: unknown): void {
+    this.lastHeard = this.clock.now();
+    let frame: ReceivedMessage;
+    try {
+      frame = JSON.parse(String(raw));
+    } catch (error) {
+      this.onError?.(error instanceof Error ? error : new Error(String(error)));
+      return;
+    }
+    if (frame === null || typeof frame !== 'object') return;
+    this.log('received', frame);
+    const { op, d, t, s } = frame;
+    switch (op) {
+      case 1:
+        // A server that heartbeats us (or answered op 2, below) is healthy: the backoff starts over. Not on
+        // Hello: a server that accepts and then closes at once would otherwise be retried at the base rate.
+        if (!this.credentials) this.attempt = 0;
+        this.write({ op: 11, d: {} });
+        this.rearmLiveness();
+        return;
+      case 10:
+        this.hello = (d ?? {}) as IClientConnectionConfig;
+        this.advertised = this.hello;
+        this.rules = Array.isArray(this.hello.rules) ? this.hello.rules : [];
+        if (this.rules.includes('enforce_equal_versions')) {
+          this.write({ op: 0, d: { v: this.options.clientVersion }, t: 'CLIENT_VERSION' });
+        }
+        this.rearmLiveness();
+        return;
+      case 22:
+        this.cancel('authTimer');
+        this.authenticated = true;
+        this.user = this.rules.includes('sends_user_object') ? d : undefined;
+        this.attempt = 0;
+        this.settle((waiter) => waiter.resolve(this.user));
+        this.setState('connected');
+        this.emit('authenticated', { user: this.user });
+        this.rearmLiveness();
+        this.drain();
+        return;
+      case 7:
+        // The server is going away: reconnect now, with a little jitter (not counted as a failure).
+        this.abandon(1012, 'the server asked to reconnect (op 7)', true);
+        return;
+      case 9:
+        if (this.state === 'authenticating') {
+          this.cancel('authTimer');
+          const reason = (d && typeof d.reason === 'string' && d.reason) || 'authentication refused';
+          this.credentials = null;
+          this.credentialsKey = null;
+          this.settle((waiter) => waiter.reject(new Error(reason)));
+          this.setState('connected');
+          this.drain();
+        }
+        break;
+    }
+    this.rearmLiveness();
+    const message: Message = { opcode: op, data: d, type: t };
+    if (s) message.sequence = s;
+    this.onMessage?.(message);
+    this.emit('message', { message });
+  }
+
+  private closed(code: number, reason: string): void {
+    this.generation++;
+    for (const timer of ['connectTimer', 'livenessTimer', 'authTimer', 'drainTimer'] as const) this.cancel(timer);
+    const ws = this.ws;
+    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    this.ws = null;
+    this.authenticated = false;
+    this.lastClose = { code, reason };
+    const terminal = !canReconnect(code) && !this.stopped;
+    if (terminal && code === 1008) {
+      this.credentials = null;
+      this.credentialsKey = null;
+      this.settle((waiter) => waiter.reject(new Error(reason || 'authentication failed')));
+    }
+    const willAttemptReconnect = !this.stopped && !terminal && this.options.reconnect;
+    if (!willAttemptReconnect) {
+      this.stopped = true;
+      this.listen(false);
+    }
+    this.onDisconnected?.(code, reason, { willAttemptReconnect });
+    this.emit('disconnected', { code, reason, willAttemptReconnect });
+    if (willAttemptReconnect) this.scheduleReconnect(code === 1012);
+    else this.setState('closed');
+  }
+
+  /** Drops the current socket without waiting for its close handshake (a dead server never answers one) and
+   * handles it as closed with `code`. */
+  private abandon(code: number, reason: string, soon = false): void {
+    const ws = this.ws;
+    this.generation++;
+    if (ws) {
+      try {
+        ws.close(soon ? 1000 : 4000, reason.slice(0, 100));
+      } catch {
+        /* already closing */
+      }
+    }
+    this.closed(soon ? 1012 : code, reason);
+  }
+
+  private scheduleReconnect(soon: boolean): void {
+    const base = this.advertised.c_reconnect_interval ?? this.options.reconnectInterval;
+    const delay = soon
+      ? backoffDelay(0, Math.min(base, 1000), this.options.reconnectCap, this.random)
+      : backoffDelay(this.attempt, base, this.options.reconnectCap, this.random);
+    if (!soon) this.attempt++;
+    this.nextReconnectAt = this.clock.now() + delay;
+    this.isAutomaticReconnection = true;
+    this.setState('reconnecting', { delay });
+    this.reconnectTimer = this.clock.setTimeout(() => {
+      this.reconnectTimer = null;
+      this.open();
+    }, delay);
+  }
+
+  /** `online` or visible again: skip the wait, and notice a server that went silent while timers slept. */
+  private wake(): void {
+    if (this.stopped) return;
+    if (this.state === 'reconnecting') {
+      this.cancel('reconnectTimer');
+      this.open();
+    } else if ((this.state === 'connected' || this.state === 'authenticating') && this.hello?.c_heartbeat_interval) {
+      const timeout = livenessTimeout(this.hello.c_heartbeat_interval, this.options.heartbeatSlack);
+      if (this.clock.now() - this.lastHeard > timeout) this.dead(this.clock.now() - this.lastHeard);
+    }
+  }
+
+  // --- authentication and liveness -----------------------------------------------------------------------
+
+  private sendAuthentication(): void {
+    if (!this.credentials) return;
+    this.authenticated = false;
+    this.setState('authenticating');
+    this.write({ op: 2, d: this.credentials });
+    this.cancel('authTimer');
+    const timeout = this.advertised.c_authentication_timeout ?? this.options.authenticationTimeout;
+    this.authTimer = this.clock.setTimeout(() => {
+      this.authTimer = null;
+      this.abandon(4006, `no authentication answer (op 22) within ${timeout} ms`);
+    }, timeout);
+  }
+
+  private settle(action: (waiter: AuthWaiter) => void): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    waiters.forEach(action);
+  }
+
+  private rearmLiveness(): void {
+    const interval = this.hello?.c_heartbeat_interval;
+    if (interval) this.armLiveness(livenessTimeout(interval, this.options.heartbeatSlack));
+    else if (this.hello) this.cancel('livenessTimer');
+  }
+
+  private armLiveness(timeout: number): void {
+    this.cancel('livenessTimer');
+    this.livenessTimer = this.clock.setTimeout(() => {
+      this.livenessTimer = null;
+      this.dead(this.clock.now() - this.lastHeard);
+    }, timeout);
+  }
+
+  private dead(silentFor: number): void {
+    this.emit('dead', { silentFor });
+    this.abandon(1006, `no frame from the server for ${silentFor} ms (dead server)`);
+  }
+
+  // --- sending --------------------------------------------------------------------------------------------
+
+  private write(frame: ReceivedMessage): void {
+    if (!this.ws) return;
+    this.log('sent', frame);
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  /** Takes one send token; pacing keeps a flushed queue under the server's inbound rate limit. */
+  private take(): boolean {
+    const now = this.clock.now();
+    const { burst, perSecond } = this.options.rate;
+    this.tokens = Math.min(burst, this.tokens + ((now - this.tokensAt) * perSecond) / 1000);
+    this.tokensAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private drain(): void {
+    this.cancel('drainTimer');
+    while (this.state === 'connected' && this.queue.length > 0 && this.take()) {
+      const frame = this.queue.shift() as ReceivedMessage;
+      this.write(frame);
+    }
+    this.scheduleDrain();
+  }
+
+  private scheduleDrain(): void {
+    if (this.drainTimer !== null || this.queue.length === 0 || this.state !== 'connected') return;
+    const wait = Math.ceil(1000 / this.options.rate.perSecond);
+    this.drainTimer = this.clock.setTimeout(() => {
+      this.drainTimer = null;
+      this.drain();
+    }, wait);
+  }
+
+  // --- plumbing -------------------------------------------------------------------------------------------
+
+  private log(direction: 'sent' | 'received', frame: ReceivedMessage): void {
+    const limit = this.options.messageLogLimit;
+    if (limit <= 0) return;
+    const log = this.messages[direction];
+    log.push(frame);
+    if (log.length > limit) log.splice(0, log.length - limit);
+  }
+
+  private cancel(timer: 'reconnectTimer' | 'connectTimer' | 'livenessTimer' | 'authTimer' | 'drainTimer'): void {
+    if (this[timer] !== null) {
+      this.clock.clearTimeout(this[timer]);
+      this[timer] = null;
+    }
+  }
+
+  private setState(state: ConnectionState, extra: Record<string, unknown> = {}): void {
+    if (this.state === state && Object.keys(extra).length === 0) return;
+    this.state = state;
+    this.emit('statechange', { ...extra, attempt: this.attempt, nextReconnectAt: this.nextReconnectAt });
+  }
+
+  private emit(type: string, detail: Record<string, unknown>): void {
+    this.dispatchEvent(new MesaEvent(type, { ...detail, state: this.state }));
+  }
+
+  private listen(on: boolean): void {
+    const target = globalThis as any;
+    if (!this.options.reconnectOnVisibility || typeof target.addEventListener !== 'function') return;
+    if (on === this.listening) return;
+    this.listening = on;
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    target[method]('online', this.onOnline);
+    target.document?.[method]?.('visibilitychange', this.onVisibility);
+  }
+}
+
+export { MesaClient };

@@ -1,0 +1,122 @@
+// What the browser tests share: a `mesa serve --demo` child process on a free 127.0.0.1 port, Debian's
+// Chromium through playwright-core, and the screenshot directory.
+//
+// Every process started here is killed by pid in `stopAll()` (the tests call it in `after`).
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/** Where screenshots go: `$MESA_BROWSER_OUT`, else `<repo>/target/test-output/browser/`. */
+export const OUT_DIR = process.env.MESA_BROWSER_OUT ?? resolve(here, '../../../../target/test-output/browser');
+
+/** Heartbeat and reconnect timings of the test gateway, short so that the tests are quick. */
+export const HEARTBEAT_MS = 1000;
+export const RECONNECT_MS = 300;
+
+const children = new Set();
+const browsers = new Set();
+
+export function mesaBin() {
+  const bin = process.env.MESA_BIN;
+  if (!bin) throw new Error('MESA_BIN must name the `mesa` binary (cargo build -p mesa-cli; target/debug/mesa)');
+  return bin;
+}
+
+/** A port nobody listens on right now. */
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const server = createServer();
+    server.on('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => ok(port));
+    });
+  });
+}
+
+/** Starts `mesa serve --demo` on `port` and waits until `/healthz` answers. */
+export async function startMesa(port) {
+  const env = { ...process.env };
+  // The test's gateway is configured here alone; mesa refuses unknown MESA_ variables (MESA_BIN included).
+  for (const key of Object.keys(env)) if (key.startsWith('MESA_')) delete env[key];
+  const child = spawn(mesaBin(), ['serve', '--demo', '--host', '127.0.0.1', '--port', String(port)], {
+    env: {
+      ...env,
+      MESA_SERVER__HEARTBEAT__INTERVAL_MS: String(HEARTBEAT_MS),
+      MESA_SERVER__RECONNECT__INTERVAL_MS: String(RECONNECT_MS),
+      MESA_LOG__FILTER: 'warn',
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  children.add(child);
+  let stderr = '';
+  child.stderr.on('data', (chunk) => {
+    if (stderr.length < 20000) stderr += chunk;
+  });
+  child.on('exit', () => children.delete(child));
+  const deadline = Date.now() + 15000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`mesa serve exited with ${child.exitCode}: ${stderr}`);
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/healthz`);
+      if (response.ok) return child;
+    } catch {
+      /* not up yet */
+    }
+    await sleep(50);
+  }
+  kill(child);
+  throw new Error(`mesa serve did not answer /healthz on ${port} within 15 s: ${stderr}`);
+}
+
+/** SIGKILLs a child this harness started and waits for it to exit. */
+export async function kill(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((ok) => child.once('exit', ok));
+  process.kill(child.pid, 'SIGKILL');
+  await exited;
+}
+
+/** Debian's Chromium, headless, with the flags this machine needs (no browser download, no background network). */
+export async function launchBrowser() {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_BIN ?? '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+    ],
+  });
+  browsers.add(browser);
+  return browser;
+}
+
+/** Kills every gateway and closes every browser started here. */
+export async function stopAll() {
+  for (const browser of browsers) await browser.close().catch(() => {});
+  browsers.clear();
+  for (const child of [...children]) await kill(child);
+}
+
+/** Saves a screenshot of `page` as `<OUT_DIR>/<name>.png`. */
+export async function screenshot(page, name) {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const path = join(OUT_DIR, `${name}.png`);
+  await page.screenshot({ path });
+  return path;
+}
+
+export function sleep(ms) {
+  return new Promise((ok) => setTimeout(ok, ms));
+}
