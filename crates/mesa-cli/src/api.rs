@@ -34,6 +34,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
+use crate::metrics::CliMetrics;
 
 /// Mesa 1.5's internal event that closes the recipients' connections.
 const DISCONNECT_CLIENT: &str = "DISCONNECT_CLIENT";
@@ -47,6 +48,8 @@ pub(crate) struct ApiState {
     pub(crate) key: Option<Secret>,
     /// Largest `POST /api/send` body in bytes.
     pub(crate) body_limit: usize,
+    /// The counters of `mesa serve` itself, rendered after the gateway's.
+    pub(crate) metrics: Arc<CliMetrics>,
 }
 
 /// The application: the gateway at `gateway_path` and the API routes. The path must have been validated
@@ -85,26 +88,25 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 /// `GET /metrics`: the server's counters in the Prometheus text format.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        state.mesa.metrics().render_prometheus(),
-    )
-        .into_response()
+    let mut text = state.mesa.metrics().render_prometheus();
+    state.metrics.render(&mut text);
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// The body of `POST /api/send`: Mesa 1.5's Redis `ws` channel format. Unknown fields are refused, so that a
 /// misspelt `recipients` cannot silently turn a private message into a broadcast.
+/// The event proxy's answers use the same shape for their `send` entries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendRequest {
+pub(crate) struct SendRequest {
     /// The frame to send (`op`, `d`, `t`; `o` is dropped).
-    message: Frame,
+    pub(crate) message: Frame,
     /// `["*"]` or absent: everyone; otherwise these user ids.
     #[serde(default)]
-    recipients: Option<Vec<String>>,
+    pub(crate) recipients: Option<Vec<String>>,
     /// User ids that must not receive the message.
     #[serde(default)]
-    excluding: Option<Vec<String>>,
+    pub(crate) excluding: Option<Vec<String>>,
 }
 
 /// `POST /api/send` (see the module docs).
@@ -269,6 +271,7 @@ mod tests {
                 mesa: mesa.clone(),
                 key: None,
                 body_limit: 1024,
+                metrics: Default::default(),
             },
         );
         assert_eq!(

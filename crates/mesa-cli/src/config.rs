@@ -43,6 +43,8 @@ pub(crate) struct ServeConfig {
     pub(crate) api: ApiConfig,
     /// Logging (`[log]`).
     pub(crate) log: LogConfig,
+    /// The HTTP event proxy: client events POSTed to the application's backend (`[proxy]`).
+    pub(crate) proxy: ProxyConfig,
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.
@@ -144,6 +146,72 @@ pub(crate) struct ApiConfig {
     /// Largest request body, in bytes. Default: `server.limits.max_message_size` + 16384 (the envelope
     /// around a message the gateway would accept from a client).
     pub(crate) max_body_bytes: Option<usize>,
+}
+
+/// `[proxy]`: client dispatches (and, when listed in `events`, connection, authentication and
+/// disconnection) POSTed to the application's backend, whose answer may reply, send or refuse (see
+/// `proxy.rs`).
+///
+/// Defaults: no URL (off), no rules, no lifecycle events, `timeout_ms = 5000`, `max_concurrency = 64`,
+/// `queue = 64`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ProxyConfig {
+    /// The backend every rule without its own `url`, and every lifecycle event, goes to. With a `url` and no
+    /// `rules`, every dispatch goes there. Default: none.
+    pub(crate) url: Option<String>,
+    /// Which dispatches go where, first match wins (`t = "SAY"`, `t = "CHAT_*"`, `t = "*"`). A dispatch no
+    /// rule matches is answered with a `PROXY_ERROR` `no_route`. Default: none.
+    pub(crate) rules: Vec<ProxyRule>,
+    /// Lifecycle events also POSTed to `url`: any of `connection`, `authentication`, `disconnection`.
+    /// Default: none.
+    pub(crate) events: Vec<LifecycleEvent>,
+    /// Time one call may take, connecting included. Default 5000.
+    pub(crate) timeout_ms: u64,
+    /// Calls in flight at once, across all connections. Default 64.
+    pub(crate) max_concurrency: usize,
+    /// Events of one connection waiting for their call (they are sent one at a time, in order); one more is
+    /// answered with a `PROXY_ERROR` `overloaded`. Default 64.
+    pub(crate) queue: usize,
+    /// Headers sent with every call, e.g. `Authorization`. Values are secrets (redacted in logs).
+    pub(crate) headers: BTreeMap<String, Secret>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            url: None,
+            rules: Vec::new(),
+            events: Vec::new(),
+            timeout_ms: 5000,
+            max_concurrency: 64,
+            queue: 64,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[[proxy.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyRule {
+    /// The event type: exact, a prefix ending in `*`, or `*` for any.
+    pub(crate) t: String,
+    /// Where matching dispatches go. Default: `proxy.url`.
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+}
+
+/// Lifecycle events the proxy may forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LifecycleEvent {
+    /// A connection opened (after Hello).
+    Connection,
+    /// A connection authenticated (after op 22).
+    Authentication,
+    /// A connection closed.
+    Disconnection,
 }
 
 /// Log line format.

@@ -27,6 +27,8 @@ mod api;
 mod auth;
 mod config;
 mod logging;
+mod metrics;
+mod proxy;
 mod serve;
 mod signal;
 

@@ -2,6 +2,8 @@
 //! shuts down gracefully on SIGTERM or SIGINT.
 
 use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use mesa_server::Mesa;
 use tokio::net::TcpListener;
@@ -9,6 +11,8 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::config::{resolve_secret, ConfigError, ServeConfig};
+use crate::metrics::CliMetrics;
+use crate::proxy::{NoProxy, Proxy};
 
 /// Why `mesa serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,15 +55,23 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
 
     let body_limit = config.api_body_limit();
-    let mesa = authenticator
-        .install(Mesa::builder().config(config.server.clone()))
-        .build();
+    let metrics = Arc::new(CliMetrics::default());
+    let mut builder = authenticator.install(Mesa::builder().config(config.server.clone()));
+    builder = match Proxy::from_config(&config.proxy, metrics.clone())? {
+        Some(proxy) => builder.middleware(proxy),
+        None => builder.middleware(NoProxy {
+            metrics: metrics.clone(),
+            warned: AtomicBool::new(false),
+        }),
+    };
+    let mesa = builder.build();
     let app = api::router(
         &config.server.path,
         ApiState {
             mesa: mesa.clone(),
             key,
             body_limit,
+            metrics,
         },
     );
 
