@@ -25,6 +25,9 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::Deserialize;
 
+/// The key that makes authentication required; defaults to `true` when `auth.mode` is not `none`.
+const REQUIRED_KEY: &str = "server.authentication.required";
+
 /// Paths the HTTP API owns; the gateway path must not be one of them (or under `/api/`).
 pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
 
@@ -107,6 +110,8 @@ pub(crate) struct AuthConfig {
     pub(crate) leeway_ms: u64,
     /// JWT: the claim holding the user id (a string or a number). Default `sub`.
     pub(crate) id_claim: String,
+    /// JWT: accept tokens without an `exp` claim (they never expire). Default `false`: refused.
+    pub(crate) allow_no_exp: bool,
 
     /// Webhook: the URL op 2's `d` is POSTed to (http or https).
     pub(crate) url: Option<String>,
@@ -128,6 +133,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_ms: 60_000,
             id_claim: "sub".into(),
+            allow_no_exp: false,
             url: None,
             timeout_ms: 5000,
             headers: BTreeMap::new(),
@@ -300,23 +306,32 @@ impl ServeConfig {
     ) -> Result<ServeConfig, ConfigError> {
         // The server section's defaults are merged in as values (not only as serde defaults) so that a
         // source may set one field of a nested struct, e.g. only `server.limits.rate_limit.burst`.
-        let mut figment = Figment::new().merge(Serialized::default(
-            "server",
-            mesa_server::Config::default(),
-        ));
+        let mut user = Figment::new();
         if let Some(path) = file {
             // figment silently skips a missing file; a file the user named must exist.
             if !path.is_file() {
                 return Err(ConfigError::MissingFile(path.to_path_buf()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            user = user.merge(Toml::file_exact(path));
         }
         if let Ok(filter) = std::env::var("RUST_LOG") {
-            figment = figment.merge(Serialized::default("log.filter", filter));
+            user = user.merge(Serialized::default("log.filter", filter));
         }
-        figment = figment.merge(EnvVars::new());
+        user = user.merge(EnvVars::new());
+        let required_set = user.find_value(REQUIRED_KEY).is_ok();
+        let figment = Figment::new()
+            .merge(Serialized::default(
+                "server",
+                mesa_server::Config::default(),
+            ))
+            .merge(user);
         // Lossy: a string such as "5000" from the environment is accepted where a number is expected.
         let mut config: ServeConfig = figment.extract_lossy().map_err(Box::new)?;
+        // With credentials configured, an anonymous connection must not receive sends to everyone or
+        // dispatch: required unless the operator said otherwise.
+        if config.auth.mode != AuthMode::None && !required_set {
+            config.server.authentication.required = true;
+        }
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -404,6 +419,7 @@ impl AuthConfig {
             ("public_key_path", self.public_key_path.is_some()),
             ("issuer", self.issuer.is_some()),
             ("audience", self.audience.is_some()),
+            ("allow_no_exp", self.allow_no_exp),
         ];
         let webhook_keys = [
             ("url", self.url.is_some()),

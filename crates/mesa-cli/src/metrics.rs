@@ -176,6 +176,14 @@ impl CliMetrics {
             .observe(format!("event=\"{}\"", escape(event)), elapsed);
     }
 
+    /// One authentication check and its outcome and duration.
+    pub(crate) fn auth(&self, mode: &str, outcome: &str, elapsed: Duration) {
+        let labels = format!("mode=\"{mode}\"");
+        self.auth_outcomes
+            .inc(format!("{labels},outcome=\"{outcome}\""));
+        self.auth_duration.observe(labels, elapsed);
+    }
+
     /// The Prometheus text of every family.
     pub(crate) fn render(&self, out: &mut String) {
         self.proxy_requests.render(out);

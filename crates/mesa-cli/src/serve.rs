@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
-use crate::config::{resolve_secret, ConfigError, ServeConfig};
+use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
 
@@ -45,6 +45,13 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let authenticator = Authenticator::from_config(&config.auth, &config.server)?;
+    if config.auth.mode != AuthMode::None && !config.server.authentication.required {
+        tracing::warn!(
+            "server.authentication.required = false with auth.mode = \"{}\": anonymous connections receive \
+             sends to everyone and may dispatch",
+            config.auth.mode.name()
+        );
+    }
     let key = resolve_secret(
         "api.key",
         config.api.key.as_ref(),
@@ -56,7 +63,12 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
 
     let body_limit = config.api_body_limit();
     let metrics = Arc::new(CliMetrics::default());
-    let mut builder = authenticator.install(Mesa::builder().config(config.server.clone()));
+    let leeway = std::time::Duration::from_millis(config.auth.leeway_ms);
+    let mut builder = authenticator.install(
+        Mesa::builder().config(config.server.clone()),
+        metrics.clone(),
+        leeway,
+    );
     builder = match Proxy::from_config(&config.proxy, metrics.clone())? {
         Some(proxy) => builder.middleware(proxy),
         None => builder.middleware(NoProxy {
