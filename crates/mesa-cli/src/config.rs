@@ -10,8 +10,11 @@
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
-//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. Every other `MESA_`
-//!    variable except `MESA_CONFIG` must name a key, so that a typo fails loudly instead of being ignored.
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. A variable with `__`
+//!    must name a key, so that a typo fails loudly; variables without `__` (other than `MESA_REDIS_URL`) are
+//!    not configuration: secrets named by `*_env` (`MESA_KEY`) and other programs' variables (Mesa 3D's
+//!    `MESA_GL_VERSION_OVERRIDE`) are left alone, with a warning when one looks like a misspelt key
+//!    (`MESA_SERVER_PORT`). A variable that a `*_ENV` variable names is never read as configuration.
 //! 5. Flags: `--host`, `--port`, `--path`, `--log-format`, `--log-filter`, `--redis-url`.
 //!
 //! Unknown keys in any source are errors. Durations are milliseconds (`*_ms`).
@@ -48,6 +51,9 @@ pub(crate) struct ServeConfig {
     pub(crate) log: LogConfig,
     /// The HTTP event proxy: client events POSTed to the application's backend (`[proxy]`).
     pub(crate) proxy: ProxyConfig,
+    /// Warnings found while loading (logged once logging is set up).
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.
@@ -317,7 +323,9 @@ impl ServeConfig {
         if let Ok(filter) = std::env::var("RUST_LOG") {
             user = user.merge(Serialized::default("log.filter", filter));
         }
-        user = user.merge(EnvVars::new());
+        let env = EnvVars::new();
+        let warnings = env.warnings();
+        user = user.merge(env);
         let required_set = user.find_value(REQUIRED_KEY).is_ok();
         let figment = Figment::new()
             .merge(Serialized::default(
@@ -333,6 +341,7 @@ impl ServeConfig {
             config.server.authentication.required = true;
         }
         config.apply(overrides);
+        config.warnings = warnings;
         config.validate()?;
         Ok(config)
     }
@@ -367,10 +376,106 @@ impl ServeConfig {
         }
     }
 
-    /// Checks what serde cannot: the gateway path, and keys that belong to another auth mode.
+    /// Checks what serde cannot: the gateway path, values that parse but make no sense, and keys that
+    /// belong to another auth mode.
     fn validate(&self) -> Result<(), ConfigError> {
         validate_gateway_path(&self.server.path)?;
+        self.validate_values()?;
         self.auth.validate()
+    }
+
+    /// Refuses values that would make the gateway misbehave instead of running with them: a heartbeat
+    /// interval of 0 sent hundreds of heartbeats a second, a `max_message_size` of 0 refuses every frame.
+    fn validate_values(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        let limits = &server.limits;
+        let positive: [(&str, u64, bool); 13] = [
+            (
+                "server.heartbeat.interval_ms",
+                server.heartbeat.interval_ms,
+                server.heartbeat.enabled,
+            ),
+            (
+                "server.reconnect.interval_ms",
+                server.reconnect.interval_ms,
+                server.reconnect.enabled,
+            ),
+            (
+                "server.authentication.timeout_ms",
+                server.authentication.timeout_ms,
+                server.authentication.required,
+            ),
+            (
+                "server.authentication.check_timeout_ms",
+                server.authentication.check_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.max_message_size",
+                limits.max_message_size as u64,
+                true,
+            ),
+            (
+                "server.limits.outbound_queue",
+                limits.outbound_queue as u64,
+                true,
+            ),
+            (
+                "server.limits.outbound_queue_bytes",
+                limits.outbound_queue_bytes as u64,
+                true,
+            ),
+            (
+                "server.limits.max_connections",
+                limits.max_connections as u64,
+                true,
+            ),
+            (
+                "server.limits.handshake_timeout_ms",
+                limits.handshake_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.write_timeout_ms",
+                limits.write_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.authentication_attempts.every_ms",
+                limits.authentication_attempts.every_ms,
+                limits.authentication_attempts.burst > 0,
+            ),
+            (
+                "auth.timeout_ms",
+                self.auth.timeout_ms,
+                self.auth.mode == AuthMode::Webhook,
+            ),
+            (
+                "api.max_body_bytes",
+                self.api.max_body_bytes.map_or(1, |bytes| bytes as u64),
+                true,
+            ),
+        ];
+        for (key, value, applies) in positive {
+            if applies && value == 0 {
+                return Err(ConfigError::invalid(format!(
+                    "{key}: must be at least 1 (got 0)"
+                )));
+            }
+        }
+        if limits.read_buffer_size < 256 {
+            return Err(ConfigError::invalid(format!(
+                "server.limits.read_buffer_size: must be at least 256 (got {})",
+                limits.read_buffer_size
+            )));
+        }
+        if server.client.enforce_equal_versions && server.client.version.is_none() {
+            return Err(ConfigError::invalid(
+                "server.client.version: must be set when server.client.enforce_equal_versions is true \
+                 (every client would be refused)",
+            ));
+        }
+        Ok(())
     }
 
     /// The largest `POST /api/send` body accepted.
@@ -496,11 +601,60 @@ struct EnvVars {
     env: Env,
 }
 
+/// Top-level keys, the only configuration variables without `__`.
+const TOP_LEVEL_KEYS: [&str; 1] = ["redis_url"];
+
+/// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
+const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];
+
 impl EnvVars {
     fn new() -> EnvVars {
-        EnvVars {
-            env: Env::prefixed("MESA_").split("__").ignore(&["config"]),
+        // Variables that `*_ENV` variables name hold secrets, not configuration (MESA_API__KEY_ENV=MESA_KEY).
+        let named: Vec<String> = std::env::vars()
+            .filter(|(name, _)| {
+                let upper = name.to_ascii_uppercase();
+                upper.starts_with("MESA_") && upper.ends_with("_ENV")
+            })
+            .map(|(_, value)| value.to_ascii_uppercase())
+            .collect();
+        // Filtered before `split`, which turns `__` into `.`.
+        let env = Env::prefixed("MESA_")
+            .filter(move |key| {
+                let key = key.as_str();
+                let named = named
+                    .iter()
+                    .any(|var| var.eq_ignore_ascii_case(&format!("MESA_{key}")));
+                let top_level = TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key));
+                !named && (key.contains("__") || top_level)
+            })
+            .split("__")
+            .ignore(&["config"]);
+        EnvVars { env }
+    }
+
+    /// Variables that are not read as configuration but look like a misspelt key.
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, _) in std::env::vars() {
+            let upper = name.to_ascii_uppercase();
+            let Some(rest) = upper.strip_prefix("MESA_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.as_str()) {
+                continue;
+            }
+            if SECTIONS
+                .iter()
+                .any(|section| rest.starts_with(&format!("{section}_")))
+            {
+                warnings.push(format!(
+                    "environment variable {name} is not read as configuration: levels are separated by \
+                     two underscores (MESA_SERVER__PORT, not MESA_SERVER_PORT)"
+                ));
+            }
         }
+        warnings
     }
 }
 

@@ -16,7 +16,8 @@
 //!    `MESA_REDIS_URL=…`;
 //! 5. flags: `--host`, `--port`, `--path`, `--log-format text|json`, `--log-filter`, `--redis-url`.
 //!
-//! Unknown keys are errors. Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
+//! Unknown keys are errors; `MESA_*` variables without `__` are not configuration (see `config.rs`).
+//! Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
 //! configuration error, 130 on a second signal during shutdown.
 //!
 //! # Layout
@@ -128,7 +129,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     match runtime.block_on(serve::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(serve::ServeError::Config(error)) => {
-            tracing::error!("configuration error: {error}");
+            // The same line as a configuration error found before logging started.
+            eprintln!("mesa: configuration error: {error}");
             ExitCode::from(2)
         }
         Err(error) => {

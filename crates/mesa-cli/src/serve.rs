@@ -36,6 +36,9 @@ pub(crate) enum ServeError {
 /// Runs the gateway until a signal asks it to stop, then drains clients (op 7, close 1012).
 pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     tracing::debug!(?config, "configuration");
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if config.redis_url.is_some() {
         // Said loudly: running several nodes against one Redis would otherwise look like it works while
         // every node only reaches its own clients.
@@ -101,6 +104,10 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         auth = config.auth.mode.name(),
         "listening on {local}"
     );
+    // Scripts and supervisors wait for this line: it is printed even when the log level hides it.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        eprintln!("mesa: listening on {local}");
+    }
     mesa.serve_with(listener, app, crate::signal::shutdown())
         .await?;
     tracing::info!("stopped");

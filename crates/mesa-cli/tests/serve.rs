@@ -223,3 +223,64 @@ async fn sigterm_with_an_unresponsive_client_exits_after_the_shutdown_timeout() 
     assert!(status.success(), "{status:?}\n{}", mesa.logs());
     assert!(took < Duration::from_secs(2), "exit took {took:?}");
 }
+
+#[tokio::test]
+async fn secret_and_foreign_mesa_variables_do_not_stop_startup() {
+    // The documented example: the key lives in MESA_KEY, named by MESA_API__KEY_ENV; Mesa 3D's variable and
+    // a misspelt key (one underscore) are not configuration; the misspelling gets a warning.
+    let key = "a-long-enough-api-key-for-the-test-0001";
+    let mesa = MesaProcess::start(
+        &[],
+        &[
+            ("MESA_KEY", key),
+            ("MESA_API__KEY_ENV", "MESA_KEY"),
+            ("MESA_GL_VERSION_OVERRIDE", "4.5"),
+            ("MESA_SERVER_PORT", "1"),
+        ],
+    );
+    mesa.wait_for_log("MESA_SERVER_PORT is not read as configuration");
+    let answer = http()
+        .post(mesa.http_url("/api/send"))
+        .bearer_auth(key)
+        .json(&json!({"message": {"op": 0, "t": "X", "d": 1}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 202);
+}
+
+#[test]
+fn nonsense_values_are_refused_with_status_2_naming_the_key() {
+    for (var, value, key) in [
+        (
+            "MESA_SERVER__HEARTBEAT__INTERVAL_MS",
+            "0",
+            "server.heartbeat.interval_ms",
+        ),
+        (
+            "MESA_SERVER__LIMITS__MAX_MESSAGE_SIZE",
+            "0",
+            "server.limits.max_message_size",
+        ),
+        (
+            "MESA_SERVER__LIMITS__OUTBOUND_QUEUE",
+            "0",
+            "server.limits.outbound_queue",
+        ),
+        ("MESA_PROXY__URL", "ftp://x", "proxy.url"),
+    ] {
+        let (status, stderr) = run_to_exit(&[], &[(var, value)]);
+        assert_eq!(status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("mesa: configuration error: {key}")),
+            "{var}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn listening_on_is_printed_whatever_the_log_level() {
+    let mesa = MesaProcess::start(&["--log-filter", "error"], &[]);
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
+    assert_eq!(hello["op"], 10);
+}
