@@ -154,7 +154,7 @@ impl Default for CliMetrics {
             ),
             api_requests: Counter::new(
                 "mesa_api_requests_total",
-                "POST /api/send requests, by outcome (sent, disconnect, refused).",
+                "POST /api/send requests, by outcome (sent, disconnected, bad_request, unauthorized, disabled, too_large, unavailable).",
             ),
         }
     }
@@ -182,6 +182,11 @@ impl CliMetrics {
         self.auth_outcomes
             .inc(format!("{labels},outcome=\"{outcome}\""));
         self.auth_duration.observe(labels, elapsed);
+    }
+
+    /// One `POST /api/send` and its outcome.
+    pub(crate) fn api(&self, outcome: &str) {
+        self.api_requests.inc(format!("outcome=\"{outcome}\""));
     }
 
     /// The Prometheus text of every family.

@@ -14,6 +14,9 @@ use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
 
+/// API keys shorter than this are guessable; a warning says so at startup.
+const MIN_API_KEY_BYTES: usize = 32;
+
 /// Why `mesa serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
@@ -60,6 +63,15 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.api.key.as_ref(),
         config.api.key_env.as_deref(),
     )?;
+    if key
+        .as_ref()
+        .is_some_and(|key| key.expose().len() < MIN_API_KEY_BYTES)
+    {
+        tracing::warn!(
+            "api.key is shorter than {MIN_API_KEY_BYTES} bytes: anyone who guesses it can send to every client \
+             (generate one with `openssl rand -hex 32`)"
+        );
+    }
     if key.is_none() {
         tracing::info!("POST /api/send is disabled: set api.key or api.key_env to enable it");
     }
