@@ -463,6 +463,12 @@ impl ServeConfig {
                 )));
             }
         }
+        if let Some(bad) = server.invalid_origins().first() {
+            return Err(ConfigError::invalid(format!(
+                "server.allowed_origins: {bad:?} is not an origin (scheme://host[:port], e.g. \
+                 \"https://app.example\")"
+            )));
+        }
         if limits.read_buffer_size < 256 {
             return Err(ConfigError::invalid(format!(
                 "server.limits.read_buffer_size: must be at least 256 (got {})",

@@ -284,3 +284,44 @@ async fn listening_on_is_printed_whatever_the_log_level() {
     let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
     assert_eq!(hello["op"], 10);
 }
+
+#[tokio::test]
+async fn origins_are_compared_as_origins_and_refusals_are_logged() {
+    let mesa = MesaProcess::start(
+        &[],
+        &[("MESA_SERVER__ALLOWED_ORIGINS", r#"["https://app.example"]"#)],
+    );
+    let request = |origin: Option<&str>| {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                mesa.ws_url("/"),
+            )
+            .expect("request");
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().expect("header"));
+        }
+        request
+    };
+    for origin in [Some("https://APP.example:443"), None] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(origin))
+            .await
+            .unwrap_or_else(|error| panic!("{origin:?}: {error}"));
+        assert_eq!(recv(&mut ws).await["op"], 10);
+    }
+    match tokio_tungstenite::connect_async(request(Some("http://app.example"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    mesa.wait_for_log("\"http://app.example\"");
+
+    let (status, stderr) = run_to_exit(
+        &[],
+        &[("MESA_SERVER__ALLOWED_ORIGINS", r#"["app.example"]"#)],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("server.allowed_origins"), "{stderr}");
+}
