@@ -284,6 +284,15 @@ async fn a_slow_webhook_closes_with_1013_and_the_log_says_timeout() {
         (1013, "authentication service unavailable, retry later")
     );
     mesa.wait_for_log("timed out (auth.timeout_ms)");
+    let (_, metrics) = get(&mesa.http_url("/metrics")).await;
+    assert!(
+        metrics.contains("mesa_auth_total{mode=\"webhook\",outcome=\"unavailable\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesa_auth_duration_seconds_count{mode=\"webhook\"} 1\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -163,6 +163,32 @@ async fn healthz_counts_connections_and_metrics_are_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("mesa_connections_open 1"), "{text}");
+    // Every family, the gateway's and mesa serve's own, says what it is.
+    let lines: Vec<_> = text.lines().collect();
+    let mut families = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families += 1;
+            let name = rest.split(' ').next().expect("name");
+            assert!(
+                i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                "{name} has no HELP: {text}"
+            );
+        }
+    }
+    for family in [
+        "mesa_proxy_requests_total",
+        "mesa_proxy_request_duration_seconds",
+        "mesa_auth_total",
+        "mesa_auth_duration_seconds",
+        "mesa_api_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}: {text}"
+        );
+    }
+    assert!(families >= 15, "{text}");
     assert!(text.contains("mesa_connections_total 1"), "{text}");
 
     let (status, body) = get(&mesa.http_url("/nowhere")).await;
