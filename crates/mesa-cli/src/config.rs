@@ -51,6 +51,8 @@ pub(crate) struct ServeConfig {
     pub(crate) log: LogConfig,
     /// The HTTP event proxy: client events POSTed to the application's backend (`[proxy]`).
     pub(crate) proxy: ProxyConfig,
+    /// `wss://` terminated by `mesa serve` (`[tls]`).
+    pub(crate) tls: crate::tls::TlsConfig,
     /// Warnings found while loading (logged once logging is set up).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,

@@ -32,6 +32,7 @@ mod metrics;
 mod proxy;
 mod serve;
 mod signal;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

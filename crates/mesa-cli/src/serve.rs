@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
+use crate::tls::Tls;
 
 /// API keys shorter than this are guessable; a warning says so at startup.
 const MIN_API_KEY_BYTES: usize = 32;
@@ -76,6 +77,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         tracing::info!("POST /api/send is disabled: set api.key or api.key_env to enable it");
     }
 
+    let tls = Tls::from_config(&config.tls)?;
     let body_limit = config.api_body_limit();
     let metrics = Arc::new(CliMetrics::default());
     let leeway = std::time::Duration::from_millis(config.auth.leeway_ms);
@@ -114,14 +116,23 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         addr = %local,
         path = %config.server.path,
         auth = config.auth.mode.name(),
+        tls = tls.is_some(),
         "listening on {local}"
     );
     // Scripts and supervisors wait for this line: it is printed even when the log level hides it.
     if !tracing::enabled!(tracing::Level::INFO) {
         eprintln!("mesa: listening on {local}");
     }
-    mesa.serve_with(listener, app, crate::signal::shutdown())
-        .await?;
+    match tls {
+        Some(tls) => {
+            tls.serve(&mesa, listener, app, crate::signal::shutdown())
+                .await?
+        }
+        None => {
+            mesa.serve_with(listener, app, crate::signal::shutdown())
+                .await?
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
