@@ -37,6 +37,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
+use crate::forwarded::Network;
 use crate::metrics::CliMetrics;
 
 /// Mesa 1.5's internal event that closes the recipients' connections.
@@ -53,12 +54,15 @@ pub(crate) struct ApiState {
     pub(crate) body_limit: usize,
     /// The counters of `mesa serve` itself, rendered after the gateway's.
     pub(crate) metrics: Arc<CliMetrics>,
+    /// Peers whose `X-Forwarded-For` is believed (see `forwarded.rs`).
+    pub(crate) trusted_proxies: Vec<Network>,
 }
 
 /// The application: the gateway at `gateway_path` and the API routes. The path must have been validated
 /// (see `config::validate_gateway_path`): axum panics on a route that collides with another.
 pub(crate) fn router(gateway_path: &str, state: ApiState) -> Router {
     let gateway = state.mesa.service();
+    let trusted = Arc::new(state.trusted_proxies.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -66,6 +70,9 @@ pub(crate) fn router(gateway_path: &str, state: ApiState) -> Router {
         .route_service(gateway_path, gateway)
         .fallback(not_found)
         .with_state(Arc::new(state))
+        .layer(tower::util::MapRequestLayer::new(move |request| {
+            crate::forwarded::apply(&trusted, request)
+        }))
 }
 
 /// `{"error": message}` with `status`.
@@ -312,6 +319,7 @@ mod tests {
                 key: None,
                 body_limit: 1024,
                 metrics: Default::default(),
+                trusted_proxies: Vec::new(),
             },
         );
         assert_eq!(

@@ -51,6 +51,9 @@ pub(crate) struct ServeConfig {
     pub(crate) log: LogConfig,
     /// The HTTP event proxy: client events POSTed to the application's backend (`[proxy]`).
     pub(crate) proxy: ProxyConfig,
+    /// Reverse proxies whose `X-Forwarded-For` names the client address (IPs or CIDR blocks, e.g.
+    /// `["127.0.0.1", "10.0.0.0/8"]`). Default: none (the TCP peer is the client).
+    pub(crate) trusted_proxies: Vec<String>,
     /// `wss://` terminated by `mesa serve` (`[tls]`).
     pub(crate) tls: crate::tls::TlsConfig,
     /// Warnings found while loading (logged once logging is set up).
@@ -610,7 +613,7 @@ struct EnvVars {
 }
 
 /// Top-level keys, the only configuration variables without `__`.
-const TOP_LEVEL_KEYS: [&str; 1] = ["redis_url"];
+const TOP_LEVEL_KEYS: [&str; 2] = ["redis_url", "trusted_proxies"];
 
 /// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
 const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];

@@ -27,6 +27,7 @@
 mod api;
 mod auth;
 mod config;
+mod forwarded;
 mod logging;
 mod metrics;
 mod proxy;

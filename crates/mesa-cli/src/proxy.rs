@@ -5,7 +5,7 @@
 //!
 //! ```json
 //! {"event": "dispatch", "connection_id": "…", "user_id": "alice", "frame": {"op": 0, "t": "SAY", "d": {…}}}
-//! {"event": "connection", "connection_id": "…", "user_id": null}
+//! {"event": "connection", "connection_id": "…", "user_id": null, "remote_addr": "203.0.113.7:0"}
 //! {"event": "authentication", "connection_id": "…", "user_id": "alice", "user": {…}}
 //! {"event": "disconnection", "connection_id": "…", "user_id": "alice", "code": 1000, "reason": ""}
 //! ```
@@ -441,7 +441,9 @@ impl ProxyInner {
                 body["code"] = json!(why.code);
                 body["reason"] = json!(why.reason);
             }
-            Job::Connection => {}
+            Job::Connection => {
+                body["remote_addr"] = json!(session.remote_addr().map(|addr| addr.to_string()))
+            }
         }
         body
     }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
+use crate::forwarded::Network;
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
 use crate::tls::Tls;
@@ -78,6 +79,11 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
 
     let tls = Tls::from_config(&config.tls)?;
+    let trusted_proxies = config
+        .trusted_proxies
+        .iter()
+        .map(|entry| Network::parse(entry))
+        .collect::<Result<Vec<_>, _>>()?;
     let body_limit = config.api_body_limit();
     let metrics = Arc::new(CliMetrics::default());
     let leeway = std::time::Duration::from_millis(config.auth.leeway_ms);
@@ -101,6 +107,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
             key,
             body_limit,
             metrics,
+            trusted_proxies,
         },
     );
 

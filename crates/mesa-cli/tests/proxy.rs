@@ -320,3 +320,45 @@ fn a_proxy_rule_without_a_url_is_a_configuration_error() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("proxy.rules[0]"), "{stderr}");
 }
+
+/// Connects with an `X-Forwarded-For` header and returns the `remote_addr` of its connection event.
+async fn forwarded_remote_addr(mesa: &MesaProcess, seen: &Seen) -> Value {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            mesa.ws_url("/"),
+        )
+        .expect("request");
+    request.headers_mut().insert(
+        "x-forwarded-for",
+        "198.51.100.9, 203.0.113.7".parse().expect("header"),
+    );
+    let (_ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if let Some(event) = seen.lock().expect("lock").pop() {
+            return event["remote_addr"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy() {
+    let (url, seen) = backend().await;
+    let toml = format!("[proxy]\nurl = \"{url}/events\"\nevents = [\"connection\"]\n");
+    let trusting = proxied(&format!("trusted_proxies = [\"127.0.0.0/8\"]\n{toml}"));
+    assert_eq!(
+        forwarded_remote_addr(&trusting, &seen).await,
+        json!("203.0.113.7:0")
+    );
+    // Not a trusted proxy: the header is the client's own claim and is ignored.
+    let direct = proxied(&toml);
+    let addr = forwarded_remote_addr(&direct, &seen).await;
+    assert!(
+        addr.as_str().is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{addr}"
+    );
+}
