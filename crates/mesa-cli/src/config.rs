@@ -5,8 +5,8 @@
 //! 1. Defaults: Mesa 1.5's (see [`mesa_server::Config`]) plus the defaults documented on each field here.
 //! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
 //!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
-//!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, and the
-//!    top-level key `redis_url`.
+//!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`,
+//!    `[tls]`, and the top-level keys `redis_url` and `trusted_proxies`.
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,

@@ -9,7 +9,8 @@
 //! 1. defaults;
 //! 2. a TOML file named by `--config PATH` or `MESA_CONFIG=PATH`, with sections `[server]`
 //!    (`[server.heartbeat]`, `[server.reconnect]`, `[server.authentication]`, `[server.client]`,
-//!    `[server.limits]`), `[auth]`, `[api]`, `[log]` and the top-level `redis_url`;
+//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]` and the top-level `redis_url` and
+//!    `trusted_proxies`;
 //! 3. `RUST_LOG` (as `log.filter`);
 //! 4. environment variables `MESA_<SECTION>__<KEY>`, e.g. `MESA_SERVER__PORT=5000`, `MESA_AUTH__MODE=jwt`,
 //!    `MESA_AUTH__SECRET_ENV=JWT_SECRET`, `MESA_API__KEY_ENV=MESA_KEY`, `MESA_LOG__FORMAT=json`,
@@ -21,8 +22,10 @@
 //! configuration error, 130 on a second signal during shutdown.
 //!
 //! # Layout
-//! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook), `api.rs` (router and HTTP
-//! API), `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
+//! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook, token expiry), `api.rs`
+//! (router and HTTP API), `proxy.rs` (the HTTP event proxy), `metrics.rs` (mesa serve's own metrics),
+//! `forwarded.rs` (client addresses behind trusted proxies), `tls.rs` (`wss://` with certificate reload),
+//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
 
 mod api;
 mod auth;

@@ -1,7 +1,9 @@
 //! Authentication modes usable without writing Rust: `[auth] mode = "none" | "jwt" | "webhook"`.
 //!
 //! Each mode reads op 2's `d` and answers an [`Identity`] (op 22 follows) or an [`AuthError`] whose reason is
-//! sent to the client in the 1008 close frame. Reasons are short and never contain the credentials.
+//! sent to the client in the close frame: 1008 for a refusal, 1013 for a check that could not decide
+//! ([`AuthError::unavailable`]: the backend is down, slow or failing). Reasons are short and never contain the
+//! credentials. A credential's expiry ends the session then unless refreshed ([`expiry`]).
 //!
 //! - [`none`]: no check; the client names itself (development only).
 //! - [`jwt`]: `d.token` is a JWT (HS256 shared secret or RS256 public key).
