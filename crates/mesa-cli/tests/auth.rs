@@ -187,6 +187,10 @@ async fn backend() -> (String, Seen) {
                     Some("numeric") => (StatusCode::OK, Json(json!({"id": 7}))),
                     Some("banned") => (StatusCode::FORBIDDEN, Json(json!({"error": "banned"}))),
                     Some("bad") => (StatusCode::UNAUTHORIZED, Json(Value::Null)),
+                    Some("expiring") => (
+                        StatusCode::OK,
+                        Json(json!({"id": "eve", "exp": get_current_timestamp() + 1})),
+                    ),
                     Some("slow") => {
                         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
                         (StatusCode::OK, Json(json!({"id": "late"})))
@@ -463,4 +467,21 @@ async fn repeated_op_2_is_rate_limited_on_its_own() {
     authenticate(&mut ws, json!({"id": "a"})).await;
     send(&mut ws, json!({"op": 2, "d": {"id": "a"}})).await;
     assert_eq!(expect_close(&mut ws).await.code_reason().0, 4008);
+}
+
+#[tokio::test]
+async fn a_webhook_identity_with_exp_ends_then_with_4011() {
+    let (url, _) = backend().await;
+    let mesa = MesaProcess::start(
+        &[],
+        &[
+            ("MESA_AUTH__MODE", "webhook"),
+            ("MESA_AUTH__URL", &url),
+            ("MESA_AUTH__LEEWAY_MS", "0"),
+        ],
+    );
+    let (mut ws, _) = connect_hello(&mesa.ws_url("/")).await;
+    authenticate(&mut ws, json!({"token": "expiring"})).await;
+    let close = expect_close(&mut ws).await.heartbeats_only();
+    assert_eq!(close.code_reason().0, 4011);
 }
