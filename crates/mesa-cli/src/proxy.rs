@@ -354,13 +354,7 @@ impl Middleware for Proxy {
                     url: rule.url.clone(),
                 },
             ),
-            None => {
-                let job = Job::Dispatch {
-                    frame: frame.clone(),
-                    url: self.inner.rules[0].url.clone(),
-                };
-                self.inner.fail(session, &job, &Failure::NoRoute);
-            }
+            None => no_route(&self.inner.metrics, session, frame),
         }
     }
 
@@ -391,10 +385,19 @@ impl Middleware for NoProxy {
                  no_route (set proxy.url to forward client events to your backend)"
             );
         }
-        self.metrics.proxy_outcome("dispatch", "no_route");
-        let failure = Failure::NoRoute;
-        let _ = session.send(&error_frame("dispatch", frame.t.as_deref(), &failure));
+        no_route(&self.metrics, session, frame);
     }
+}
+
+/// Answers a dispatch no backend receives.
+fn no_route(metrics: &CliMetrics, session: &Session, frame: &Frame) {
+    metrics.proxy_outcome("dispatch", "no_route");
+    tracing::debug!(t = frame.t.as_deref(), "event proxy: no rule for this type");
+    let _ = session.send(&error_frame(
+        "dispatch",
+        frame.t.as_deref(),
+        &Failure::NoRoute,
+    ));
 }
 
 fn error_frame(event: &str, t: Option<&str>, failure: &Failure) -> Frame {
