@@ -17,7 +17,10 @@
 //! `recipients` is optional (everyone), as is `excluding`; an empty `recipients` list reaches nobody.
 //! `{"op": 5, "t": "DISCONNECT_CLIENT"}` closes the recipients' connections with 1000 instead of sending.
 //!
-//! Answers: 202 `{"ok":true}`; 400 malformed body; 401 missing or wrong key; 404 when no key is configured
+//! Only what clients may receive is sent: a dispatch (op 0, with a `t`); any other opcode (op 22, op 10, op 7, …)
+//! is refused with 400.
+//!
+//! Answers: 202 `{"ok":true}`; 400 malformed body or an opcode clients may not receive; 401 missing or wrong key; 404 when no key is configured
 //! (the API is disabled); 413 body larger than `api.max_body_bytes`. Errors are `{"error": "…"}`.
 
 use std::sync::Arc;
@@ -34,6 +37,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
+use crate::forwarded::Network;
+use crate::metrics::CliMetrics;
 
 /// Mesa 1.5's internal event that closes the recipients' connections.
 const DISCONNECT_CLIENT: &str = "DISCONNECT_CLIENT";
@@ -47,12 +52,17 @@ pub(crate) struct ApiState {
     pub(crate) key: Option<Secret>,
     /// Largest `POST /api/send` body in bytes.
     pub(crate) body_limit: usize,
+    /// The counters of `mesa serve` itself, rendered after the gateway's.
+    pub(crate) metrics: Arc<CliMetrics>,
+    /// Peers whose `X-Forwarded-For` is believed (see `forwarded.rs`).
+    pub(crate) trusted_proxies: Vec<Network>,
 }
 
 /// The application: the gateway at `gateway_path` and the API routes. The path must have been validated
 /// (see `config::validate_gateway_path`): axum panics on a route that collides with another.
 pub(crate) fn router(gateway_path: &str, state: ApiState) -> Router {
     let gateway = state.mesa.service();
+    let trusted = Arc::new(state.trusted_proxies.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -60,6 +70,9 @@ pub(crate) fn router(gateway_path: &str, state: ApiState) -> Router {
         .route_service(gateway_path, gateway)
         .fallback(not_found)
         .with_state(Arc::new(state))
+        .layer(tower::util::MapRequestLayer::new(move |request| {
+            crate::forwarded::apply(&trusted, request)
+        }))
 }
 
 /// `{"error": message}` with `status`.
@@ -85,36 +98,53 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 /// `GET /metrics`: the server's counters in the Prometheus text format.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        state.mesa.metrics().render_prometheus(),
-    )
-        .into_response()
+    let mut text = state.mesa.metrics().render_prometheus();
+    state.metrics.render(&mut text);
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// The body of `POST /api/send`: Mesa 1.5's Redis `ws` channel format. Unknown fields are refused, so that a
 /// misspelt `recipients` cannot silently turn a private message into a broadcast.
+/// The event proxy's answers use the same shape for their `send` entries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendRequest {
+pub(crate) struct SendRequest {
     /// The frame to send (`op`, `d`, `t`; `o` is dropped).
-    message: Frame,
+    pub(crate) message: Frame,
     /// `["*"]` or absent: everyone; otherwise these user ids.
     #[serde(default)]
-    recipients: Option<Vec<String>>,
+    pub(crate) recipients: Option<Vec<String>>,
     /// User ids that must not receive the message.
     #[serde(default)]
-    excluding: Option<Vec<String>>,
+    pub(crate) excluding: Option<Vec<String>>,
 }
 
-/// `POST /api/send` (see the module docs).
+/// `POST /api/send` (see the module docs), counted in `mesa_api_requests_total` by outcome.
 async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    let (outcome, response) = send_inner(&state, request).await;
+    state.metrics.api(outcome);
+    response
+}
+
+/// The outcome label for a response that is not an accepted send.
+fn refused(response: Response) -> (&'static str, Response) {
+    let outcome = match response.status() {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "disabled",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "bad_request",
+    };
+    (outcome, response)
+}
+
+async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Response) {
     // Authorise before reading the body, so that anonymous peers cannot make the server buffer anything.
     let Some(key) = &state.key else {
-        return error(
+        return refused(error(
             StatusCode::NOT_FOUND,
             "the send API is disabled: set [api] key or key_env (MESA_API__KEY or MESA_API__KEY_ENV) to enable it",
-        );
+        ));
     };
     if !authorized(request.headers(), key) {
         let mut response = error(
@@ -124,15 +154,20 @@ async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response 
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return refused(response);
     }
     let body = match read_body(request, state.body_limit).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return refused(response),
     };
     let request: SendRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {problem}")),
+        Err(problem) => {
+            return refused(error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: {problem}"),
+            ))
+        }
     };
     let SendRequest {
         mut message,
@@ -141,22 +176,36 @@ async fn send(State(state): State<Arc<ApiState>>, request: Request) -> Response 
     } = request;
 
     if message.opcode() == Some(OpCode::Internal) {
-        return disconnect(&state.mesa, &message, recipients, excluding);
+        let response = disconnect(&state.mesa, &message, recipients, excluding);
+        if response.status() == StatusCode::ACCEPTED {
+            return ("disconnected", response);
+        }
+        return refused(response);
+    }
+    // Only what a client may receive: op 22, op 10, op 7 … from the API would break the protocol.
+    if let Err(problem) = crate::proxy::client_frame(&message) {
+        return refused(error(
+            StatusCode::BAD_REQUEST,
+            format!("message: {problem}; op 5 DISCONNECT_CLIENT closes connections"),
+        ));
     }
     // `o` holds server-side options of a message (Mesa 1.5 `sync`); clients never see it.
     message.o = None;
     let target = Target::from_mesa(recipients, excluding);
     match state.mesa.send(&message, &target).await {
         Ok(delivery) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "ok": true,
-                "queued": delivery.queued,
-                "slow_consumers": delivery.slow_consumers,
-            })),
-        )
-            .into_response(),
-        Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
+            "sent",
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "ok": true,
+                    "queued": delivery.queued,
+                    "slow_consumers": delivery.slow_consumers,
+                })),
+            )
+                .into_response(),
+        ),
+        Err(problem) => refused(error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string())),
     }
 }
 
@@ -269,6 +318,8 @@ mod tests {
                 mesa: mesa.clone(),
                 key: None,
                 body_limit: 1024,
+                metrics: Default::default(),
+                trusted_proxies: Vec::new(),
             },
         );
         assert_eq!(

@@ -5,13 +5,16 @@
 //! 1. Defaults: Mesa 1.5's (see [`mesa_server::Config`]) plus the defaults documented on each field here.
 //! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
 //!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
-//!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, and the
-//!    top-level key `redis_url`.
+//!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`,
+//!    `[tls]`, and the top-level keys `redis_url` and `trusted_proxies`.
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
-//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. Every other `MESA_`
-//!    variable except `MESA_CONFIG` must name a key, so that a typo fails loudly instead of being ignored.
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. A variable with `__`
+//!    must name a key, so that a typo fails loudly; variables without `__` (other than `MESA_REDIS_URL`) are
+//!    not configuration: secrets named by `*_env` (`MESA_KEY`) and other programs' variables (Mesa 3D's
+//!    `MESA_GL_VERSION_OVERRIDE`) are left alone, with a warning when one looks like a misspelt key
+//!    (`MESA_SERVER_PORT`). A variable that a `*_ENV` variable names is never read as configuration.
 //! 5. Flags: `--host`, `--port`, `--path`, `--log-format`, `--log-filter`, `--redis-url`.
 //!
 //! Unknown keys in any source are errors. Durations are milliseconds (`*_ms`).
@@ -24,6 +27,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::Deserialize;
+
+/// The key that makes authentication required; defaults to `true` when `auth.mode` is not `none`.
+const REQUIRED_KEY: &str = "server.authentication.required";
 
 /// Paths the HTTP API owns; the gateway path must not be one of them (or under `/api/`).
 pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
@@ -45,6 +51,16 @@ pub(crate) struct ServeConfig {
     pub(crate) log: LogConfig,
     /// Serve the demo chat page at `/demo` (see `demo.rs`); `--demo` also turns it on. Default: off.
     pub(crate) demo: bool,
+    /// The HTTP event proxy: client events POSTed to the application's backend (`[proxy]`).
+    pub(crate) proxy: ProxyConfig,
+    /// Reverse proxies whose `X-Forwarded-For` names the client address (IPs or CIDR blocks, e.g.
+    /// `["127.0.0.1", "10.0.0.0/8"]`). Default: none (the TCP peer is the client).
+    pub(crate) trusted_proxies: Vec<String>,
+    /// `wss://` terminated by `mesa serve` (`[tls]`).
+    pub(crate) tls: crate::tls::TlsConfig,
+    /// Warnings found while loading (logged once logging is set up).
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.
@@ -107,6 +123,8 @@ pub(crate) struct AuthConfig {
     pub(crate) leeway_ms: u64,
     /// JWT: the claim holding the user id (a string or a number). Default `sub`.
     pub(crate) id_claim: String,
+    /// JWT: accept tokens without an `exp` claim (they never expire). Default `false`: refused.
+    pub(crate) allow_no_exp: bool,
 
     /// Webhook: the URL op 2's `d` is POSTed to (http or https).
     pub(crate) url: Option<String>,
@@ -128,6 +146,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_ms: 60_000,
             id_claim: "sub".into(),
+            allow_no_exp: false,
             url: None,
             timeout_ms: 5000,
             headers: BTreeMap::new(),
@@ -146,6 +165,72 @@ pub(crate) struct ApiConfig {
     /// Largest request body, in bytes. Default: `server.limits.max_message_size` + 16384 (the envelope
     /// around a message the gateway would accept from a client).
     pub(crate) max_body_bytes: Option<usize>,
+}
+
+/// `[proxy]`: client dispatches (and, when listed in `events`, connection, authentication and
+/// disconnection) POSTed to the application's backend, whose answer may reply, send or refuse (see
+/// `proxy.rs`).
+///
+/// Defaults: no URL (off), no rules, no lifecycle events, `timeout_ms = 5000`, `max_concurrency = 64`,
+/// `queue = 64`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ProxyConfig {
+    /// The backend every rule without its own `url`, and every lifecycle event, goes to. With a `url` and no
+    /// `rules`, every dispatch goes there. Default: none.
+    pub(crate) url: Option<String>,
+    /// Which dispatches go where, first match wins (`t = "SAY"`, `t = "CHAT_*"`, `t = "*"`). A dispatch no
+    /// rule matches is answered with a `PROXY_ERROR` `no_route`. Default: none.
+    pub(crate) rules: Vec<ProxyRule>,
+    /// Lifecycle events also POSTed to `url`: any of `connection`, `authentication`, `disconnection`.
+    /// Default: none.
+    pub(crate) events: Vec<LifecycleEvent>,
+    /// Time one call may take, connecting included. Default 5000.
+    pub(crate) timeout_ms: u64,
+    /// Calls in flight at once, across all connections. Default 64.
+    pub(crate) max_concurrency: usize,
+    /// Events of one connection waiting for their call (they are sent one at a time, in order); one more is
+    /// answered with a `PROXY_ERROR` `overloaded`. Default 64.
+    pub(crate) queue: usize,
+    /// Headers sent with every call, e.g. `Authorization`. Values are secrets (redacted in logs).
+    pub(crate) headers: BTreeMap<String, Secret>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            url: None,
+            rules: Vec::new(),
+            events: Vec::new(),
+            timeout_ms: 5000,
+            max_concurrency: 64,
+            queue: 64,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[[proxy.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyRule {
+    /// The event type: exact, a prefix ending in `*`, or `*` for any.
+    pub(crate) t: String,
+    /// Where matching dispatches go. Default: `proxy.url`.
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+}
+
+/// Lifecycle events the proxy may forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LifecycleEvent {
+    /// A connection opened (after Hello).
+    Connection,
+    /// A connection authenticated (after op 22).
+    Authentication,
+    /// A connection closed.
+    Disconnection,
 }
 
 /// Log line format.
@@ -234,24 +319,36 @@ impl ServeConfig {
     ) -> Result<ServeConfig, ConfigError> {
         // The server section's defaults are merged in as values (not only as serde defaults) so that a
         // source may set one field of a nested struct, e.g. only `server.limits.rate_limit.burst`.
-        let mut figment = Figment::new().merge(Serialized::default(
-            "server",
-            mesa_server::Config::default(),
-        ));
+        let mut user = Figment::new();
         if let Some(path) = file {
             // figment silently skips a missing file; a file the user named must exist.
             if !path.is_file() {
                 return Err(ConfigError::MissingFile(path.to_path_buf()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            user = user.merge(Toml::file_exact(path));
         }
         if let Ok(filter) = std::env::var("RUST_LOG") {
-            figment = figment.merge(Serialized::default("log.filter", filter));
+            user = user.merge(Serialized::default("log.filter", filter));
         }
-        figment = figment.merge(EnvVars::new());
+        let env = EnvVars::new();
+        let warnings = env.warnings();
+        user = user.merge(env);
+        let required_set = user.find_value(REQUIRED_KEY).is_ok();
+        let figment = Figment::new()
+            .merge(Serialized::default(
+                "server",
+                mesa_server::Config::default(),
+            ))
+            .merge(user);
         // Lossy: a string such as "5000" from the environment is accepted where a number is expected.
         let mut config: ServeConfig = figment.extract_lossy().map_err(Box::new)?;
+        // With credentials configured, an anonymous connection must not receive sends to everyone or
+        // dispatch: required unless the operator said otherwise.
+        if config.auth.mode != AuthMode::None && !required_set {
+            config.server.authentication.required = true;
+        }
         config.apply(overrides);
+        config.warnings = warnings;
         config.validate()?;
         Ok(config)
     }
@@ -286,10 +383,112 @@ impl ServeConfig {
         }
     }
 
-    /// Checks what serde cannot: the gateway path, and keys that belong to another auth mode.
+    /// Checks what serde cannot: the gateway path, values that parse but make no sense, and keys that
+    /// belong to another auth mode.
     fn validate(&self) -> Result<(), ConfigError> {
         validate_gateway_path(&self.server.path)?;
+        self.validate_values()?;
         self.auth.validate()
+    }
+
+    /// Refuses values that would make the gateway misbehave instead of running with them: a heartbeat
+    /// interval of 0 sent hundreds of heartbeats a second, a `max_message_size` of 0 refuses every frame.
+    fn validate_values(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        let limits = &server.limits;
+        let positive: [(&str, u64, bool); 13] = [
+            (
+                "server.heartbeat.interval_ms",
+                server.heartbeat.interval_ms,
+                server.heartbeat.enabled,
+            ),
+            (
+                "server.reconnect.interval_ms",
+                server.reconnect.interval_ms,
+                server.reconnect.enabled,
+            ),
+            (
+                "server.authentication.timeout_ms",
+                server.authentication.timeout_ms,
+                server.authentication.required,
+            ),
+            (
+                "server.authentication.check_timeout_ms",
+                server.authentication.check_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.max_message_size",
+                limits.max_message_size as u64,
+                true,
+            ),
+            (
+                "server.limits.outbound_queue",
+                limits.outbound_queue as u64,
+                true,
+            ),
+            (
+                "server.limits.outbound_queue_bytes",
+                limits.outbound_queue_bytes as u64,
+                true,
+            ),
+            (
+                "server.limits.max_connections",
+                limits.max_connections as u64,
+                true,
+            ),
+            (
+                "server.limits.handshake_timeout_ms",
+                limits.handshake_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.write_timeout_ms",
+                limits.write_timeout_ms,
+                true,
+            ),
+            (
+                "server.limits.authentication_attempts.every_ms",
+                limits.authentication_attempts.every_ms,
+                limits.authentication_attempts.burst > 0,
+            ),
+            (
+                "auth.timeout_ms",
+                self.auth.timeout_ms,
+                self.auth.mode == AuthMode::Webhook,
+            ),
+            (
+                "api.max_body_bytes",
+                self.api.max_body_bytes.map_or(1, |bytes| bytes as u64),
+                true,
+            ),
+        ];
+        for (key, value, applies) in positive {
+            if applies && value == 0 {
+                return Err(ConfigError::invalid(format!(
+                    "{key}: must be at least 1 (got 0)"
+                )));
+            }
+        }
+        if let Some(bad) = server.invalid_origins().first() {
+            return Err(ConfigError::invalid(format!(
+                "server.allowed_origins: {bad:?} is not an origin (scheme://host[:port], e.g. \
+                 \"https://app.example\")"
+            )));
+        }
+        if limits.read_buffer_size < 256 {
+            return Err(ConfigError::invalid(format!(
+                "server.limits.read_buffer_size: must be at least 256 (got {})",
+                limits.read_buffer_size
+            )));
+        }
+        if server.client.enforce_equal_versions && server.client.version.is_none() {
+            return Err(ConfigError::invalid(
+                "server.client.version: must be set when server.client.enforce_equal_versions is true \
+                 (every client would be refused)",
+            ));
+        }
+        Ok(())
     }
 
     /// The largest `POST /api/send` body accepted.
@@ -338,6 +537,7 @@ impl AuthConfig {
             ("public_key_path", self.public_key_path.is_some()),
             ("issuer", self.issuer.is_some()),
             ("audience", self.audience.is_some()),
+            ("allow_no_exp", self.allow_no_exp),
         ];
         let webhook_keys = [
             ("url", self.url.is_some()),
@@ -414,11 +614,60 @@ struct EnvVars {
     env: Env,
 }
 
+/// Top-level keys, the only configuration variables without `__`.
+const TOP_LEVEL_KEYS: [&str; 2] = ["redis_url", "trusted_proxies"];
+
+/// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
+const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];
+
 impl EnvVars {
     fn new() -> EnvVars {
-        EnvVars {
-            env: Env::prefixed("MESA_").split("__").ignore(&["config"]),
+        // Variables that `*_ENV` variables name hold secrets, not configuration (MESA_API__KEY_ENV=MESA_KEY).
+        let named: Vec<String> = std::env::vars()
+            .filter(|(name, _)| {
+                let upper = name.to_ascii_uppercase();
+                upper.starts_with("MESA_") && upper.ends_with("_ENV")
+            })
+            .map(|(_, value)| value.to_ascii_uppercase())
+            .collect();
+        // Filtered before `split`, which turns `__` into `.`.
+        let env = Env::prefixed("MESA_")
+            .filter(move |key| {
+                let key = key.as_str();
+                let named = named
+                    .iter()
+                    .any(|var| var.eq_ignore_ascii_case(&format!("MESA_{key}")));
+                let top_level = TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key));
+                !named && (key.contains("__") || top_level)
+            })
+            .split("__")
+            .ignore(&["config"]);
+        EnvVars { env }
+    }
+
+    /// Variables that are not read as configuration but look like a misspelt key.
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, _) in std::env::vars() {
+            let upper = name.to_ascii_uppercase();
+            let Some(rest) = upper.strip_prefix("MESA_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.as_str()) {
+                continue;
+            }
+            if SECTIONS
+                .iter()
+                .any(|section| rest.starts_with(&format!("{section}_")))
+            {
+                warnings.push(format!(
+                    "environment variable {name} is not read as configuration: levels are separated by \
+                     two underscores (MESA_SERVER__PORT, not MESA_SERVER_PORT)"
+                ));
+            }
         }
+        warnings
     }
 }
 

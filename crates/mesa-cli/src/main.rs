@@ -9,27 +9,35 @@
 //! 1. defaults;
 //! 2. a TOML file named by `--config PATH` or `MESA_CONFIG=PATH`, with sections `[server]`
 //!    (`[server.heartbeat]`, `[server.reconnect]`, `[server.authentication]`, `[server.client]`,
-//!    `[server.limits]`), `[auth]`, `[api]`, `[log]` and the top-level `redis_url`;
+//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]` and the top-level `redis_url` and
+//!    `trusted_proxies`;
 //! 3. `RUST_LOG` (as `log.filter`);
 //! 4. environment variables `MESA_<SECTION>__<KEY>`, e.g. `MESA_SERVER__PORT=5000`, `MESA_AUTH__MODE=jwt`,
 //!    `MESA_AUTH__SECRET_ENV=JWT_SECRET`, `MESA_API__KEY_ENV=MESA_KEY`, `MESA_LOG__FORMAT=json`,
 //!    `MESA_REDIS_URL=…`;
 //! 5. flags: `--host`, `--port`, `--path`, `--log-format text|json`, `--log-filter`, `--redis-url`.
 //!
-//! Unknown keys are errors. Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
+//! Unknown keys are errors; `MESA_*` variables without `__` are not configuration (see `config.rs`).
+//! Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
 //! configuration error, 130 on a second signal during shutdown.
 //!
 //! # Layout
-//! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook), `api.rs` (router and HTTP
-//! API), `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
+//! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook, token expiry), `api.rs`
+//! (router and HTTP API), `proxy.rs` (the HTTP event proxy), `metrics.rs` (mesa serve's own metrics),
+//! `forwarded.rs` (client addresses behind trusted proxies), `tls.rs` (`wss://` with certificate reload),
+//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
 
 mod api;
 mod auth;
 mod config;
 mod demo;
+mod forwarded;
 mod logging;
+mod metrics;
+mod proxy;
 mod serve;
 mod signal;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +139,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     match runtime.block_on(serve::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(serve::ServeError::Config(error)) => {
-            tracing::error!("configuration error: {error}");
+            // The same line as a configuration error found before logging started.
+            eprintln!("mesa: configuration error: {error}");
             ExitCode::from(2)
         }
         Err(error) => {

@@ -2,13 +2,22 @@
 //! shuts down gracefully on SIGTERM or SIGINT.
 
 use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use mesa_server::Mesa;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
-use crate::config::{resolve_secret, ConfigError, ServeConfig};
+use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
+use crate::forwarded::Network;
+use crate::metrics::CliMetrics;
+use crate::proxy::{NoProxy, Proxy};
+use crate::tls::Tls;
+
+/// API keys shorter than this are guessable; a warning says so at startup.
+const MIN_API_KEY_BYTES: usize = 32;
 
 /// Why `mesa serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +41,9 @@ pub(crate) enum ServeError {
 /// Runs the gateway until a signal asks it to stop, then drains clients (op 7, close 1012).
 pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     tracing::debug!(?config, "configuration");
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if config.redis_url.is_some() {
         // Said loudly: running several nodes against one Redis would otherwise look like it works while
         // every node only reaches its own clients.
@@ -41,21 +53,58 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let authenticator = Authenticator::from_config(&config.auth, &config.server)?;
+    if config.auth.mode != AuthMode::None && !config.server.authentication.required {
+        tracing::warn!(
+            "server.authentication.required = false with auth.mode = \"{}\": anonymous connections receive \
+             sends to everyone and may dispatch",
+            config.auth.mode.name()
+        );
+    }
     let key = resolve_secret(
         "api.key",
         config.api.key.as_ref(),
         config.api.key_env.as_deref(),
     )?;
+    if key
+        .as_ref()
+        .is_some_and(|key| key.expose().len() < MIN_API_KEY_BYTES)
+    {
+        tracing::warn!(
+            "api.key is shorter than {MIN_API_KEY_BYTES} bytes: anyone who guesses it can send to every client \
+             (generate one with `openssl rand -hex 32`)"
+        );
+    }
     if key.is_none() {
         tracing::info!("POST /api/send is disabled: set api.key or api.key_env to enable it");
     }
 
+    let tls = Tls::from_config(&config.tls)?;
+    let trusted_proxies = config
+        .trusted_proxies
+        .iter()
+        .map(|entry| Network::parse(entry))
+        .collect::<Result<Vec<_>, _>>()?;
     let body_limit = config.api_body_limit();
-    let mut builder = authenticator.install(Mesa::builder().config(config.server.clone()));
+    let metrics = Arc::new(CliMetrics::default());
+    let leeway = std::time::Duration::from_millis(config.auth.leeway_ms);
+    let mut builder = authenticator.install(
+        Mesa::builder().config(config.server.clone()),
+        metrics.clone(),
+        leeway,
+    );
     if config.demo {
         crate::demo::check_gateway_path(&config.server.path)?;
         builder = crate::demo::install(builder);
     }
+    builder = match Proxy::from_config(&config.proxy, metrics.clone())? {
+        Some(proxy) => builder.middleware(proxy),
+        // The demo relays its chat itself: only without it is a dispatch with no backend an error.
+        None if config.demo => builder,
+        None => builder.middleware(NoProxy {
+            metrics: metrics.clone(),
+            warned: AtomicBool::new(false),
+        }),
+    };
     let mesa = builder.build();
     let mut app = api::router(
         &config.server.path,
@@ -63,6 +112,8 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
             mesa: mesa.clone(),
             key,
             body_limit,
+            metrics,
+            trusted_proxies,
         },
     );
     if config.demo {
@@ -81,13 +132,27 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         addr = %local,
         path = %config.server.path,
         auth = config.auth.mode.name(),
+        tls = tls.is_some(),
         "listening on {local}"
     );
     if config.demo {
-        tracing::warn!("demo chat without authentication: http://{local}/demo");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::warn!("demo chat without authentication: {scheme}://{local}/demo");
     }
-    mesa.serve_with(listener, app, crate::signal::shutdown())
-        .await?;
+    // Scripts and supervisors wait for this line: it is printed even when the log level hides it.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        eprintln!("mesa: listening on {local}");
+    }
+    match tls {
+        Some(tls) => {
+            tls.serve(&mesa, listener, app, crate::signal::shutdown())
+                .await?
+        }
+        None => {
+            mesa.serve_with(listener, app, crate::signal::shutdown())
+                .await?
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -223,3 +223,46 @@ async fn malformed_bodies_get_400_and_oversized_ones_413() {
     let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
     assert_eq!(hello["op"], 10);
 }
+
+#[tokio::test]
+async fn only_dispatches_and_the_documented_disconnect_are_sent() {
+    let mesa = with_key();
+    let mut alice = clients(&mesa, &["alice"]).await;
+    for message in [
+        json!({"op": 22, "d": {"id": "admin"}}),
+        json!({"op": 10, "d": {"c_heartbeat_interval": 1}}),
+        json!({"op": 7, "d": {}}),
+        json!({"op": 1, "d": {}}),
+        json!({"op": 0, "d": {}}),
+        json!({"op": 5, "t": "SOMETHING_ELSE"}),
+    ] {
+        let body = json!({"message": message, "recipients": ["*"]});
+        let (status, answer) = post_send(&mesa, Some(KEY), &body.to_string()).await;
+        assert_eq!(status, 400, "{message}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    // Nothing of the refused messages reached the client: its next frame is the dispatch.
+    dispatch(&mesa, json!({"message": {"op": 0, "t": "OK", "d": 1}})).await;
+    assert_eq!(recv(&mut alice[0]).await["t"], "OK");
+    let (_, metrics) = get(&mesa.http_url("/metrics")).await;
+    assert!(
+        metrics.contains("mesa_api_requests_total{outcome=\"bad_request\"} 6\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesa_api_requests_total{outcome=\"sent\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_short_api_key_is_warned_about_at_startup() {
+    let mesa = with_key();
+    mesa.wait_for_log("api.key is shorter than 32 bytes");
+    let long = MesaProcess::start(
+        &[],
+        &[("MESA_API__KEY", "0123456789abcdef0123456789abcdef")],
+    );
+    long.wait_for_log("listening on");
+    assert!(!long.logs().contains("api.key is shorter"));
+}

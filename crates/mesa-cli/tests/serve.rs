@@ -163,6 +163,32 @@ async fn healthz_counts_connections_and_metrics_are_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("mesa_connections_open 1"), "{text}");
+    // Every family, the gateway's and mesa serve's own, says what it is.
+    let lines: Vec<_> = text.lines().collect();
+    let mut families = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families += 1;
+            let name = rest.split(' ').next().expect("name");
+            assert!(
+                i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                "{name} has no HELP: {text}"
+            );
+        }
+    }
+    for family in [
+        "mesa_proxy_requests_total",
+        "mesa_proxy_request_duration_seconds",
+        "mesa_auth_total",
+        "mesa_auth_duration_seconds",
+        "mesa_api_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}: {text}"
+        );
+    }
+    assert!(families >= 15, "{text}");
     assert!(text.contains("mesa_connections_total 1"), "{text}");
 
     let (status, body) = get(&mesa.http_url("/nowhere")).await;
@@ -222,4 +248,106 @@ async fn sigterm_with_an_unresponsive_client_exits_after_the_shutdown_timeout() 
     eprintln!("exited {took:?} after SIGTERM with an unresponsive client");
     assert!(status.success(), "{status:?}\n{}", mesa.logs());
     assert!(took < Duration::from_secs(2), "exit took {took:?}");
+}
+
+#[tokio::test]
+async fn secret_and_foreign_mesa_variables_do_not_stop_startup() {
+    // The documented example: the key lives in MESA_KEY, named by MESA_API__KEY_ENV; Mesa 3D's variable and
+    // a misspelt key (one underscore) are not configuration; the misspelling gets a warning.
+    let key = "a-long-enough-api-key-for-the-test-0001";
+    let mesa = MesaProcess::start(
+        &[],
+        &[
+            ("MESA_KEY", key),
+            ("MESA_API__KEY_ENV", "MESA_KEY"),
+            ("MESA_GL_VERSION_OVERRIDE", "4.5"),
+            ("MESA_SERVER_PORT", "1"),
+        ],
+    );
+    mesa.wait_for_log("MESA_SERVER_PORT is not read as configuration");
+    let answer = http()
+        .post(mesa.http_url("/api/send"))
+        .bearer_auth(key)
+        .json(&json!({"message": {"op": 0, "t": "X", "d": 1}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 202);
+}
+
+#[test]
+fn nonsense_values_are_refused_with_status_2_naming_the_key() {
+    for (var, value, key) in [
+        (
+            "MESA_SERVER__HEARTBEAT__INTERVAL_MS",
+            "0",
+            "server.heartbeat.interval_ms",
+        ),
+        (
+            "MESA_SERVER__LIMITS__MAX_MESSAGE_SIZE",
+            "0",
+            "server.limits.max_message_size",
+        ),
+        (
+            "MESA_SERVER__LIMITS__OUTBOUND_QUEUE",
+            "0",
+            "server.limits.outbound_queue",
+        ),
+        ("MESA_PROXY__URL", "ftp://x", "proxy.url"),
+    ] {
+        let (status, stderr) = run_to_exit(&[], &[(var, value)]);
+        assert_eq!(status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("mesa: configuration error: {key}")),
+            "{var}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn listening_on_is_printed_whatever_the_log_level() {
+    let mesa = MesaProcess::start(&["--log-filter", "error"], &[]);
+    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
+    assert_eq!(hello["op"], 10);
+}
+
+#[tokio::test]
+async fn origins_are_compared_as_origins_and_refusals_are_logged() {
+    let mesa = MesaProcess::start(
+        &[],
+        &[("MESA_SERVER__ALLOWED_ORIGINS", r#"["https://app.example"]"#)],
+    );
+    let request = |origin: Option<&str>| {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                mesa.ws_url("/"),
+            )
+            .expect("request");
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().expect("header"));
+        }
+        request
+    };
+    for origin in [Some("https://APP.example:443"), None] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(origin))
+            .await
+            .unwrap_or_else(|error| panic!("{origin:?}: {error}"));
+        assert_eq!(recv(&mut ws).await["op"], 10);
+    }
+    match tokio_tungstenite::connect_async(request(Some("http://app.example"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    mesa.wait_for_log("\"http://app.example\"");
+
+    let (status, stderr) = run_to_exit(
+        &[],
+        &[("MESA_SERVER__ALLOWED_ORIGINS", r#"["app.example"]"#)],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("server.allowed_origins"), "{stderr}");
 }

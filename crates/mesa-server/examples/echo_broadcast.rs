@@ -1,8 +1,10 @@
 //! Run with: `cargo run -p mesa-server --example echo_broadcast` (listens on 127.0.0.1:4000, Ctrl-C to stop).
 //!
 //! A small chat gateway: clients authenticate with `{"op":2,"d":{"token":"user:<id>"}}`, `ECHO` dispatches
-//! come back to the sender, `SAY` dispatches go to everyone else, and `WHISPER {to, text}` to one user's
-//! connections. Try it with any WebSocket client, e.g. `websocat ws://127.0.0.1:4000/`.
+//! come back to the sender, `SAY {text}` goes to everyone else as `SAY {from, text}`, and `WHISPER {to, text}`
+//! to one user's connections as `WHISPER {from, text}`. The same shapes as `mesa serve` with
+//! `examples/chat_backend.py`, so the chat client works with both:
+//! `cargo run -p mesa-client --example chat -- --url ws://127.0.0.1:4000/ --token user:alice`.
 
 use mesa_server::{AuthError, Frame, Identity, Mesa, Session, Target};
 use serde_json::{json, Value};
@@ -43,7 +45,8 @@ async fn main() -> std::io::Result<()> {
                         let _ = client.send(&frame);
                     }
                     Some("SAY") => {
-                        let message = Frame::dispatch("SAY", json!({ "from": sender, "text": frame.d }));
+                        let text = frame.d.get("text").cloned().unwrap_or(Value::Null);
+                        let message = Frame::dispatch("SAY", json!({ "from": sender, "text": text }));
                         let _ = mesa.send(&message, &Target::all().excluding([sender])).await;
                     }
                     Some("WHISPER") => {

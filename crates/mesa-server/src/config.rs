@@ -28,9 +28,14 @@ pub struct Config {
     pub client: ClientConfig,
     /// Limits on what one peer may cost the server.
     pub limits: Limits,
-    /// Allowed values of the upgrade request's `Origin` header. Empty (the default) allows any origin
-    /// and requests without one; otherwise a request whose `Origin` is missing or not listed gets HTTP 403.
+    /// Allowed origins of the upgrade request's `Origin` header, compared as origins (scheme, host and port;
+    /// the host case-insensitively; a missing port is the scheme's default). Empty (the default) allows any
+    /// origin; otherwise a request whose `Origin` is not listed gets HTTP 403 (logged with its value).
     pub allowed_origins: Vec<String>,
+    /// Whether an upgrade request without an `Origin` header is refused (HTTP 403) when `allowed_origins`
+    /// is set. Default `false`: browsers always send `Origin`, so a request without one is not a browser
+    /// page of another site (native apps, servers, command-line clients).
+    pub require_origin: bool,
     /// Which upgrade request headers a session keeps for [`Session::headers`](crate::Session::headers).
     pub headers: HeadersConfig,
     /// How long a graceful shutdown waits for connections to close before dropping them. Default 5000 ms.
@@ -75,6 +80,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             limits: Limits::default(),
             allowed_origins: Vec::new(),
+            require_origin: false,
             headers: HeadersConfig::default(),
             shutdown_timeout_ms: 5000,
             shutdown_grace_ms: 500,
@@ -240,6 +246,16 @@ impl Default for AttemptsConfig {
 }
 
 impl Config {
+    /// The entries of `allowed_origins` that are not origins (`scheme://host[:port]`); they could never
+    /// match, so a configuration should refuse them.
+    pub fn invalid_origins(&self) -> Vec<&str> {
+        self.allowed_origins
+            .iter()
+            .map(String::as_str)
+            .filter(|origin| crate::origin::Origin::parse(origin).is_none())
+            .collect()
+    }
+
     /// The protocol rules every connection of this server follows.
     pub fn connection_rules(&self) -> ConnectionRules {
         ConnectionRules {

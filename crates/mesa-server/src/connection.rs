@@ -543,6 +543,11 @@ where
                 let limit = Duration::from_millis(config.check_timeout_ms.max(1));
                 match timeout(limit, guarded(check(data, self.session.clone()))).await {
                     Ok(Ok(Ok(identity))) => return self.authenticated(identity).await,
+                    // The check could not decide: retryable, like a timeout.
+                    Ok(Ok(Err(refusal))) if refusal.is_retryable() && config.disconnect_on_fail => {
+                        let reason = refusal.reason().to_string();
+                        return Err(Exit::Close(CloseCode::TryAgainLater.code(), reason));
+                    }
                     Ok(Ok(Err(refusal))) => refusal.reason().to_string(),
                     Ok(Err(panicked)) => {
                         inner.metrics.handler_panicked();

@@ -17,22 +17,42 @@ pub enum SendError {
 
 /// A refusal from the application's authentication check. The reason is sent to the client in the close
 /// frame (1008) or in op 9, so it must not contain secrets.
+///
+/// [`AuthError::unavailable`] is not a refusal but a check that could not decide (its backend is down, slow
+/// or failing): the server's problem, so the client is closed with 1013 (retry later) instead of 1008.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthError {
     reason: String,
+    retryable: bool,
 }
 
 impl AuthError {
-    /// A refusal with this reason.
+    /// A refusal with this reason: closes with 1008 (terminal), or op 9 without `disconnect_on_fail`.
     pub fn new(reason: impl Into<String>) -> AuthError {
         AuthError {
             reason: reason.into(),
+            retryable: false,
+        }
+    }
+
+    /// The check could not decide, through no fault of the client (an auth backend that is down, slow or
+    /// answering 5xx): closes with 1013 "try again later" and this reason, or op 9 without
+    /// `disconnect_on_fail`. Put a retry hint in the reason, never the backend's details.
+    pub fn unavailable(reason: impl Into<String>) -> AuthError {
+        AuthError {
+            reason: reason.into(),
+            retryable: true,
         }
     }
 
     /// The reason given to the client.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// Whether this is [`AuthError::unavailable`]: the same credentials may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
     }
 }
 

@@ -59,6 +59,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod metrics;
+mod origin;
 mod outbox;
 mod registry;
 mod router;

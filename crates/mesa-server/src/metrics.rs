@@ -160,12 +160,34 @@ impl Metrics {
         }
     }
 
-    /// The counters in the Prometheus text exposition format.
+    /// The counters in the Prometheus text exposition format, each with `# HELP` and `# TYPE`.
     pub fn render_prometheus(&self) -> String {
         fn metric(out: &mut String, name: &str, kind: &str, samples: &[(String, u64)]) {
+            let _ = writeln!(out, "# HELP {name} {}", help(name));
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        }
+        fn help(name: &str) -> &'static str {
+            match name {
+                "mesa_connections_open" => "WebSocket connections open now.",
+                "mesa_connections_total" => "WebSocket connections opened since start.",
+                "mesa_upgrades_rejected_total" => {
+                    "Upgrade requests refused before the WebSocket opened, by reason."
+                }
+                "mesa_frames_received_total" => "Text frames received from clients.",
+                "mesa_frames_sent_total" => "Frames written to clients.",
+                "mesa_server_closes_total" => "Connections the server closed, by close code.",
+                "mesa_peer_closes_total" => "Connections the client closed or that dropped.",
+                "mesa_unknown_opcodes_total" => "Client frames with an opcode the server ignores.",
+                "mesa_frames_undelivered_total" => {
+                    "Frames still queued when their connection dropped without a close."
+                }
+                "mesa_handler_panics_total" => {
+                    "Handlers or middleware that panicked (closed with 1011)."
+                }
+                _ => "Mesa server metric.",
             }
         }
         let one = |value: u64| [(String::new(), value)];
@@ -266,6 +288,18 @@ mod tests {
             text.contains("# TYPE mesa_connections_open gauge\nmesa_connections_open 0\n"),
             "{text}"
         );
+        // Every family has its HELP line right before its TYPE line, and no generic help is left.
+        let lines: Vec<_> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                    "{name}"
+                );
+            }
+        }
+        assert!(!text.contains("Mesa server metric."), "{text}");
         assert!(
             text.contains("mesa_server_closes_total{code=\"4009\"} 1\n"),
             "{text}"

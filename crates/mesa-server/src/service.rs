@@ -174,19 +174,13 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    if !inner.config.allowed_origins.is_empty() {
-        let allowed = headers
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|origin| inner.config.allowed_origins.iter().any(|a| a == origin));
-        if !allowed {
-            return reject(
-                inner,
-                Rejection::Origin,
-                StatusCode::FORBIDDEN,
-                "origin not allowed\n",
-            );
-        }
+    if !inner.config.allowed_origins.is_empty() && !origin_allowed(&inner.config, headers) {
+        return reject(
+            inner,
+            Rejection::Origin,
+            StatusCode::FORBIDDEN,
+            "origin not allowed\n",
+        );
     }
     let max = inner.config.limits.max_connections;
     if inner
@@ -249,4 +243,29 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// Whether the request's `Origin` is in `allowed_origins` (compared as origins), or absent and
+/// `require_origin` is off. A refusal is logged with the value (escaped, bounded) so that an operator can
+/// tell a misconfigured list from an attack.
+fn origin_allowed(config: &crate::config::Config, headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::ORIGIN) else {
+        if config.require_origin {
+            tracing::info!("upgrade refused: no Origin header (require_origin)");
+        }
+        return !config.require_origin;
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let allowed = crate::origin::Origin::parse(&text).is_some_and(|origin| {
+        config
+            .allowed_origins
+            .iter()
+            .filter_map(|allowed| crate::origin::Origin::parse(allowed))
+            .any(|allowed| allowed == origin)
+    });
+    if !allowed {
+        let shown: String = text.chars().take(200).collect();
+        tracing::info!(origin = ?shown, "upgrade refused: origin not in allowed_origins");
+    }
+    allowed
 }

@@ -408,19 +408,48 @@ async fn origin_outside_the_allow_list_gets_http_403() {
         }
         request
     };
-    for origin in [Some("https://evil.example"), None] {
-        match tokio_tungstenite::connect_async(with_origin(origin)).await {
+    for origin in [
+        "https://evil.example",
+        "http://app.example",
+        "https://app.example:8443",
+        "https://app.example.evil",
+        "null",
+    ] {
+        match tokio_tungstenite::connect_async(with_origin(Some(origin))).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 403)
             }
             other => panic!("expected 403 for {origin:?}, got {:?}", other.map(|_| ())),
         }
     }
-    let (mut allowed, _) =
-        tokio_tungstenite::connect_async(with_origin(Some("https://app.example")))
+    // Compared as origins: case-insensitive host, default port; no Origin (not a browser) is allowed.
+    for origin in [
+        Some("https://app.example"),
+        Some("https://APP.Example:443"),
+        None,
+    ] {
+        let (mut allowed, _) = tokio_tungstenite::connect_async(with_origin(origin))
             .await
-            .expect("allowed origin connects");
-    assert_eq!(recv(&mut allowed).await["op"], 10);
-    assert_echo_works(&mut allowed).await;
+            .unwrap_or_else(|error| panic!("{origin:?} connects: {error}"));
+        assert_eq!(recv(&mut allowed).await["op"], 10);
+        assert_echo_works(&mut allowed).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn require_origin_refuses_requests_without_one() {
+    let config = mesa_server::Config {
+        allowed_origins: vec!["https://app.example".into()],
+        require_origin: true,
+        ..mesa_server::Config::default()
+    };
+    let server = start(echo_server().config(config)).await;
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
     server.stop().await;
 }

@@ -578,3 +578,23 @@ async fn a_slow_authentication_check_closes_with_1013_not_1008() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_unavailable_authentication_check_closes_with_1013_and_its_reason() {
+    let builder = Mesa::builder().authenticate(|_data, _client| async move {
+        Err(mesa_server::AuthError::unavailable(
+            "authentication service unavailable, retry later",
+        ))
+    });
+    let server = start(builder).await;
+    let (mut ws, _) = connect_hello(&server).await;
+    send(&mut ws, json!({"op": 2, "d": {"token": "x"}})).await;
+    assert_eq!(
+        expect_close(&mut ws).await.code_reason(),
+        (
+            1013,
+            "authentication service unavailable, retry later".to_string()
+        )
+    );
+    server.stop().await;
+}

@@ -3,17 +3,22 @@
 //! - Key: `secret` or `secret_env` (HMAC: HS256, also HS384/HS512) or `public_key_path` (RSA: RS256, also
 //!   RS384/RS512/PS256/PS384/PS512). Only algorithms of the configured key's family are accepted, so a token
 //!   cannot pick an algorithm that would make the key mean something else.
-//! - `exp` and `nbf` are checked when present, with `leeway_ms`; `iss`/`aud` are required and checked when
-//!   `issuer`/`audience` are configured.
-//! - The id is the `id_claim` claim (default `sub`, a string or a number); the user object is the `user`
-//!   claim when present, otherwise every claim.
+//! - `exp` is required (unless `allow_no_exp = true`) and checked with `leeway_ms`, as is `nbf` when present;
+//!   `iss`/`aud` are required and checked when `issuer`/`audience` are configured (a warning at startup when
+//!   neither is: a token minted for another service would be accepted).
+//! - The id is the `id_claim` claim (default `sub`, a string or a number); the user object (op 22) is the
+//!   `user` claim when present, otherwise `{"id": id}`: the other claims are not echoed to the client.
+//! - The session ends at `exp` (plus `leeway_ms`) unless the client sends a new op 2 with a fresher token for
+//!   the same id before then (see `expiry.rs`).
 
 use std::collections::HashSet;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mesa_server::{AuthError, Identity};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::Checked;
 
 use crate::config::{resolve_secret, AuthConfig, ConfigError};
 
@@ -98,8 +103,11 @@ impl JwtAuth {
 
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
-        // `exp` is checked when present but not required: Mesa apps commonly issue long-lived tokens.
+        // A token without `exp` is valid for ever, even after its user was banned: only when asked for.
         validation.required_spec_claims = HashSet::new();
+        if !config.allow_no_exp {
+            validation.required_spec_claims.insert("exp".into());
+        }
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = config.leeway_ms.div_ceil(1000);
@@ -116,6 +124,12 @@ impl JwtAuth {
             // refused (the crate's default would refuse every token that carries one).
             None => validation.validate_aud = false,
         }
+        if config.issuer.is_none() && config.audience.is_none() {
+            tracing::warn!(
+                "auth.issuer and auth.audience are not set: any token signed with this key is accepted, \
+                 including one minted for another service that shares it (set either to check iss / aud)"
+            );
+        }
         Ok(JwtAuth {
             key,
             validation,
@@ -124,7 +138,7 @@ impl JwtAuth {
     }
 
     /// Verifies `d.token`.
-    pub(crate) fn authenticate(&self, data: &Value) -> Result<Identity, AuthError> {
+    pub(crate) fn authenticate(&self, data: &Value) -> Result<Checked, AuthError> {
         let token = data
             .get("token")
             .and_then(Value::as_str)
@@ -138,11 +152,15 @@ impl JwtAuth {
                 self.id_claim
             ))
         })?;
+        let expires_at = claims.get("exp").and_then(Value::as_u64);
         let user = match claims.get_mut("user") {
-            Some(user) => user.take(),
-            None => claims,
+            Some(user) if !user.is_null() => user.take(),
+            _ => json!({ "id": id }),
         };
-        Ok(Identity::new(id, user))
+        Ok(Checked {
+            identity: Identity::new(id, user),
+            expires_at,
+        })
     }
 }
 
@@ -176,6 +194,7 @@ mod tests {
             mode: AuthMode::Jwt,
             secret: Some(Secret::new(SECRET)),
             issuer: Some("issuer".into()),
+            allow_no_exp: true,
             ..AuthConfig::default()
         })
         .unwrap()
@@ -197,15 +216,20 @@ mod tests {
         let identity = auth
             .authenticate(&token(json!({"sub": 42, "iss": "issuer"}), SECRET))
             .unwrap();
-        assert_eq!(identity.id, "42");
-        assert_eq!(identity.user, json!({"sub": 42, "iss": "issuer"}));
+        assert_eq!(identity.identity.id, "42");
+        assert_eq!(
+            identity.identity.user,
+            json!({"id": "42"}),
+            "claims are not echoed"
+        );
+        assert_eq!(identity.expires_at, None);
         let identity = auth
             .authenticate(&token(
                 json!({"sub": "a", "iss": "issuer", "user": {"n": 1}}),
                 SECRET,
             ))
             .unwrap();
-        assert_eq!(identity.user, json!({"n": 1}));
+        assert_eq!(identity.identity.user, json!({"n": 1}));
 
         let reason = |data: Value| auth.authenticate(&data).unwrap_err().to_string();
         assert_eq!(reason(json!({})), "missing token");
@@ -229,6 +253,25 @@ mod tests {
             )),
             "invalid token signature"
         );
+    }
+
+    #[test]
+    fn exp_is_required_unless_allowed_and_reported() {
+        let strict = JwtAuth::from_config(&AuthConfig {
+            mode: AuthMode::Jwt,
+            secret: Some(Secret::new(SECRET)),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let refused = strict
+            .authenticate(&token(json!({"sub": "a"}), SECRET))
+            .unwrap_err();
+        assert_eq!(refused.reason(), "token has no \"exp\" claim");
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let checked = strict
+            .authenticate(&token(json!({"sub": "a", "exp": exp}), SECRET))
+            .unwrap();
+        assert_eq!(checked.expires_at, Some(exp));
     }
 
     #[test]

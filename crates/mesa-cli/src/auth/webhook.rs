@@ -2,10 +2,12 @@
 //!
 //! Op 2's `d` is POSTed as JSON to `url` (with the static `headers`, e.g. an `Authorization` for the backend)
 //! and the answer decides:
-//! - 2xx with `{"id": "…", "user": {…}}`: accepted (`id` may be a number; `user` defaults to `{"id": id}`);
-//! - 401 or 403, optionally with `{"error": "…"}` or `{"reason": "…"}`: refused with that reason;
-//! - anything else (another status, an unreadable body, a timeout after `timeout_ms`, a connection error):
-//!   refused with "authentication service unavailable", and a warning is logged for the operator.
+//! - 2xx with `{"id": "…", "user": {…}, "exp": 1767225600}`: accepted (`id` may be a number; `user` defaults to
+//!   `{"id": id}`; `exp`, optional, in Unix seconds, ends the session then unless it is refreshed);
+//! - 401 or 403, optionally with `{"error": "…"}` or `{"reason": "…"}`: refused with that reason (1008);
+//! - anything else (another status, an unreadable body, a timeout after `timeout_ms`, a connection error): the
+//!   backend's problem, not the client's: closed with 1013 "authentication service unavailable, retry later",
+//!   and a warning says which failure it was (timeout, connection refused, status …).
 //!
 //! Redirects are not followed: a redirect would replay the client's credentials to another URL.
 
@@ -17,14 +19,12 @@ use mesa_server::{AuthError, Identity};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{Checked, UNAVAILABLE};
 use crate::config::{AuthConfig, ConfigError};
 
 /// Backend answers larger than this are treated as invalid: an identity is small, and an unbounded read
 /// would let a misbehaving backend exhaust the gateway's memory.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// The reason clients get when the backend cannot give an answer.
-const UNAVAILABLE: &str = "authentication service unavailable";
 
 /// A webhook client built from `[auth]`.
 ///
@@ -44,6 +44,9 @@ struct Accepted {
     /// The user object for op 22; `{"id": id}` when absent or null.
     #[serde(default)]
     user: Option<Value>,
+    /// When the identity stops being valid, in Unix seconds.
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 impl WebhookAuth {
@@ -93,15 +96,27 @@ impl WebhookAuth {
     }
 
     /// Asks the backend about one op 2 payload.
-    pub(crate) async fn authenticate(&self, data: &Value) -> Result<Identity, AuthError> {
+    pub(crate) async fn authenticate(&self, data: &Value) -> Result<Checked, AuthError> {
         // Errors are logged without the URL (it may carry a key in its query string).
         let response = match self.client.post(self.url.clone()).json(data).send().await {
             Ok(response) => response,
-            Err(error) => return Err(unavailable(&error.without_url(), "request failed")),
+            Err(error) => {
+                let what = if error.is_timeout() {
+                    "timed out (auth.timeout_ms)"
+                } else if error.is_connect() {
+                    "connection failed (refused or unreachable)"
+                } else {
+                    "request failed"
+                };
+                return Err(unavailable(&error.without_url(), what));
+            }
         };
         let status = response.status();
         let body = match read_limited(response).await {
             Ok(body) => body,
+            Err(ReadError::Http(error)) if error.is_timeout() => {
+                return Err(unavailable(&error, "timed out (auth.timeout_ms)"))
+            }
             Err(error) => return Err(unavailable(&error, "reading the answer failed")),
         };
         if status.is_success() {
@@ -115,21 +130,24 @@ impl WebhookAuth {
     }
 }
 
-/// Logs why the backend gave no usable answer and returns the generic refusal.
+/// Logs why the backend gave no usable answer and returns the retryable failure (1013).
 fn unavailable(detail: &dyn std::fmt::Display, what: &str) -> AuthError {
-    tracing::warn!(%detail, "authentication webhook: {what}; refusing the client");
-    AuthError::new(UNAVAILABLE)
+    tracing::warn!(%detail, "authentication webhook: {what}; closing the client with 1013 (retry later)");
+    AuthError::unavailable(UNAVAILABLE)
 }
 
 /// The identity in a 2xx body, or `None` when the body is not one.
-fn accepted(body: &[u8]) -> Option<Identity> {
+fn accepted(body: &[u8]) -> Option<Checked> {
     let accepted: Accepted = serde_json::from_slice(body).ok()?;
     let id = super::id_from_value(Some(&accepted.id))?;
     let user = match accepted.user {
         Some(user) if !user.is_null() => user,
         _ => json!({ "id": id }),
     };
-    Some(Identity::new(id, user))
+    Some(Checked {
+        identity: Identity::new(id, user),
+        expires_at: accepted.exp,
+    })
 }
 
 /// The reason in a 401/403 body (`error` or `reason`), or a generic one.
@@ -201,10 +219,15 @@ mod tests {
 
     #[test]
     fn answers_are_interpreted() {
-        let identity = accepted(br#"{"id": "a", "user": {"name": "A"}}"#).expect("identity");
-        assert_eq!(identity, Identity::new("a", json!({"name": "A"})));
-        let identity = accepted(br#"{"id": 7}"#).expect("identity");
-        assert_eq!(identity, Identity::new("7", json!({"id": "7"})));
+        let checked =
+            accepted(br#"{"id": "a", "user": {"name": "A"}, "exp": 9}"#).expect("identity");
+        assert_eq!(checked.identity, Identity::new("a", json!({"name": "A"})));
+        assert_eq!(checked.expires_at, Some(9));
+        let checked = accepted(br#"{"id": 7}"#).expect("identity");
+        assert_eq!(
+            checked,
+            Checked::forever(Identity::new("7", json!({"id": "7"})))
+        );
         assert!(accepted(br#"{"user": {}}"#).is_none());
         assert!(accepted(br#"{"id": ""}"#).is_none());
         assert!(accepted(b"ok").is_none());
