@@ -207,32 +207,22 @@ where
 
     async fn serve(&mut self) -> Exit {
         let inner = self.inner.clone();
-        // The shutdown signal and the deadline timer live across turns of the loop: made afresh each turn,
-        // both would register and deregister (the timer under the time driver's lock, the signal under the
-        // shutdown token's, which every connection shares) on every message and every wake-up.
-        let shutdown = inner.shutdown.clone().cancelled_owned();
-        let timer = sleep_until(far_future());
-        tokio::pin!(shutdown, timer);
-        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.state.next_deadline().map(Instant::from_std);
-            if deadline != armed {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
+            // `shutdown` wakes every session's outbox after cancelling, so no per-connection future has to
+            // wait on the token (one would register under the lock all connections share on every turn, and
+            // enlarge every idle connection).
+            if self.draining_until.is_none() && inner.shutdown.is_cancelled() {
+                if let Err(exit) = Box::pin(self.start_draining()).await {
+                    return exit;
                 }
-                armed = deadline;
             }
+            let deadline = self.state.next_deadline().map(Instant::from_std);
             let draining = self.draining_until;
             let socket_first = self.outbox_backlog || self.outbox_turns >= OUTBOX_TURNS;
             tokio::select! {
                 biased;
-                () = &mut shutdown, if draining.is_none() => {
-                    if let Err(exit) = self.start_draining().await {
-                        return exit;
-                    }
-                }
-                () = &mut timer, if armed.is_some() => {
-                    if let Err(exit) = self.on_deadline().await {
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    if let Err(exit) = Box::pin(self.on_deadline()).await {
                         return exit;
                     }
                 }
@@ -304,7 +294,10 @@ where
                 Some(next) => message = next,
                 None => {
                     self.write_queued(usize::MAX, usize::MAX).await?;
-                    self.shrink_buffers().await;
+                    if self.buffers_grown {
+                        // Boxed: the socket it moves would otherwise enlarge every connection's future.
+                        Box::pin(self.shrink_buffers()).await;
+                    }
                     return Ok(());
                 }
             }
@@ -426,6 +419,12 @@ where
     }
 
     async fn on_deadline(&mut self) -> Result<(), Exit> {
+        // A heartbeat interval is a good moment to give back the slots a past batch left behind: a busy
+        // connection regains them on its next batch, an idle one keeps nothing.
+        if self.spare_batch.capacity() > 0 {
+            self.spare_batch = VecDeque::new();
+        }
+        self.session.shared.outbox.release_idle_slots();
         loop {
             // Encoded before the write, so that the frame is not held across the await.
             let beat: Utf8Bytes = match self.state.on_timeout(Instant::now().into_std()) {

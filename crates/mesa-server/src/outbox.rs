@@ -209,6 +209,19 @@ impl Outbox {
         undelivered
     }
 
+    /// Frees the queue's slots if it is empty.
+    pub(crate) fn release_idle_slots(&self) {
+        let mut state = self.lock();
+        if state.frames.is_empty() && state.frames.capacity() > 0 {
+            state.frames = VecDeque::new();
+        }
+    }
+
+    /// Wakes the connection task as a push would, so that it looks at the server's state (shutdown).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Resolves when something was pushed or a close was requested since the last drain.
     pub(crate) async fn ready(&self) {
         self.wake.notified().await

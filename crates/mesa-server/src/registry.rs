@@ -195,6 +195,13 @@ impl Registry {
         write_identity(session, None);
     }
 
+    /// Wakes every session's connection task (see [`Outbox::wake`](crate::outbox::Outbox::wake)).
+    pub(crate) fn wake_all(&self) {
+        for session in self.read().sessions.values() {
+            session.shared.outbox.wake();
+        }
+    }
+
     pub(crate) fn get(&self, id: ConnectionId) -> Option<Session> {
         self.read().sessions.get(&id).cloned()
     }

@@ -192,6 +192,9 @@ impl Mesa {
 
     pub(crate) async fn shutdown_until(&self, deadline: tokio::time::Instant) -> bool {
         self.inner.shutdown.cancel();
+        // Connection tasks look at the token when they wake; a session registered after this sees it on its
+        // first turn.
+        self.inner.registry.wake_all();
         self.inner.tasks.close();
         tokio::time::timeout_at(deadline, self.inner.tasks.wait())
             .await

@@ -4,9 +4,10 @@
 //! Two things tungstenite's own buffering does not do:
 //! - **Few reads per message.** Its read buffer is kept small (`limits.read_buffer_size`, 256 B by default)
 //!   because every idle connection pays for it, but it then reads at most that much per system call: a
-//!   client pipelining 100-byte frames cost one `recv` per two frames. Reads here take up to
-//!   [`READ_AHEAD`] bytes from the socket at once and hand them over as tungstenite asks; the chunk is
-//!   freed as soon as it is used up and the socket has nothing more, so an idle connection holds none.
+//!   client pipelining 100-byte frames cost one `recv` per two frames. Once a read fills all tungstenite
+//!   asked for (more is waiting), reads here take up to [`READ_AHEAD`] bytes from the socket at once and
+//!   hand them over as tungstenite asks; the chunk is freed as soon as it is used up and the socket has
+//!   nothing more. An idle connection, which reads one small frame at a time, never allocates one.
 //! - **Buffers that shrink.** tungstenite keeps its buffers at the largest size they ever grew to, so one
 //!   60 KB message would pin 60 KB on a connection for its whole life. The connection task gives them back
 //!   by building a new `WebSocketStream` over the same socket after a large message, which is safe only
@@ -25,6 +26,9 @@ use tokio_util::io::poll_read_buf;
 /// The most bytes one read takes from the socket.
 pub(crate) const READ_AHEAD: usize = 4096;
 
+/// The smallest read that, filled, shows more input waiting.
+const BUSY_ASK: usize = 128;
+
 /// A stream read ahead in chunks of [`READ_AHEAD`] bytes, counting what it handed out, that can hand its
 /// inner stream over.
 #[derive(Debug)]
@@ -32,6 +36,8 @@ pub(crate) struct BufferedSocket<S> {
     inner: Option<S>,
     /// Read from the stream, not handed out yet. Without capacity (no allocation) when empty and idle.
     ahead: BytesMut,
+    /// A read filled all the caller asked for: read ahead until the socket has nothing more.
+    busy: bool,
     handed_out: u64,
 }
 
@@ -40,6 +46,7 @@ impl<S> BufferedSocket<S> {
         BufferedSocket {
             inner: Some(inner),
             ahead: BytesMut::new(),
+            busy: false,
             handed_out: 0,
         }
     }
@@ -56,6 +63,7 @@ impl<S> BufferedSocket<S> {
         Some(BufferedSocket {
             inner: Some(inner),
             ahead: std::mem::take(&mut self.ahead),
+            busy: self.busy,
             handed_out: 0,
         })
     }
@@ -87,12 +95,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for BufferedSocket<S> {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        if buf.remaining() >= READ_AHEAD {
-            // A large read (a long message): straight into the caller's buffer.
-            let before = buf.filled().len();
+        if !this.busy || buf.remaining() >= READ_AHEAD {
+            // Straight into the caller's buffer: a large read (a long message), or a connection that has not
+            // shown it has more waiting than the caller asks for (an idle one reads a heartbeat at a time).
+            let (before, asked) = (buf.filled().len(), buf.remaining());
             let polled = Pin::new(inner).poll_read(cx, buf);
-            if let Poll::Ready(Ok(())) = polled {
-                this.handed_out += (buf.filled().len() - before) as u64;
+            match polled {
+                Poll::Ready(Ok(())) => {
+                    let read = buf.filled().len() - before;
+                    this.handed_out += read as u64;
+                    // The read filled what was asked: more is probably waiting, so read ahead from now on.
+                    // Not for tiny asks: tungstenite's buffer runs down to a few bytes between refills,
+                    // and an idle connection would then look busy.
+                    this.busy = read == asked && (BUSY_ASK..READ_AHEAD).contains(&asked);
+                }
+                Poll::Pending => this.busy = false,
+                Poll::Ready(Err(_)) => {}
             }
             return polled;
         }
@@ -108,6 +126,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for BufferedSocket<S> {
             Poll::Pending => {
                 // Nothing buffered and nothing to read: an idle connection keeps no chunk.
                 this.ahead = BytesMut::new();
+                this.busy = false;
                 Poll::Pending
             }
         }
@@ -163,11 +182,15 @@ mod tests {
         peer.write_all(&sent).await.expect("write");
         let mut socket = BufferedSocket::new(socket);
         let mut received = Vec::new();
-        let mut small = [0u8; 100];
+        // 200-byte reads: the first fills, so the rest come from chunks read ahead.
+        let mut small = [0u8; 200];
+        let mut chunked = false;
         while received.len() < sent.len() {
             let n = socket.read(&mut small).await.expect("read");
             received.extend_from_slice(&small[..n]);
+            chunked |= socket.ahead.capacity() > 0;
         }
+        assert!(chunked, "read ahead once reads filled");
         assert_eq!(received, sent);
         assert_eq!(socket.bytes_read(), sent.len() as u64);
         // Nothing left to read: the next poll is pending, and the chunk is given back.
