@@ -19,8 +19,8 @@ fn repository_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-#[tokio::test]
-async fn the_readme_chat_runs_through_mesa_serve_and_the_python_backend() {
+/// `examples/chat_backend.py` on a free port and `mesa serve --config examples/chat.toml` pointed at it.
+fn start_backend_and_gateway() -> (ChildGuard, MesaProcess) {
     let port = free_port();
     let mut backend = ChildGuard::spawn(
         Command::new("python3")
@@ -40,6 +40,12 @@ async fn the_readme_chat_runs_through_mesa_serve_and_the_python_backend() {
         &["--config", config.to_str().expect("utf-8")],
         &[("MESA_PROXY__URL", url.as_str())],
     );
+    (backend, mesa)
+}
+
+#[tokio::test]
+async fn the_readme_chat_runs_through_mesa_serve_and_the_python_backend() {
+    let (_backend, mesa) = start_backend_and_gateway();
 
     let (mut alice, _) = connect_hello(&mesa.ws_url("/")).await;
     assert_eq!(
@@ -112,25 +118,7 @@ fn chat_client_binary() -> PathBuf {
 #[tokio::test]
 async fn the_readme_chat_runs_with_the_chat_client_binary() {
     use std::io::{BufRead, BufReader, Write};
-    let port = free_port();
-    let mut backend = ChildGuard::spawn(
-        Command::new("python3")
-            .arg(repository_file("examples/chat_backend.py"))
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    assert!(
-        backend.wait_until_accepting(addr, Duration::from_secs(10)),
-        "examples/chat_backend.py did not start (is python3 installed?)"
-    );
-    let config = repository_file("examples/chat.toml");
-    let url = format!("http://127.0.0.1:{port}/events");
-    let mesa = MesaProcess::start(
-        &["--config", config.to_str().expect("utf-8")],
-        &[("MESA_PROXY__URL", url.as_str())],
-    );
+    let (_backend, mesa) = start_backend_and_gateway();
     let chat = chat_client_binary();
     let spawn_chat = |token: &str| {
         ChildGuard::spawn(
