@@ -10,8 +10,8 @@
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
-//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`. A variable with `__`
-//!    must name a key, so that a typo fails loudly; variables without `__` (other than `MESA_REDIS_URL`) are
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`, `MESA_DEMO=true`. A variable with `__`
+//!    must name a key, so that a typo fails loudly; variables without `__` (other than the top-level `MESA_REDIS_URL`, `MESA_TRUSTED_PROXIES`, `MESA_DEMO`) are
 //!    not configuration: secrets named by `*_env` (`MESA_KEY`) and other programs' variables (Mesa 3D's
 //!    `MESA_GL_VERSION_OVERRIDE`) are left alone, with a warning when one looks like a misspelt key
 //!    (`MESA_SERVER_PORT`). A variable that a `*_ENV` variable names is never read as configuration.
@@ -615,7 +615,7 @@ struct EnvVars {
 }
 
 /// Top-level keys, the only configuration variables without `__`.
-const TOP_LEVEL_KEYS: [&str; 2] = ["redis_url", "trusted_proxies"];
+const TOP_LEVEL_KEYS: [&str; 3] = ["redis_url", "trusted_proxies", "demo"];
 
 /// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
 const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];
