@@ -176,7 +176,7 @@ async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Respon
     } = request;
 
     if message.opcode() == Some(OpCode::Internal) {
-        let response = disconnect(&state.mesa, &message, recipients, excluding);
+        let response = disconnect(&state.mesa, &message, recipients, excluding).await;
         if response.status() == StatusCode::ACCEPTED {
             return ("disconnected", response);
         }
@@ -211,7 +211,7 @@ async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Respon
 
 /// Op 5 `DISCONNECT_CLIENT`: closes the recipients' connections (everyone for `["*"]`, minus `excluding`) with
 /// 1000, as Mesa 1.5 nodes do when it arrives on the `ws` channel.
-fn disconnect(
+async fn disconnect(
     mesa: &Mesa,
     message: &Frame,
     recipients: Option<Vec<String>>,
@@ -230,9 +230,17 @@ fn disconnect(
             "DISCONNECT_CLIENT needs recipients: user ids, or [\"*\"] for everyone",
         );
     }
-    let disconnected = mesa.disconnect(&Target::from_mesa(recipients, excluding), 1000, "");
-    let answer = json!({ "ok": true, "disconnected": disconnected });
-    (StatusCode::ACCEPTED, Json(answer)).into_response()
+    match mesa
+        .disconnect(&Target::from_mesa(recipients, excluding), 1000, "")
+        .await
+    {
+        Ok(delivery) => {
+            let answer =
+                json!({ "ok": true, "disconnected": delivery.queued, "nodes": delivery.nodes });
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
+    }
 }
 
 /// Whether the request carries `Authorization: Bearer <key>`. Compared in constant time so that response

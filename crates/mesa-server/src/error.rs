@@ -13,6 +13,11 @@ pub enum SendError {
     /// The connection is closed or closing.
     #[error("connection closed")]
     Closed,
+    /// The engine could not hand the message to every node it was for (Redis unreachable, its queue full):
+    /// this node's own sessions got it (`local`), the others did not. Retry, or report it (the HTTP API
+    /// answers 503).
+    #[error(transparent)]
+    Engine(#[from] mesa_engine::PublishError),
 }
 
 /// A refusal from the application's authentication check. The reason is sent to the client in the close

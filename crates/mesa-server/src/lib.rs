@@ -9,11 +9,13 @@
 //! Modules depend only on modules listed before them (the type-level arrow from [`session`] to the server
 //! goes through a type-erased weak handle, so there is no circle):
 //! - [`ids`]: [`NodeId`] and [`ConnectionId`] (node + counter, unique across nodes); [`target`]: who a send
-//!   is for ([`Target`]) and what became of it ([`Delivery`]). Plain data.
+//!   is for ([`Target`]) and what became of it ([`Delivery`]). Plain data, from `mesa-engine`.
 //! - `outbox`: a session's bounded outbound queue (frames and bytes).
 //! - [`session`]: [`Session`], the handle the application holds for one client, and its [`SessionState`].
 //! - `registry`: the one owner of sessions, their identities and the user index; local fan-out.
-//! - `router`: the one routing layer every send goes through (encode once, deliver to many; engines go here).
+//! - `router`: the one routing layer every send goes through: encode once, hand to the [`Engine`]
+//!   ([`MemoryEngine`] by default; `mesa-redis` for several nodes), which carries it to every node holding a
+//!   recipient, this one first.
 //! - [`config`], [`error`], [`metrics`], [`events`] (handlers and [`Middleware`]).
 //! - `socket`: the upgraded stream, counting bytes read; `connection`: the per-connection task, glue between
 //!   the socket and [`mesa_protocol::ConnectionState`].
@@ -54,10 +56,10 @@
 //! ```
 
 pub mod config;
+pub use mesa_engine::{ids, target};
 mod connection;
 pub mod error;
 pub mod events;
-pub mod ids;
 pub mod metrics;
 mod origin;
 mod outbox;
@@ -67,19 +69,21 @@ pub mod server;
 pub mod service;
 pub mod session;
 mod socket;
-pub mod target;
 pub mod transport;
 
 pub use config::Config;
 pub use error::{AuthError, ConnectionError, SendError};
 pub use events::{BoxFuture, Disconnection, Middleware};
-pub use ids::{ConnectionId, NodeId};
+pub use mesa_engine::{
+    ConnectionId, Engine, EngineError, Health, MemoryEngine, NodeId, NodeStatus, Presence,
+    PublishError,
+};
+pub use mesa_engine::{Delivery, Recipients, Target};
 pub use mesa_protocol::{CloseCode, Frame, OpCode};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use server::{Mesa, MesaBuilder};
 pub use service::{MesaService, RemoteAddr};
 pub use session::{Identity, Session, SessionState};
-pub use target::{Delivery, Recipients, Target};
 
 /// The README's code blocks, compiled as doctests so that the quickstart cannot rot.
 #[doc = include_str!("../../../README.md")]

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use mesa_engine::{Engine, NodeId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::SendError;
@@ -99,9 +100,12 @@ pub(crate) enum IdentityError {
     Gone,
 }
 
-#[derive(Default)]
 pub(crate) struct Registry {
     index: RwLock<Index>,
+    node: NodeId,
+    /// Told of every change to the user index, under the index lock, so that its routing and presence
+    /// follow the index in the same order.
+    engine: Arc<dyn Engine>,
 }
 
 fn write_identity(session: &Session, identity: Option<Arc<StoredIdentity>>) {
@@ -113,6 +117,24 @@ fn write_identity(session: &Session, identity: Option<Arc<StoredIdentity>>) {
 }
 
 impl Registry {
+    pub(crate) fn new(node: NodeId, engine: Arc<dyn Engine>) -> Registry {
+        Registry {
+            index: RwLock::default(),
+            node,
+            engine,
+        }
+    }
+
+    fn index_user(&self, index: &mut Index, user_id: &Arc<str>, session: &Session) {
+        index.index(user_id, session);
+        self.engine.user_session_added(self.node, user_id);
+    }
+
+    fn unindex_user(&self, index: &mut Index, user_id: &Arc<str>, connection_id: ConnectionId) {
+        index.unindex(user_id, connection_id);
+        self.engine.user_session_removed(self.node, user_id);
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Index> {
         // Every write below leaves the index consistent before anything can panic; keep going.
         self.index
@@ -139,7 +161,7 @@ impl Registry {
         let mut index = self.write();
         index.sessions.remove(&session.connection_id());
         if let Some(identity) = session.stored_identity() {
-            index.unindex(&identity.id, session.connection_id());
+            self.unindex_user(&mut index, &identity.id, session.connection_id());
         }
         // Shut under the lock: no fan-out can find the session and push after this.
         session.shared.outbox.shut()
@@ -156,13 +178,15 @@ impl Registry {
         if !index.sessions.contains_key(&session.connection_id()) {
             return Err(IdentityError::Gone);
         }
-        if let Some(current) = session.stored_identity() {
-            if *current.id != *identity.id {
-                return Err(IdentityError::OtherUser);
-            }
-        }
+        let already = match session.stored_identity() {
+            Some(current) if *current.id != *identity.id => return Err(IdentityError::OtherUser),
+            Some(_) => true,
+            None => false,
+        };
         let identity = Arc::new(StoredIdentity::new(identity));
-        index.index(&identity.id, session);
+        if !already {
+            self.index_user(&mut index, &identity.id, session);
+        }
         write_identity(session, Some(identity));
         Ok(())
     }
@@ -179,8 +203,8 @@ impl Registry {
         };
         let identity = Arc::new(StoredIdentity::new(identity));
         if old.id != identity.id {
-            index.unindex(&old.id, session.connection_id());
-            index.index(&identity.id, session);
+            self.unindex_user(&mut index, &old.id, session.connection_id());
+            self.index_user(&mut index, &identity.id, session);
         }
         write_identity(session, Some(identity));
         true
@@ -190,7 +214,7 @@ impl Registry {
     pub(crate) fn deauthenticate(&self, session: &Session) {
         let mut index = self.write();
         if let Some(old) = session.stored_identity() {
-            index.unindex(&old.id, session.connection_id());
+            self.unindex_user(&mut index, &old.id, session.connection_id());
         }
         write_identity(session, None);
     }
@@ -208,6 +232,24 @@ impl Registry {
 
     pub(crate) fn len(&self) -> usize {
         self.read().sessions.len()
+    }
+
+    /// Every user id with a session here, with how many.
+    pub(crate) fn user_sessions(&self) -> Vec<(String, usize)> {
+        self.read()
+            .users
+            .iter()
+            .map(|(id, sessions)| (id.to_string(), sessions.len()))
+            .collect()
+    }
+
+    /// The sessions on this node authenticated as `user_id`.
+    pub(crate) fn sessions_of(&self, user_id: &str) -> Vec<Session> {
+        let mut sessions = Vec::new();
+        if let Some(of_user) = self.read().users.get(user_id) {
+            of_user.for_each(|session| sessions.push(session.clone()));
+        }
+        sessions
     }
 
     /// How many sessions on this node are authenticated as `user_id`.
@@ -296,7 +338,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::{Identity, NodeId};
+    use crate::Identity;
 
     fn sessions_of_one_user(registry: &Registry, n: u64) -> Vec<Session> {
         (0..n)
@@ -321,7 +363,7 @@ mod tests {
     fn time_to_remove(n: u64) -> Duration {
         (0..3)
             .map(|_| {
-                let registry = Registry::default();
+                let registry = Registry::new(NodeId(1), Arc::new(mesa_engine::MemoryEngine::new()));
                 let sessions = sessions_of_one_user(&registry, n);
                 let started = Instant::now();
                 for session in &sessions {

@@ -1,47 +1,92 @@
-//! The one routing layer every send goes through: encode once, then deliver.
+//! The one routing layer every send goes through: encode once, then hand to the engine.
 //!
-//! Today delivery is local (this node's registry of sessions). An engine for several nodes goes under this
-//! layer: the router hands it the encoded frame and its [`Target`], and each node hands what reaches it to its
-//! own registry. Its errors come back through [`Router::send`]'s `Result`, which is why a send can fail.
+//! The engine ([`mesa_engine::Engine`]; in memory unless the builder was given another) carries the encoded
+//! frame to every node holding a recipient, this one first; each node's [`Node`] queues it on its own
+//! sessions through the registry. A remote engine's failures come back through [`Router::send`]'s `Result`.
 
 use std::sync::Arc;
 
+use mesa_engine::{Action, Delivery, EncodedFrame, Engine, LocalNode, NodeId, Publication, Target};
 use mesa_protocol::Frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::SendError;
 use crate::registry::Registry;
-use crate::target::{Delivery, Target};
 
-/// Encodes and routes sends. Owned by the server; cheap to share.
-pub(crate) struct Router {
-    registry: Arc<Registry>,
-    authenticated_only: bool,
+/// This node as the engine sees it: publications in, local sessions served.
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) registry: Arc<Registry>,
+    /// Sends to everyone skip unauthenticated sessions (`authentication.required`).
+    pub(crate) authenticated_only: bool,
 }
 
-impl Router {
-    pub(crate) fn new(registry: Arc<Registry>, authenticated_only: bool) -> Router {
-        Router {
-            registry,
-            authenticated_only,
+impl LocalNode for Node {
+    fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn deliver(&self, publication: &Publication) -> Delivery {
+        match &publication.action {
+            Action::Send(frame) => {
+                // Validated once per node, then shared by every session (a reference count each).
+                let Ok(text) = Utf8Bytes::try_from(frame.as_bytes().clone()) else {
+                    return Delivery::default();
+                };
+                self.registry
+                    .deliver(&text, &publication.target, self.authenticated_only)
+            }
+            Action::Disconnect { code, reason } => {
+                let mut delivery = Delivery::default();
+                self.registry
+                    .for_each(&publication.target, false, |session| {
+                        session.disconnect(*code, reason);
+                        delivery.queued += 1;
+                    });
+                delivery
+            }
         }
     }
 
-    /// Encodes `frame` once and queues the same bytes on every session `target` names.
-    pub(crate) fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
-        let text = Utf8Bytes::from(frame.encode());
-        Ok(self
-            .registry
-            .deliver(&text, target, self.authenticated_only))
+    fn connection_count(&self) -> usize {
+        self.registry.len()
     }
 
-    /// Asks every session `target` names to close; returns how many were asked.
-    pub(crate) fn disconnect(&self, target: &Target, code: u16, reason: &str) -> usize {
-        let mut closed = 0;
-        self.registry.for_each(target, false, |session| {
-            session.disconnect(code, reason);
-            closed += 1;
-        });
-        closed
+    fn user_sessions(&self) -> Vec<(String, usize)> {
+        self.registry.user_sessions()
+    }
+}
+
+/// Encodes and routes sends. Owned by the server; cheap to share.
+pub(crate) struct Router {
+    node: NodeId,
+    engine: Arc<dyn Engine>,
+}
+
+impl Router {
+    pub(crate) fn new(node: NodeId, engine: Arc<dyn Engine>) -> Router {
+        Router { node, engine }
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Encodes `frame` once and has the engine queue the same bytes on every session `target` names.
+    pub(crate) async fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
+        let frame = EncodedFrame::from(frame.encode());
+        let publication = Publication::send(Some(self.node), target.clone(), frame);
+        Ok(self.engine.publish(publication).await?)
+    }
+
+    /// Asks every session `target` names, on every node, to close.
+    pub(crate) async fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<Delivery, SendError> {
+        let publication = Publication::disconnect(Some(self.node), target.clone(), code, reason);
+        Ok(self.engine.publish(publication).await?)
     }
 }

@@ -18,9 +18,10 @@ use crate::events::{Disconnection, Hooks, Middleware};
 use crate::ids::{ConnectionId, NodeId};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::router::Router;
+use crate::router::{Node, Router};
 use crate::session::{Identity, Session};
 use crate::target::{Delivery, Target};
+use mesa_engine::{Engine, EngineError, Health, MemoryEngine, NodeStatus, Presence};
 
 /// Bytes of queued frames gathered before one socket write: large enough to batch a burst into few
 /// syscalls, small enough that a connection's write buffer stays modest after one.
@@ -113,7 +114,7 @@ impl Mesa {
     /// happen; a remote engine reports its failures here).
     pub async fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
         self.inner.hooks.sent(frame, target);
-        self.inner.router.send(frame, target)
+        self.inner.router.send(frame, target).await
     }
 
     /// Sends `frame` to every session (Mesa 1.5 `mesa.send(message)`).
@@ -130,20 +131,57 @@ impl Mesa {
         self.send(frame, &Target::users(ids)).await
     }
 
-    /// Closes every connection `target` names with `code` and `reason` (Mesa 1.5 `DISCONNECT_CLIENT`,
-    /// which uses 1000). Queued frames are written first. Returns how many connections were asked to close.
-    pub fn disconnect(&self, target: &Target, code: u16, reason: &str) -> usize {
-        self.inner.router.disconnect(target, code, reason)
+    /// Closes every connection `target` names, on every node, with `code` and `reason` (Mesa 1.5
+    /// `DISCONNECT_CLIENT`, which uses 1000). Queued frames are written first. [`Delivery::queued`] counts the
+    /// connections asked to close (on this node, or on all nodes with the in-memory engine).
+    pub async fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<Delivery, SendError> {
+        self.inner.router.disconnect(target, code, reason).await
     }
 
-    /// Closes every connection of these user ids with `code` and `reason`.
-    pub fn disconnect_users(&self, ids: &[String], code: u16, reason: &str) -> usize {
+    /// Closes every connection of these user ids, on every node, with `code` and `reason`.
+    pub async fn disconnect_users(
+        &self,
+        ids: &[String],
+        code: u16,
+        reason: &str,
+    ) -> Result<Delivery, SendError> {
         self.disconnect(&Target::users(ids.iter().cloned()), code, reason)
+            .await
+    }
+
+    /// Where `user_id` is connected, across every node of the engine.
+    pub async fn presence(&self, user_id: &str) -> Result<Presence, EngineError> {
+        self.inner.router.engine().presence(user_id).await
+    }
+
+    /// The live nodes of the engine, with their connection counts.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, EngineError> {
+        self.inner.router.engine().nodes().await
+    }
+
+    /// Whether the engine reaches its backend (always healthy in memory).
+    pub fn engine_health(&self) -> Health {
+        self.inner.router.engine().health()
+    }
+
+    /// The engine this node publishes through.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        self.inner.router.engine()
     }
 
     /// The session of a connection of this node.
     pub fn session(&self, id: ConnectionId) -> Option<Session> {
         self.inner.registry.get(id)
+    }
+
+    /// The sessions on this node authenticated as `user_id` (one per device).
+    pub fn sessions_of(&self, user_id: &str) -> Vec<Session> {
+        self.inner.registry.sessions_of(user_id)
     }
 
     /// Whether a session on this node is authenticated as `user_id`.
@@ -196,9 +234,16 @@ impl Mesa {
         // first turn.
         self.inner.registry.wake_all();
         self.inner.tasks.close();
-        tokio::time::timeout_at(deadline, self.inner.tasks.wait())
+        let finished = tokio::time::timeout_at(deadline, self.inner.tasks.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // Leave presence once no session of this node is left (or the deadline passed).
+        let _ = tokio::time::timeout_at(
+            deadline,
+            self.inner.router.engine().detach(self.inner.node_id),
+        )
+        .await;
+        finished
     }
 }
 
@@ -208,6 +253,7 @@ pub struct MesaBuilder {
     config: Config,
     hooks: Hooks,
     node_id: Option<NodeId>,
+    engine: Option<Arc<dyn Engine>>,
 }
 
 fn ms(duration: Duration) -> u64 {
@@ -427,6 +473,13 @@ impl MesaBuilder {
         self
     }
 
+    /// The engine that connects this node to others (for example `mesa_redis::RedisEngine`). Default: a
+    /// [`MemoryEngine`] of its own (one node).
+    pub fn engine(mut self, engine: Arc<dyn Engine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
     /// Adds a middleware; middleware run in the order added, before the handlers.
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.hooks.middleware.push(Arc::new(middleware));
@@ -446,8 +499,19 @@ impl MesaBuilder {
             .write_buffer_size(WRITE_BATCH_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let registry = Arc::new(Registry::default());
-        let router = Router::new(registry.clone(), config.authentication.required);
+        let node_id = self.node_id.unwrap_or_else(NodeId::random);
+        let engine = self
+            .engine
+            .unwrap_or_else(|| Arc::new(MemoryEngine::new()) as Arc<dyn Engine>);
+        let registry = Arc::new(Registry::new(node_id, engine.clone()));
+        let node = Arc::new(Node {
+            id: node_id,
+            registry: registry.clone(),
+            authenticated_only: config.authentication.required,
+        });
+        // The engine holds the node (attached here, detached at the end of shutdown).
+        engine.attach(node);
+        let router = Router::new(node_id, engine);
         Mesa {
             inner: Arc::new(Inner {
                 rules: config.connection_rules(),
@@ -459,7 +523,7 @@ impl MesaBuilder {
                 metrics: Arc::new(Metrics::default()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                node_id: self.node_id.unwrap_or_else(NodeId::random),
+                node_id,
                 next_connection_id: AtomicU64::new(1),
                 slots: AtomicUsize::new(0),
                 config,

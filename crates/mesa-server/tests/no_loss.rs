@@ -459,7 +459,10 @@ async fn many_sessions_of_one_user_are_all_reached_and_all_cleaned_up() {
     assert_eq!(
         server
             .mesa
-            .disconnect(&Target::users(["many"]), 1000, "bye"),
+            .disconnect(&Target::users(["many"]), 1000, "bye")
+            .await
+            .expect("disconnect")
+            .queued,
         200
     );
     for ws in &mut clients {

@@ -548,7 +548,9 @@ async fn disconnect_users_closes_every_device_of_those_users_only() {
     let mut other = connect_as(&server, "hank").await;
     server
         .mesa
-        .disconnect_users(&["gina".to_string()], 1000, "signed out");
+        .disconnect_users(&["gina".to_string()], 1000, "signed out")
+        .await
+        .expect("disconnect");
     assert_eq!(
         expect_close(&mut phone).await.code_reason(),
         (1000, "signed out".to_string())

@@ -4,8 +4,8 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 
-/// One gateway process. Random at start unless set with [`MesaBuilder::node_id`](crate::MesaBuilder::node_id),
-/// so that two nodes sharing an engine never hand out the same [`ConnectionId`].
+/// One gateway process. Random at start unless the server is given one (`MesaBuilder::node_id`), so that two
+/// nodes sharing an engine never hand out the same [`ConnectionId`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
 
@@ -21,6 +21,24 @@ impl NodeId {
         );
         hasher.write_u32(std::process::id());
         NodeId(hasher.finish())
+    }
+}
+
+/// A string that is not a [`NodeId`] (16 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a node id (expected 16 hex digits): {0:?}")]
+pub struct ParseNodeIdError(String);
+
+impl FromStr for NodeId {
+    type Err = ParseNodeIdError;
+
+    fn from_str(s: &str) -> Result<NodeId, ParseNodeIdError> {
+        if s.len() != 16 {
+            return Err(ParseNodeIdError(s.chars().take(64).collect()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(NodeId)
+            .map_err(|_| ParseNodeIdError(s.chars().take(64).collect()))
     }
 }
 

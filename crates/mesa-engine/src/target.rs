@@ -1,11 +1,11 @@
 //! Who a send is for ([`Target`], [`Recipients`]) and what became of it ([`Delivery`]): plain data, shared by
-//! the router, the registry and the application.
+//! the server's router and registry, the engines and the application.
 
 use crate::ids::ConnectionId;
 
 /// Who a message is for, before exclusions.
+/// Engines match on every variant: a new one is a breaking change on purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Recipients {
     /// Every connection (only authenticated ones when authentication is required). Mesa 1.5 `['*']`.
     All,
@@ -77,18 +77,34 @@ impl Target {
     }
 }
 
-/// What became of one send: how many sessions it was queued for.
+/// What became of one send (or disconnect): how many sessions it was queued for on the nodes that could
+/// count, and how many other nodes it was handed to.
 ///
 /// Queued means accepted by the session's bounded outbound queue, in order, before any later send to the same
 /// session; a connection that drops before writing it loses it (the delivery-guarantees work replays such
 /// frames). Sessions whose queue was full are counted in `slow_consumers` and are being closed with 4010.
+/// A remote engine counts the sessions of the sending node only; what other nodes queued is not known to
+/// the sender, only that `nodes` of them received it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Delivery {
-    /// Sessions the frame was queued for.
+    /// Sessions the frame was queued for (on the sending node, or on every node the engine could count).
     pub queued: usize,
     /// Sessions the target named whose outbound queue was full: they are closing with 4010 and did not get it.
     pub slow_consumers: usize,
+    /// Other nodes the engine handed the message to (0 on a single node).
+    pub nodes: usize,
+}
+
+impl Delivery {
+    /// The sum of two deliveries (a node's own and what other nodes reported).
+    pub fn merge(self, other: Delivery) -> Delivery {
+        Delivery {
+            queued: self.queued + other.queued,
+            slow_consumers: self.slow_consumers + other.slow_consumers,
+            nodes: self.nodes + other.nodes,
+        }
+    }
 }
 
 #[cfg(test)]

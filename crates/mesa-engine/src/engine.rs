@@ -1,0 +1,156 @@
+//! The interface between a node and the engine that connects it to other nodes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::ids::NodeId;
+use crate::publication::Publication;
+use crate::target::Delivery;
+
+/// A boxed, sendable future (what the object-safe [`Engine`] methods return).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A node as its engine sees it: somewhere to hand publications, with counts for presence.
+///
+/// The server implements this over its registry of sessions. Calls come from the engine's own tasks and must
+/// not block: [`LocalNode::deliver`] queues on sessions' bounded outbound queues and returns.
+pub trait LocalNode: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+    /// Queues a publication's frame on (or closes) the local sessions its target names, honouring
+    /// `target.excluding`; returns what it did.
+    fn deliver(&self, publication: &Publication) -> Delivery;
+    /// Open connections on this node (reported in [`NodeStatus::connections`]).
+    fn connection_count(&self) -> usize;
+    /// Every user id with an authenticated session on this node, with how many sessions: what an engine
+    /// rebuilds its presence entries and subscriptions from after losing its backend.
+    fn user_sessions(&self) -> Vec<(String, usize)>;
+}
+
+/// Why an engine could not take a publication or answer a query.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The engine's backend cannot be reached (Redis down, failing over, timing out). Retry later.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// The engine's bounded queue towards its backend is full: the caller sends faster than it can forward.
+    #[error("engine overloaded: {0}")]
+    Overloaded(String),
+    /// The engine has been shut down.
+    #[error("engine closed")]
+    Closed,
+    /// The backend answered something the engine cannot use (a bug or a foreign writer).
+    #[error("engine backend error: {0}")]
+    Backend(String),
+}
+
+/// A publication that could not be handed to every node it was for. The origin's own sessions were served
+/// first (`local`); the others were not reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{cause} (queued for {} session(s) of this node)", local.queued)]
+pub struct PublishError {
+    /// What the origin node itself queued before the engine failed.
+    pub local: Delivery,
+    /// Why the other nodes were not reached.
+    pub cause: EngineError,
+}
+
+/// Whether the engine can reach its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Everything works.
+    Healthy,
+    /// The backend is unreachable or a subscription is silent: local clients are still served, other nodes
+    /// are not reached. The engine is retrying.
+    Degraded {
+        /// What is wrong, for logs and `/healthz`.
+        reason: String,
+        /// When it started.
+        since: SystemTime,
+    },
+}
+
+impl Health {
+    /// Whether this is [`Health::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// Where one user is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Presence {
+    /// Nodes with at least one authenticated session of the user, with how many, ordered by node id.
+    pub nodes: Vec<(NodeId, usize)>,
+}
+
+impl Presence {
+    /// Whether the user has a session anywhere.
+    pub fn is_online(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The user's sessions across nodes (one per device).
+    pub fn sessions(&self) -> usize {
+        self.nodes.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// One live node, as the engine last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: NodeId,
+    /// Its open connections when it last reported.
+    pub connections: usize,
+    /// When it last reported (milliseconds since the Unix epoch).
+    pub last_seen_ms: u64,
+}
+
+/// Carries publications between the nodes of one gateway, and keeps presence.
+///
+/// An engine does not know about connections: it routes by [`Target`](crate::Target) to the nodes that hold
+/// recipients, and each node's [`LocalNode`] finds its own sessions. The in-memory engine
+/// ([`MemoryEngine`](crate::MemoryEngine)) connects nodes of one process; the Redis engine (crate
+/// `mesa-redis`) connects processes.
+///
+/// Routing is by where users are: a node receives a send to user ids only when it holds a session of one of
+/// them (it said so with [`Engine::user_session_added`]), a send to one connection only when it holds it, and
+/// every send to everyone. Two publications from one origin that reach one node arrive in the order published.
+pub trait Engine: Send + Sync + 'static {
+    /// Connects a node: from now on, publications for its sessions are handed to it. A node attaches once,
+    /// before it accepts connections. Does not block: a remote engine connects (and reconnects) in its own
+    /// tasks and reports how that goes in [`Engine::health`].
+    fn attach(&self, node: Arc<dyn LocalNode>);
+
+    /// Disconnects a node that is shutting down: its presence entries are removed and nothing more is
+    /// handed to it.
+    fn detach(&self, node: NodeId) -> BoxFuture<'_, ()>;
+
+    /// Hands `publication` to every node that holds a recipient. The origin's own sessions are served
+    /// first, before this returns. `Ok` means every other node that should receive it was handed it (for
+    /// Redis: the backend accepted it); `Err` says who was not reached and why.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Delivery, PublishError>>;
+
+    /// A session of `user_id` on `node` was authenticated (or re-identified as `user_id`). Must not block:
+    /// the engine updates its routing and presence in the background (see [`Engine::flush`]).
+    fn user_session_added(&self, node: NodeId, user_id: &str);
+
+    /// A session of `user_id` on `node` ended or stopped being `user_id`.
+    fn user_session_removed(&self, node: NodeId, user_id: &str);
+
+    /// Waits until the session changes made so far are in effect (subscriptions confirmed, presence written).
+    fn flush(&self) -> BoxFuture<'_, Result<(), EngineError>>;
+
+    /// Where `user_id` is connected, across nodes.
+    fn presence(&self, user_id: &str) -> BoxFuture<'_, Result<Presence, EngineError>>;
+
+    /// The live nodes.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStatus>, EngineError>>;
+
+    /// Whether the backend can be reached now.
+    fn health(&self) -> Health;
+}
