@@ -185,6 +185,14 @@ impl LocalNode for RecordingNode {
         }
     }
 
+    fn user_session_count(&self, user_id: &str) -> usize {
+        self.recorded()
+            .sessions
+            .iter()
+            .filter(|(_, user)| user.as_deref() == Some(user_id))
+            .count()
+    }
+
     fn connection_count(&self) -> usize {
         self.recorded().sessions.len()
     }

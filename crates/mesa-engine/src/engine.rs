@@ -22,6 +22,8 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Queues a publication's frame on (or closes) the local sessions its target names, honouring
     /// `target.excluding`; returns what it did.
     fn deliver(&self, publication: &Publication) -> Delivery;
+    /// How many authenticated sessions of `user_id` this node holds (0: none).
+    fn user_session_count(&self, user_id: &str) -> usize;
     /// Open connections on this node (reported in [`NodeStatus::connections`]).
     fn connection_count(&self) -> usize;
     /// Every user id with an authenticated session on this node, with how many sessions: what an engine

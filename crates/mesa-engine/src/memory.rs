@@ -1,6 +1,6 @@
 //! The in-memory engine: the nodes of one process (usually one) share it. The default, with zero setup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,21 +11,15 @@ use crate::ids::NodeId;
 use crate::publication::Publication;
 use crate::target::{Delivery, Recipients};
 
-#[derive(Default)]
-struct State {
-    nodes: BTreeMap<NodeId, Arc<dyn LocalNode>>,
-    /// Authenticated sessions per user id and node.
-    users: HashMap<String, BTreeMap<NodeId, usize>>,
-}
-
 /// Connects the nodes of one process. Clone it (or share an `Arc`) to attach several nodes, as tests do;
 /// a single server builds its own.
 ///
-/// Delivery is synchronous: [`Engine::publish`] has queued the frame on every recipient's session when it
-/// returns, and it never fails.
+/// It keeps no per-user state: the nodes' own user indexes are the truth, and routing and presence ask
+/// them (a copy here would cost every connection a second index entry). Delivery is synchronous:
+/// [`Engine::publish`] has queued the frame on every recipient's session when it returns, and it never fails.
 #[derive(Clone, Default)]
 pub struct MemoryEngine {
-    state: Arc<Mutex<State>>,
+    nodes: Arc<Mutex<BTreeMap<NodeId, Arc<dyn LocalNode>>>>,
 }
 
 impl MemoryEngine {
@@ -34,34 +28,32 @@ impl MemoryEngine {
         MemoryEngine::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Every update below leaves the maps consistent before anything can panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, Arc<dyn LocalNode>>> {
+        // Every update below leaves the map consistent before anything can panic.
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The nodes a publication is for, the origin first. Collected under the lock and delivered outside it:
-    /// a node's `deliver` takes its own locks, and the node calls this engine while holding them.
+    /// The attached nodes, copied out: a node's methods take its own locks, and a node calls this engine
+    /// while holding them, so no node is called under this engine's lock.
+    fn attached(&self) -> Vec<Arc<dyn LocalNode>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The nodes a publication is for, the origin first.
     fn recipients(&self, publication: &Publication) -> Vec<Arc<dyn LocalNode>> {
-        let state = self.state();
-        let mut nodes: Vec<Arc<dyn LocalNode>> = match &publication.target.recipients {
-            Recipients::All => state.nodes.values().cloned().collect(),
+        let target = &publication.target;
+        let mut nodes: Vec<Arc<dyn LocalNode>> = match &target.recipients {
+            Recipients::All => self.attached(),
             Recipients::Users(ids) => {
-                let mut wanted = std::collections::BTreeSet::new();
-                for id in ids {
-                    if publication.target.excluding.contains(id) {
-                        continue;
-                    }
-                    if let Some(per_node) = state.users.get(id) {
-                        wanted.extend(per_node.keys().copied());
-                    }
-                }
-                wanted
-                    .iter()
-                    .filter_map(|node| state.nodes.get(node).cloned())
-                    .collect()
+                let mut nodes = self.attached();
+                nodes.retain(|node| {
+                    ids.iter()
+                        .any(|id| !target.excluding.contains(id) && node.user_session_count(id) > 0)
+                });
+                nodes
             }
             Recipients::Connection(id) => {
-                state.nodes.get(&id.node()).cloned().into_iter().collect()
+                self.lock().get(&id.node()).cloned().into_iter().collect()
             }
         };
         if let Some(origin) = publication.origin {
@@ -95,16 +87,11 @@ fn now_ms() -> u64 {
 
 impl Engine for MemoryEngine {
     fn attach(&self, node: Arc<dyn LocalNode>) {
-        self.state().nodes.insert(node.node_id(), node);
+        self.lock().insert(node.node_id(), node);
     }
 
     fn detach(&self, node: NodeId) -> BoxFuture<'_, ()> {
-        let mut state = self.state();
-        state.nodes.remove(&node);
-        state.users.retain(|_, per_node| {
-            per_node.remove(&node);
-            !per_node.is_empty()
-        });
+        self.lock().remove(&node);
         Box::pin(std::future::ready(()))
     }
 
@@ -113,30 +100,11 @@ impl Engine for MemoryEngine {
         Box::pin(std::future::ready(Ok(delivery)))
     }
 
-    fn user_session_added(&self, node: NodeId, user_id: &str) {
-        let mut state = self.state();
-        *state
-            .users
-            .entry(user_id.to_owned())
-            .or_default()
-            .entry(node)
-            .or_default() += 1;
-    }
+    /// Nothing to do: routing asks the nodes.
+    fn user_session_added(&self, _node: NodeId, _user_id: &str) {}
 
-    fn user_session_removed(&self, node: NodeId, user_id: &str) {
-        let mut state = self.state();
-        if let Some(per_node) = state.users.get_mut(user_id) {
-            if let Some(count) = per_node.get_mut(&node) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    per_node.remove(&node);
-                }
-            }
-            if per_node.is_empty() {
-                state.users.remove(user_id);
-            }
-        }
-    }
+    /// Nothing to do: routing asks the nodes.
+    fn user_session_removed(&self, _node: NodeId, _user_id: &str) {}
 
     fn flush(&self) -> BoxFuture<'_, Result<(), EngineError>> {
         Box::pin(std::future::ready(Ok(())))
@@ -144,18 +112,18 @@ impl Engine for MemoryEngine {
 
     fn presence(&self, user_id: &str) -> BoxFuture<'_, Result<Presence, EngineError>> {
         let nodes = self
-            .state()
-            .users
-            .get(user_id)
-            .map(|per_node| per_node.iter().map(|(n, c)| (*n, *c)).collect())
-            .unwrap_or_default();
+            .attached()
+            .iter()
+            .map(|node| (node.node_id(), node.user_session_count(user_id)))
+            .filter(|(_, sessions)| *sessions > 0)
+            .collect();
         Box::pin(std::future::ready(Ok(Presence { nodes })))
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStatus>, EngineError>> {
-        let nodes: Vec<Arc<dyn LocalNode>> = self.state().nodes.values().cloned().collect();
         let now = now_ms();
-        let statuses = nodes
+        let statuses = self
+            .attached()
             .iter()
             .map(|node| NodeStatus {
                 node: node.node_id(),

@@ -48,6 +48,10 @@ impl LocalNode for Node {
         }
     }
 
+    fn user_session_count(&self, user_id: &str) -> usize {
+        self.registry.user_session_count(user_id)
+    }
+
     fn connection_count(&self) -> usize {
         self.registry.len()
     }

@@ -219,18 +219,21 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
     );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ws_config = inner.ws_config;
+    // Boxed, and made outside the task's future: what the upgrade needs (its config included) must not stay
+    // in the long-lived connection future, where every idle connection would pay for it.
+    let socket = Box::pin(async move {
+        let upgraded = on_upgrade.await.ok()?;
+        let io = crate::socket::BufferedSocket::new(TokioIo::new(upgraded));
+        Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
+    });
     let task_inner = inner.clone();
     inner.tasks.spawn(async move {
         let _slot = slot;
-        // Boxed so that the upgrade's state does not enlarge the long-lived connection future.
-        let socket = Box::pin(async move {
-            let upgraded = on_upgrade.await.ok()?;
-            let io = crate::socket::BufferedSocket::new(TokioIo::new(upgraded));
-            Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
-        });
         match socket.await {
             Some(ws) => crate::connection::run(ws, session, task_inner).await,
-            None => tracing::debug!(connection = %connection_id, "upgrade did not complete"),
+            None => {
+                tracing::debug!(connection = %session.connection_id(), "upgrade did not complete")
+            }
         }
     });
 

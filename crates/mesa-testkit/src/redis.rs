@@ -57,7 +57,10 @@ pub fn wait_ready(port: u16) {
         if command(port, "PING").is_ok_and(|reply| reply == "+PONG") {
             return;
         }
-        assert!(Instant::now() < deadline, "redis on port {port} did not answer PING");
+        assert!(
+            Instant::now() < deadline,
+            "redis on port {port} did not answer PING"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -138,6 +141,8 @@ impl RedisServer {
             .args(args)
             .output()
             .expect("run redis-cli");
-        String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
     }
 }
