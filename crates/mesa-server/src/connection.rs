@@ -170,6 +170,17 @@ where
     async move { task.run().await }
 }
 
+/// What woke the connection task.
+enum Turn {
+    /// The protocol deadline or the end of the shutdown grace.
+    Timer,
+    /// Frames were queued.
+    Outbox,
+    /// The socket had a message (or ended), already classified: a message and a socket error are large,
+    /// and no await may hold them.
+    Socket(Step),
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
@@ -218,40 +229,58 @@ where
             }
             let deadline = self.state.next_deadline().map(Instant::from_std);
             let draining = self.draining_until;
+            // One timer for both (the earlier wins): every future of a `select!` is part of the
+            // connection's future, and every idle connection pays for its size.
+            let wake_at = match (deadline, draining) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
             let socket_first = self.outbox_backlog || self.outbox_turns >= OUTBOX_TURNS;
-            tokio::select! {
-                biased;
-                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    if let Err(exit) = Box::pin(self.on_deadline()).await {
-                        return exit;
+            let timer = sleep_until(wake_at.unwrap_or_else(far_future));
+            // Two orders of the same three futures, in two `select!`s that never live at once (so the
+            // future holds one of each). Deadlines always come first, so that no traffic can delay them.
+            // The outbox goes before the socket while it has no backlog: a connection woken to write
+            // (fan-out) then does not poll an idle socket first, which cost more than the write itself.
+            // Never for more than `OUTBOX_TURNS` turns in a row, so input is still read; with a backlog the
+            // socket goes first and the turn writes one budget's worth, so heavy output cannot starve input.
+            let turn = if socket_first {
+                tokio::select! {
+                    biased;
+                    () = timer, if wake_at.is_some() => Turn::Timer,
+                    message = self.ws.next() => Turn::Socket(self.first_step(message)),
+                    () = self.session.shared.outbox.ready() => Turn::Outbox,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    () = timer, if wake_at.is_some() => Turn::Timer,
+                    () = self.session.shared.outbox.ready() => Turn::Outbox,
+                    message = self.ws.next() => Turn::Socket(self.first_step(message)),
+                }
+            };
+            let result = match turn {
+                Turn::Timer => {
+                    if draining.is_some_and(|until| Instant::now() >= until) {
+                        return Exit::Shutdown;
                     }
+                    Box::pin(self.on_deadline()).await
                 }
-                () = sleep_until(draining.unwrap_or_else(far_future)), if draining.is_some() => {
-                    return Exit::Shutdown;
+                Turn::Outbox => {
+                    self.outbox_turns = if socket_first {
+                        0
+                    } else {
+                        self.outbox_turns + 1
+                    };
+                    self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES)
+                        .await
                 }
-                // The outbox goes before the socket while it has no backlog: a connection woken to write
-                // (fan-out) then does not poll an idle socket first, which cost more than the write
-                // itself. Never for more than `OUTBOX_TURNS` turns in a row, so input is still read.
-                () = self.session.shared.outbox.ready(), if !socket_first => {
-                    self.outbox_turns += 1;
-                    if let Err(exit) = self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES).await {
-                        return exit;
-                    }
-                }
-                message = self.ws.next() => {
+                Turn::Socket(step) => {
                     self.outbox_turns = 0;
-                    if let Err(exit) = self.on_socket(message).await {
-                        return exit;
-                    }
+                    self.on_socket(step).await
                 }
-                // A backlog (more than one budget queued): the socket was polled first, and this turn
-                // writes one budget's worth, so that heavy output cannot starve input.
-                () = self.session.shared.outbox.ready(), if socket_first => {
-                    self.outbox_turns = 0;
-                    if let Err(exit) = self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES).await {
-                        return exit;
-                    }
-                }
+            };
+            if let Err(exit) = result {
+                return exit;
             }
         }
     }
@@ -273,14 +302,10 @@ where
     /// so that the replies they cause leave in one write instead of one write each. Once the outbox is half
     /// full, what the handlers queue is moved to the socket's write buffer after each message, so a burst of
     /// replies never overflows the bounded outbox.
-    async fn on_socket(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Exit> {
-        let mut message = first;
+    async fn on_socket(&mut self, mut step: Step) -> Result<(), Exit> {
         let mut handled = 0;
         loop {
-            let Some(current) = message else {
-                return Err(Exit::Dropped);
-            };
-            self.on_message(current).await?;
+            self.act(step).await?;
             if self.session.shared.outbox.is_half_full() {
                 self.feed_queued(usize::MAX, usize::MAX).await?;
             }
@@ -291,7 +316,7 @@ where
             // `now_or_never` polls once: a message already received (or EOF) is handled in this batch,
             // anything else waits for the next turn of the loop, which polls the socket with a real waker.
             match self.ws.next().now_or_never() {
-                Some(next) => message = next,
+                Some(next) => step = self.first_step(next),
                 None => {
                     self.write_queued(usize::MAX, usize::MAX).await?;
                     if self.buffers_grown {
@@ -304,6 +329,14 @@ where
         }
         // The replies of the whole batch leave in one write.
         self.write_queued(usize::MAX, usize::MAX).await
+    }
+
+    /// What the socket's next item asks for (its end is a drop).
+    fn first_step(&mut self, next: Option<Result<Message, WsError>>) -> Step {
+        match next {
+            Some(message) => self.classify(message),
+            None => Step::Exit(Exit::Dropped),
+        }
     }
 
     /// After a large message, builds a new WebSocket over the same socket so that tungstenite's buffers go
@@ -436,10 +469,10 @@ where
         }
     }
 
-    /// Acts on one message from the socket. The message is classified synchronously first, so that the
-    /// (large) message and error values are not part of the connection's future.
-    async fn on_message(&mut self, message: Result<Message, WsError>) -> Result<(), Exit> {
-        match self.classify(message) {
+    /// Acts on one message from the socket, classified synchronously before (by [`Self::classify`]), so
+    /// that the (large) message and error values are never part of the connection's future.
+    async fn act(&mut self, step: Step) -> Result<(), Exit> {
+        match step {
             Step::Continue => Ok(()),
             Step::Exit(exit) => Err(exit),
             Step::Fail(error) => Err(Box::pin(self.fail(*error)).await),
