@@ -139,7 +139,10 @@ impl Conn {
     }
 }
 
-async fn pipeline(c: &mut impl redis::aio::ConnectionLike, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+async fn pipeline(
+    c: &mut impl redis::aio::ConnectionLike,
+    cmds: &[Cmd],
+) -> RedisResult<Vec<Value>> {
     if cmds.is_empty() {
         return Ok(Vec::new());
     }
@@ -176,7 +179,10 @@ pub(crate) async fn connect(
     match topology {
         Topology::Standalone { url } => {
             let info = url.as_str().into_connection_info()?;
-            let redis = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
             let client = Client::open(info.set_redis_settings(redis))?;
             let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -218,12 +224,13 @@ pub(crate) async fn connect(
             Ok(Conn::Single(conn))
         }
         Topology::Cluster { nodes } => {
-            let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-                .use_protocol(ProtocolVersion::RESP3)
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .push_sender(sender)
-                .build()?;
+            let client =
+                redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .push_sender(sender)
+                    .build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         }
     }

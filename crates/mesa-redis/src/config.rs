@@ -191,7 +191,9 @@ impl RedisConfig {
                 }
                 let db = match path.next() {
                     None | Some("") => 0,
-                    Some(db) => db.parse().map_err(|_| bad("the database is not a number"))?,
+                    Some(db) => db
+                        .parse()
+                        .map_err(|_| bad("the database is not a number"))?,
                 };
                 let (username, password) = match auth {
                     None => (None, None),
@@ -205,7 +207,7 @@ impl RedisConfig {
                 };
                 let sentinel_scheme = if tls { "rediss" } else { "redis" };
                 Topology::Sentinel {
-                    sentinels: split_hosts(hosts, sentinel_scheme).map_err(|r| bad(r))?,
+                    sentinels: split_hosts(hosts, sentinel_scheme).map_err(&bad)?,
                     master: master.to_owned(),
                     username,
                     password,
@@ -220,8 +222,7 @@ impl RedisConfig {
                     "redis"
                 };
                 Topology::Cluster {
-                    nodes: split_hosts(rest.trim_end_matches('/'), node_scheme)
-                        .map_err(|r| bad(r))?,
+                    nodes: split_hosts(rest.trim_end_matches('/'), node_scheme).map_err(&bad)?,
                 }
             }
             _ => return Err(bad("unknown scheme")),

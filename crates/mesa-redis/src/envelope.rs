@@ -114,8 +114,7 @@ pub(crate) fn encode(origin: Option<NodeId>, target: &WireTarget, action: &Actio
         Action::Send(_) => KIND_SEND,
         Action::Disconnect { .. } => KIND_DISCONNECT,
     });
-    let (target_byte, connection, excluding): (u8, Option<ConnectionId>, &[String]) = match target
-    {
+    let (target_byte, connection, excluding): (u8, Option<ConnectionId>, &[String]) = match target {
         WireTarget::All { excluding } => (TARGET_ALL, None, excluding),
         WireTarget::ChannelUser => (TARGET_CHANNEL_USER, None, &[]),
         WireTarget::Connection { id, excluding } => (TARGET_CONNECTION, Some(*id), excluding),
@@ -217,9 +216,9 @@ pub(crate) fn decode(mut payload: Bytes) -> Result<Envelope, EnvelopeError> {
         }
     };
     let action = match kind {
-        KIND_SEND => Action::Send(
-            EncodedFrame::from_bytes(payload).map_err(|_| EnvelopeError::NotUtf8)?,
-        ),
+        KIND_SEND => {
+            Action::Send(EncodedFrame::from_bytes(payload).map_err(|_| EnvelopeError::NotUtf8)?)
+        }
         KIND_DISCONNECT => {
             need(&payload, 2)?;
             let code = payload.get_u16();
@@ -231,7 +230,12 @@ pub(crate) fn decode(mut payload: Bytes) -> Result<Envelope, EnvelopeError> {
             let origin = origin.ok_or(EnvelopeError::Truncated)?;
             return Ok(Envelope::Probe { origin, nonce });
         }
-        value => return Err(EnvelopeError::Unknown { what: "kind", value }),
+        value => {
+            return Err(EnvelopeError::Unknown {
+                what: "kind",
+                value,
+            })
+        }
     };
     Ok(Envelope::Publication {
         origin,

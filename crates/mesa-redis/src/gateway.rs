@@ -164,7 +164,9 @@ impl Gateway {
                     remote.nodes = counts
                         .iter()
                         .zip(mine)
-                        .map(|(n, mine)| usize::try_from(*n).unwrap_or(0).saturating_sub(mine.into()))
+                        .map(|(n, mine)| {
+                            usize::try_from(*n).unwrap_or(0).saturating_sub(mine.into())
+                        })
                         .sum();
                     Ok(local.merge(remote))
                 }
@@ -376,7 +378,8 @@ impl Gateway {
             }
         }
         if pass.heartbeat {
-            let beat = presence::heartbeat(&connections.commands, keys, id, node.connection_count());
+            let beat =
+                presence::heartbeat(&connections.commands, keys, id, node.connection_count());
             let was_missing = within(limit, beat).await?;
             if was_missing && subscribed.registered {
                 tracing::warn!(
@@ -421,7 +424,8 @@ impl Gateway {
             let channel = self.link.keys.node_channel(id);
             {
                 let subscribed = self.subscribed.lock().await;
-                if subscribed.generation != c.generation || !subscribed.channels.contains(&channel) {
+                if subscribed.generation != c.generation || !subscribed.channels.contains(&channel)
+                {
                     continue;
                 }
             }
@@ -451,7 +455,9 @@ impl Gateway {
 
 fn engine_error(error: PassError) -> EngineError {
     match error {
-        PassError::Redis(e) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+        PassError::Redis(e)
+            if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) =>
+        {
             EngineError::Backend(e.to_string())
         }
         PassError::Refused(e) => EngineError::Backend(e),
@@ -465,7 +471,10 @@ impl Hooks for Gateway {
     }
 
     /// Subscribes the new connection to every channel this node needs, from its own record (not redis-rs's).
-    fn connected<'a>(&'a self, connections: &'a Arc<Connections>) -> BoxFuture<'a, RedisResult<()>> {
+    fn connected<'a>(
+        &'a self,
+        connections: &'a Arc<Connections>,
+    ) -> BoxFuture<'a, RedisResult<()>> {
         Box::pin(async move {
             let mut subscribed = self.subscribed.lock().await;
             let mut channels: Vec<String> = match self.inbound.node() {

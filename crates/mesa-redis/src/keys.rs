@@ -137,10 +137,7 @@ mod tests {
             keys.classify(&keys.node_channel(NodeId(1))),
             Some(Channel::Node)
         );
-        assert_eq!(
-            keys.classify(&keys.broadcast_channel()),
-            Some(Channel::All)
-        );
+        assert_eq!(keys.classify(&keys.broadcast_channel()), Some(Channel::All));
         assert_eq!(keys.classify("mesa:other:all"), None);
         assert_eq!(keys.classify("mesa:chat:p:{bob}"), None);
     }

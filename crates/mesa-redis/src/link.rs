@@ -36,7 +36,8 @@ pub(crate) trait Hooks: Send + Sync + 'static {
     /// The push handler of generation `generation`'s subscriber connection; `None`: open none.
     fn subscriber(&self, generation: u64) -> Option<PushHandler>;
     /// Prepares new connections (resubscribes) before they become current; an error retries the connect.
-    fn connected<'a>(&'a self, connections: &'a Arc<Connections>) -> BoxFuture<'a, RedisResult<()>>;
+    fn connected<'a>(&'a self, connections: &'a Arc<Connections>)
+        -> BoxFuture<'a, RedisResult<()>>;
     /// The prepared connections are now current (what waits for a connection may go on).
     fn current(&self) {}
 }
@@ -112,7 +113,12 @@ impl Link {
         deadline: tokio::time::Instant,
     ) -> Option<Arc<Connections>> {
         let mut rx = self.current.subscribe();
-        let wait = async { rx.wait_for(|c| c.is_some()).await.ok().and_then(|c| c.clone()) };
+        let wait = async {
+            rx.wait_for(|c| c.is_some())
+                .await
+                .ok()
+                .and_then(|c| c.clone())
+        };
         tokio::time::timeout_at(deadline, wait).await.ok().flatten()
     }
 
@@ -157,9 +163,7 @@ impl Link {
         let timeout = self.config.connect_timeout;
         let commands = backend::connect(&self.config.topology, timeout, on_commands).await?;
         let subscriber = match hooks.subscriber(generation) {
-            Some(handler) => {
-                Some(backend::connect(&self.config.topology, timeout, handler).await?)
-            }
+            Some(handler) => Some(backend::connect(&self.config.topology, timeout, handler).await?),
             None => None,
         };
         let connections = Arc::new(Connections {

@@ -111,7 +111,12 @@ pub(crate) async fn heartbeat(
 
 /// Removes nodes whose liveness is older than `ttl` (not `this`), their fields in the presence hash of
 /// every user in their user set, and that set. Returns how many nodes were removed.
-pub(crate) async fn reap(conn: &Conn, keys: &Keys, ttl: Duration, this: NodeId) -> RedisResult<usize> {
+pub(crate) async fn reap(
+    conn: &Conn,
+    keys: &Keys,
+    ttl: Duration,
+    this: NodeId,
+) -> RedisResult<usize> {
     let mut call = REAP.key(keys.nodes());
     call.key(keys.node_info())
         .arg(millis(ttl))
@@ -142,7 +147,11 @@ pub(crate) async fn reap(conn: &Conn, keys: &Keys, ttl: Duration, this: NodeId) 
 }
 
 /// The live nodes, ordered by id.
-pub(crate) async fn live_nodes(conn: &Conn, keys: &Keys, ttl: Duration) -> RedisResult<Vec<NodeStatus>> {
+pub(crate) async fn live_nodes(
+    conn: &Conn,
+    keys: &Keys,
+    ttl: Duration,
+) -> RedisResult<Vec<NodeStatus>> {
     let mut call = LIVE.key(keys.nodes());
     call.key(keys.node_info()).arg(millis(ttl));
     let flat: Vec<String> = conn.invoke(&call).await?;
@@ -167,8 +176,9 @@ pub(crate) async fn presence(
     user: &str,
     ttl: Duration,
 ) -> RedisResult<Presence> {
-    let fields: HashMap<String, Value> =
-        conn.query(redis::cmd("HGETALL").arg(keys.presence(user))).await?;
+    let fields: HashMap<String, Value> = conn
+        .query(redis::cmd("HGETALL").arg(keys.presence(user)))
+        .await?;
     if fields.is_empty() {
         return Ok(Presence::default());
     }
@@ -190,7 +200,12 @@ pub(crate) async fn presence(
 }
 
 /// Removes everything of `node` at once (a node leaving): its presence fields, user set and liveness.
-pub(crate) async fn goodbye(conn: &Conn, keys: &Keys, node: NodeId, users: &[String]) -> RedisResult<()> {
+pub(crate) async fn goodbye(
+    conn: &Conn,
+    keys: &Keys,
+    node: NodeId,
+    users: &[String],
+) -> RedisResult<()> {
     let hex = node.to_string();
     let mut cmds: Vec<Cmd> = users
         .iter()

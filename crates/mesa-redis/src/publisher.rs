@@ -164,7 +164,9 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
             }
         }
         Ok(Err(error)) => {
-            if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+            if error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error()
             {
                 link.lost(connections.generation, format!("publish failed: {error}"));
             }

@@ -47,7 +47,10 @@ pub(crate) fn route(
             (
                 WireTarget::ChannelUser,
                 users.iter().map(|u| keys.user_channel(u)).collect(),
-                users.iter().map(|u| this_node.is_some() && holds(u)).collect(),
+                users
+                    .iter()
+                    .map(|u| this_node.is_some() && holds(u))
+                    .collect(),
             )
         }
         Recipients::Connection(id) => {

@@ -84,7 +84,8 @@ impl Sessions {
 
     /// Puts back what a failed pass did not write (later changes to those users win: they are dirty too).
     pub(crate) fn give_back(&mut self, pass: Pass) {
-        self.dirty.extend(pass.users.into_iter().map(|(user, _)| user));
+        self.dirty
+            .extend(pass.users.into_iter().map(|(user, _)| user));
         self.heartbeat |= pass.heartbeat;
     }
 

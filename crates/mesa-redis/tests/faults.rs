@@ -47,7 +47,9 @@ async fn a_node_killed_without_goodbye_leaves_presence_within_its_ttl() {
     doomed.abort();
     let killed = Instant::now();
     common::eventually("node 2's entries to be removed", ttl * 3, || async {
-        redis.cli(&["hget", &keys.presence("bob"), &node2]).is_empty()
+        redis
+            .cli(&["hget", &keys.presence("bob"), &node2])
+            .is_empty()
             && redis.cli(&["exists", &keys.presence("ann")]) == "0"
             && redis.cli(&["exists", &keys.node_users(NodeId(2))]) == "0"
             && redis.cli(&["zscore", &keys.nodes(), &node2]).is_empty()
@@ -65,7 +67,11 @@ async fn a_node_killed_without_goodbye_leaves_presence_within_its_ttl() {
         survivor.presence("bob").await.expect("presence").nodes,
         vec![(NodeId(1), 1)]
     );
-    assert!(!survivor.presence("ann").await.expect("presence").is_online());
+    assert!(!survivor
+        .presence("ann")
+        .await
+        .expect("presence")
+        .is_online());
     let nodes: Vec<NodeId> = survivor
         .nodes()
         .await

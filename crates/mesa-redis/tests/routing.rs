@@ -80,7 +80,10 @@ async fn a_node_holding_no_recipient_receives_nothing_from_redis() {
     send(&ea, 1, Target::all(), "barrier").await;
     c.wait_for_frame(carol, "barrier").await;
     b.wait_for_frame(bob, "barrier").await;
-    assert_eq!(before, 0, "node 3 holds no recipient: Redis sent it nothing");
+    assert_eq!(
+        before, 0,
+        "node 3 holds no recipient: Redis sent it nothing"
+    );
     assert_eq!(ec.metrics().received, 1, "node 3 received only the barrier");
     assert_eq!(c.calls(), 1);
     assert_eq!(b.frames_of(bob).len(), 42);
@@ -137,8 +140,16 @@ async fn namespaces_isolate_the_same_user_id() {
     assert_eq!(presence_two.nodes, vec![(NodeId(2), 1)]);
     h2.close(bob_two);
     holder_two.flush().await.expect("flushed");
-    assert!(!sender_two.presence("bob").await.expect("presence").is_online());
-    assert!(sender_one.presence("bob").await.expect("presence").is_online());
+    assert!(!sender_two
+        .presence("bob")
+        .await
+        .expect("presence")
+        .is_online());
+    assert!(sender_one
+        .presence("bob")
+        .await
+        .expect("presence")
+        .is_online());
     for engine in [sender_one, holder_one, sender_two, holder_two] {
         engine.abort();
     }
@@ -164,8 +175,14 @@ async fn two_gateways_over_one_redis_serve_real_clients_and_a_dispatcher() {
     .await;
     let mut ann = connect_as(&a, "ann").await;
     let mut bob = connect_as(&b, "bob").await;
-    engine_b.flush().await.expect("bob's subscription is confirmed");
-    engine_a.flush().await.expect("ann's subscription is confirmed");
+    engine_b
+        .flush()
+        .await
+        .expect("bob's subscription is confirmed");
+    engine_a
+        .flush()
+        .await
+        .expect("ann's subscription is confirmed");
 
     // A send made on node A reaches bob on node B; ann (on A) is not a recipient.
     let delivery = a
@@ -175,7 +192,10 @@ async fn two_gateways_over_one_redis_serve_real_clients_and_a_dispatcher() {
         .expect("sent");
     assert_eq!((delivery.queued, delivery.nodes), (0, 1));
     let hi = recv(&mut bob).await;
-    assert_eq!((hi["t"].clone(), hi["d"].clone()), (json!("HI"), json!({"n": 1})));
+    assert_eq!(
+        (hi["t"].clone(), hi["d"].clone()),
+        (json!("HI"), json!({"n": 1}))
+    );
 
     // A broadcast from B: ann gets it through Redis, bob locally.
     b.mesa
@@ -207,7 +227,10 @@ async fn two_gateways_over_one_redis_serve_real_clients_and_a_dispatcher() {
         .disconnect(&Target::users(["bob"]), 4000, "kicked")
         .await
         .expect("dispatched");
-    assert_eq!(expect_close(&mut bob).await.code_reason(), (4000, "kicked".into()));
+    assert_eq!(
+        expect_close(&mut bob).await.code_reason(),
+        (4000, "kicked".into())
+    );
 
     a.stop().await;
     b.stop().await;
@@ -215,6 +238,10 @@ async fn two_gateways_over_one_redis_serve_real_clients_and_a_dispatcher() {
     // nodes' engines are closed).
     let observer = common::engine(&config);
     assert_eq!(observer.nodes().await.expect("nodes"), vec![]);
-    assert!(!observer.presence("ann").await.expect("presence").is_online());
+    assert!(!observer
+        .presence("ann")
+        .await
+        .expect("presence")
+        .is_online());
     observer.abort();
 }

@@ -58,7 +58,10 @@ pub fn wait_ready(port: u16) {
         if command(port, "PING").is_ok_and(|reply| reply == "+PONG") {
             return;
         }
-        assert!(Instant::now() < deadline, "redis on port {port} did not answer PING");
+        assert!(
+            Instant::now() < deadline,
+            "redis on port {port} did not answer PING"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -139,7 +142,9 @@ impl RedisServer {
             .args(args)
             .output()
             .expect("run redis-cli");
-        String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
     }
 }
 
@@ -189,7 +194,10 @@ impl RedisCluster {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         for node in &nodes {
             while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not reach cluster_state:ok"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -246,7 +254,10 @@ impl RedisSentinel {
             .cli(&["sentinel", "get-master-addr-by-name", name])
             .contains(&master.port().to_string())
         {
-            assert!(Instant::now() < deadline, "the Sentinel does not know its master");
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel does not know its master"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         sentinel
@@ -269,6 +280,8 @@ impl RedisSentinel {
             .args(args)
             .output()
             .expect("run redis-cli");
-        String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
     }
 }
