@@ -10,8 +10,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Topology {
-    /// One server: `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls; append
-    /// `#insecure` to skip certificate checks).
+    /// One server: `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (rustls, the
+    /// system's root certificates).
     Standalone {
         /// The server's URL.
         url: String,

@@ -53,6 +53,19 @@ enum PassError {
     Refused(String),
 }
 
+impl PassError {
+    /// Whether the server answered READONLY (it is a replica now).
+    fn is_read_only(&self) -> bool {
+        match self {
+            PassError::Redis(e) => {
+                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            }
+            PassError::Refused(e) => e.starts_with("READONLY") || e.contains("read-only"),
+            _ => false,
+        }
+    }
+}
+
 async fn within<T>(
     limit: Duration,
     work: impl std::future::Future<Output = RedisResult<T>>,
@@ -293,6 +306,14 @@ impl Gateway {
             }
             retry = match self.pass().await {
                 Ok(()) | Err(PassError::NotConnected) => None,
+                Err(error) if error.is_read_only() => {
+                    // A Sentinel failover made our server a replica: ask the Sentinels again.
+                    if let Some(c) = self.link.connections() {
+                        self.link
+                            .lost(c.generation, format!("Redis refused a write: {error}"));
+                    }
+                    None
+                }
                 Err(error) => {
                     tracing::debug!(%error, "presence and subscription pass failed; retrying");
                     Some(Instant::now() + self.config().reconnect_min)
