@@ -8,7 +8,8 @@
 //!   echo handler.
 //! - [`process`]: child processes (a server binary) behind a guard that kills them on drop, free ports and the
 //!   `listening on <addr>` log line.
-//! - [`redis`]: real `redis-server` processes on free ports that a test can kill and restart.
+//! - [`redis`]: real `redis-server` processes on free ports that a test can kill and restart, a local
+//!   three-master Redis Cluster, and a `redis-sentinel` watching a server.
 //!
 //! Every helper panics with a message saying what it waited for instead of returning an error: a failed
 //! expectation is a failed test.

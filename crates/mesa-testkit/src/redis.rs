@@ -1,4 +1,5 @@
-//! Real `redis-server` processes for tests, on free ports of 127.0.0.1, that a test can kill and restart.
+//! Real `redis-server` processes for tests, on free ports of 127.0.0.1, that a test can kill and restart;
+//! a three-master Redis Cluster made of them; a `redis-sentinel` watching one.
 //!
 //! Never a mock: the engine is tested against the server it runs against. Each process keeps nothing on disk
 //! (`--save "" --appendonly no`) and works in its own temporary directory; the guard kills it on drop.
@@ -135,6 +136,144 @@ impl RedisServer {
     }
 
     /// Runs `redis-cli -p <port> <args>` and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
+    }
+}
+
+/// How long a new cluster has to report `cluster_state:ok`, and a Sentinel to know its master.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A local Redis Cluster of three masters (no replicas), each a [`RedisServer`] with
+/// `--cluster-enabled yes`, joined with `redis-cli --cluster create … --cluster-yes`.
+pub struct RedisCluster {
+    /// The masters, in the order of their slot ranges.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three masters on free ports and waits until every one reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The bus port is chosen too: the default (port + 10000) may not exist for a high port.
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        for node in &nodes {
+            while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not reach cluster_state:ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis://127.0.0.1:<port>` of every master.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// One `redis-sentinel` process monitoring one master under a name, with its configuration file in a
+/// temporary directory (Sentinel rewrites it).
+pub struct RedisSentinel {
+    port: u16,
+    master: String,
+    _dir: TempDir,
+    _process: ChildGuard,
+}
+
+impl RedisSentinel {
+    /// Starts a Sentinel on a free port monitoring `master` as `name` (quorum 1) and waits until it
+    /// answers `SENTINEL get-master-addr-by-name` with the master's port.
+    pub fn start(master: &RedisServer, name: &str) -> RedisSentinel {
+        let port = free_port();
+        let dir = TempDir::new("mesa-sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 5000\n",
+                dir.path().display(),
+                master.port()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut command = Command::new("redis-sentinel");
+        command
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process = ChildGuard::spawn(&mut command);
+        wait_ready(port);
+        let sentinel = RedisSentinel {
+            port,
+            master: name.to_owned(),
+            _dir: dir,
+            _process: process,
+        };
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        while !sentinel
+            .cli(&["sentinel", "get-master-addr-by-name", name])
+            .contains(&master.port().to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel does not know its master"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis+sentinel://127.0.0.1:<port>/<master name>`, the URL the engine takes.
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/{}", self.port, self.master)
+    }
+
+    /// Runs `redis-cli -p <port> <args>` against the Sentinel and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])

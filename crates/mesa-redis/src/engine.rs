@@ -1,0 +1,119 @@
+//! [`RedisEngine`]: the [`Engine`] of a gateway node over Redis.
+
+use std::sync::Arc;
+
+use mesa_engine::{
+    BoxFuture, Delivery, Engine, EngineError, Health, LocalNode, NodeId, NodeStatus, Presence,
+    Publication, PublishError,
+};
+
+use crate::config::RedisConfig;
+use crate::gateway::Gateway;
+use crate::keys::Keys;
+use crate::metrics::RedisMetricsSnapshot;
+
+/// Connects the nodes of a gateway through Redis: one engine per node (process).
+///
+/// Sends are routed by where users are (a node subscribes to a user's channel while it holds a session of
+/// that user), presence is kept in Redis with the liveness of every node, and Redis faults degrade the
+/// node (local sessions are still served, sends to others fail with `Unavailable`) until it reconnects by
+/// itself. `docs/clustering.md` describes the keys, the delivery semantics and the faults.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Runtime::new()?;
+/// # rt.block_on(async {
+/// use mesa_redis::{RedisConfig, RedisEngine};
+/// let config = RedisConfig::from_url("redis://127.0.0.1:6379")?.with_namespace("chat");
+/// let engine = RedisEngine::connect(config)?;
+/// // mesa_server::Mesa::builder().engine(engine).build() …
+/// # Ok::<(), Box<dyn std::error::Error>>(()) })?;
+/// # Ok(()) }
+/// ```
+pub struct RedisEngine {
+    gateway: Arc<Gateway>,
+}
+
+impl RedisEngine {
+    /// Starts an engine on the current Tokio runtime. Fails only on an invalid configuration (or outside a
+    /// runtime): an unreachable Redis makes it start Degraded and keep retrying.
+    pub fn connect(config: RedisConfig) -> Result<Arc<RedisEngine>, EngineError> {
+        config
+            .validate()
+            .map_err(|e| EngineError::Backend(format!("invalid Redis configuration: {e}")))?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(EngineError::Backend(
+                "the Redis engine must be started within a Tokio runtime".into(),
+            ));
+        }
+        Ok(Arc::new(RedisEngine {
+            gateway: Gateway::start(config),
+        }))
+    }
+
+    /// The counters of this engine.
+    pub fn metrics(&self) -> RedisMetricsSnapshot {
+        self.gateway.link.metrics.snapshot()
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.gateway.link.config
+    }
+
+    /// The names of its keys and channels.
+    pub fn keys(&self) -> &Keys {
+        &self.gateway.link.keys
+    }
+
+    /// Stops at once without removing anything from Redis, as a crashed process would (the other nodes
+    /// clean up after `node_ttl`). For tests of that, and for a process that must not wait.
+    pub fn abort(&self) {
+        self.gateway.abort();
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.gateway.link.shutdown.cancel();
+    }
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, node: Arc<dyn LocalNode>) {
+        self.gateway.attach(node);
+    }
+
+    fn detach(&self, node: NodeId) -> BoxFuture<'_, ()> {
+        Box::pin(self.gateway.detach(node))
+    }
+
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Delivery, PublishError>> {
+        self.gateway.publish(publication)
+    }
+
+    fn user_session_added(&self, _node: NodeId, user_id: &str) {
+        self.gateway.user_session_added(user_id);
+    }
+
+    fn user_session_removed(&self, _node: NodeId, user_id: &str) {
+        self.gateway.user_session_removed(user_id);
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(self.gateway.flush())
+    }
+
+    fn presence(&self, user_id: &str) -> BoxFuture<'_, Result<Presence, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move { self.gateway.presence(&user).await })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStatus>, EngineError>> {
+        Box::pin(self.gateway.nodes())
+    }
+
+    fn health(&self) -> Health {
+        self.gateway.link.health()
+    }
+}

@@ -1,0 +1,50 @@
+//! The Redis engine of Mesa: the nodes of one gateway, in several processes, connected through Redis.
+//!
+//! [`RedisEngine`] implements [`mesa_engine::Engine`] over Redis 7 (standalone, through Sentinel, or a
+//! Cluster with sharded pub/sub), with redis-rs. Sends are routed by where users are: a node listens on a
+//! user's channel only while it holds a session of that user, so a node receives only what its sessions
+//! need. Presence (which nodes hold a user, how many sessions each) and node liveness are kept in Redis and
+//! cleaned up after a node that died without a goodbye. [`Dispatcher`] sends from services that are not
+//! gateways. `docs/clustering.md` documents every key and channel, the delivery semantics and the faults.
+//!
+//! Layout, from the wire up:
+//!
+//! - [`config`]: [`RedisConfig`], [`Topology`] (URLs: `redis://`, `rediss://`, `redis+sentinel://`,
+//!   `redis+cluster://`).
+//! - [`keys`]: [`Keys`], the names of every key and channel; `envelope`: the bytes on a channel (a compact
+//!   header, then the frame unchanged); `routing`: which channels a publication goes to.
+//! - `backend`: one redis-rs connection for a topology; `link`: the connections, their supervisor
+//!   (reconnect with backoff, [`Health`](mesa_engine::Health)); `publisher`: the one ordered queue to Redis.
+//! - `sessions`: this node's sessions per user; `presence`: presence and liveness in Redis (scripts);
+//!   `inbound`: received envelopes handed to the node; `gateway`: a node's publish path and background
+//!   passes; [`RedisEngine`] on top. [`Dispatcher`] shares `link`, `routing` and `publisher`.
+//! - [`metrics`]: [`RedisMetrics`] counters.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use mesa_redis::{RedisConfig, RedisEngine};
+//! let engine = RedisEngine::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?)?;
+//! let mesa = mesa_server::Mesa::builder().engine(engine).build();
+//! # let _ = mesa; Ok(()) }
+//! ```
+
+mod backend;
+pub mod config;
+mod dispatcher;
+mod engine;
+mod envelope;
+mod gateway;
+mod inbound;
+pub mod keys;
+mod link;
+pub mod metrics;
+mod presence;
+mod publisher;
+mod routing;
+mod sessions;
+
+pub use config::{ConfigError, RedisConfig, Topology, DEFAULT_NAMESPACE};
+pub use dispatcher::{Dispatchable, Dispatcher};
+pub use engine::RedisEngine;
+pub use keys::Keys;
+pub use metrics::{RedisMetrics, RedisMetricsSnapshot};

@@ -1,0 +1,197 @@
+//! The one queue every publication of an engine (or Dispatcher) goes through on its way to Redis.
+//!
+//! A publication is queued when `publish` is called, so the queue holds them in call order; one task takes
+//! what is waiting, sends it as one pipeline (in a Cluster, one per slot) on the one command connection,
+//! and waits for the replies before sending the next batch. So two publications from one origin to one
+//! channel reach Redis, and every subscriber, in the order they were published. Each publication has a
+//! deadline (`publish_timeout`): one not handed to Redis by then fails with `Unavailable` and is not sent
+//! later; one whose batch was sent but not answered in time fails too, and may still have been delivered.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mesa_engine::EngineError;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::link::Link;
+
+/// Commands sent in one pipeline at most.
+const MAX_BATCH: usize = 1024;
+
+struct Job {
+    channels: Vec<String>,
+    payload: Bytes,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<i64>, EngineError>>,
+}
+
+/// The queue's sending side.
+pub(crate) struct Publisher {
+    tx: mpsc::Sender<Job>,
+    link: Arc<Link>,
+}
+
+impl Publisher {
+    /// Starts the task that empties the queue (it ends with the link's shutdown token).
+    pub(crate) fn start(link: Arc<Link>) -> Publisher {
+        let (tx, rx) = mpsc::channel(link.config.publish_queue);
+        tokio::spawn(run(link.clone(), rx));
+        Publisher { tx, link }
+    }
+
+    /// Queues a publication on `channels` now (keeping the order of calls) and returns the number of
+    /// subscribers Redis reported per channel. Fails at once when Redis was reachable and is not any more,
+    /// or when the queue is full.
+    pub(crate) fn submit(
+        &self,
+        channels: Vec<String>,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
+        let link = self.link.clone();
+        let timeout = link.config.publish_timeout;
+        let queued = if channels.is_empty() {
+            Ok(None)
+        } else if link.shutdown.is_cancelled() {
+            Err(EngineError::Closed)
+        } else if link.is_lost() {
+            Err(EngineError::Unavailable(link.down_reason()))
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                channels,
+                payload,
+                deadline: Instant::now() + timeout,
+                reply,
+            };
+            match self.tx.try_send(job) {
+                Ok(()) => Ok(Some(answer)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overloaded(format!(
+                    "{} publications are waiting for Redis (publish_queue)",
+                    link.config.publish_queue
+                ))),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::Closed),
+            }
+        };
+        async move {
+            let result = match queued {
+                Ok(None) => return Ok(Vec::new()),
+                Ok(Some(answer)) => match tokio::time::timeout(timeout, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(EngineError::Closed),
+                    Err(_) => Err(EngineError::Unavailable(format!(
+                        "Redis did not take the publication within {timeout:?}"
+                    ))),
+                },
+                Err(error) => Err(error),
+            };
+            match &result {
+                Ok(_) => link.metrics.published(),
+                Err(_) => link.metrics.publish_failed(),
+            }
+            result
+        }
+    }
+}
+
+async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<Job>) {
+    loop {
+        let first = tokio::select! {
+            _ = link.shutdown.cancelled() => return,
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut commands = first.channels.len();
+        let mut batch = vec![first];
+        while commands < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    commands += job.channels.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        send_batch(&link, batch).await;
+    }
+}
+
+fn fail(jobs: Vec<Job>, error: &EngineError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+async fn send_batch(link: &Link, mut batch: Vec<Job>) {
+    let Some(deadline) = batch.iter().map(|j| j.deadline).max() else {
+        return;
+    };
+    // Before the first connection a publication waits for it (within its deadline); after a loss the
+    // caller already failed fast, and what was queued before the loss fails now.
+    let connections = match link.connections() {
+        Some(c) => Some(c),
+        None if !link.is_lost() => link.wait_connected(deadline).await,
+        None => None,
+    };
+    let now = Instant::now();
+    let (late, live): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(|j| j.deadline <= now);
+    fail(
+        late,
+        &EngineError::Unavailable("not handed to Redis within the publish timeout".into()),
+    );
+    let Some(connections) = connections else {
+        fail(live, &EngineError::Unavailable(link.down_reason()));
+        return;
+    };
+    if live.is_empty() {
+        return;
+    }
+    let conn = &connections.commands;
+    let cmds = live
+        .iter()
+        .flat_map(|job| job.channels.iter().map(|c| conn.publish(c, &job.payload)))
+        .collect();
+    match tokio::time::timeout_at(deadline, conn.run(cmds)).await {
+        Ok(Ok(replies)) => {
+            let mut replies = replies.into_iter();
+            for job in live {
+                let mine: Vec<Value> = replies.by_ref().take(job.channels.len()).collect();
+                let _ = job.reply.send(counts(mine));
+            }
+        }
+        Ok(Err(error)) => {
+            if error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error()
+            {
+                link.lost(connections.generation, format!("publish failed: {error}"));
+            }
+            fail(live, &EngineError::Unavailable(error.to_string()));
+        }
+        Err(_) => fail(
+            live,
+            &EngineError::Unavailable(format!(
+                "Redis did not answer within {:?}",
+                link.config.publish_timeout
+            )),
+        ),
+    }
+}
+
+/// PUBLISH replies: subscriber counts, or why Redis refused.
+fn counts(replies: Vec<Value>) -> Result<Vec<i64>, EngineError> {
+    replies
+        .into_iter()
+        .map(|reply| match reply {
+            Value::Int(n) => Ok(n),
+            Value::ServerError(e) => Err(EngineError::Backend(e.to_string())),
+            other => Err(EngineError::Backend(format!(
+                "unexpected PUBLISH reply {other:?}"
+            ))),
+        })
+        .collect()
+}

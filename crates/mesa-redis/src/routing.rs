@@ -1,0 +1,131 @@
+//! Where a publication goes: which channels, with which envelope, and whether the origin serves it itself.
+//! Pure: the same for a gateway node and for a [`Dispatcher`](crate::Dispatcher) (which is no node).
+
+use bytes::Bytes;
+use mesa_engine::{NodeId, Publication, Recipients};
+
+use crate::envelope::{self, WireTarget};
+use crate::keys::Keys;
+
+/// A publication's way through Redis.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The origin is this node: it delivers to its own sessions itself, first.
+    pub(crate) local: bool,
+    /// The channels to publish on, in order (one per recipient user; none when only this node holds it).
+    pub(crate) channels: Vec<String>,
+    /// Per channel: whether this node is one of its subscribers (not counted in `Delivery::nodes`).
+    pub(crate) mine: Vec<bool>,
+    /// The envelope, the same bytes on every channel.
+    pub(crate) payload: Bytes,
+}
+
+/// Routes `publication` from `this_node` (`None`: a Dispatcher). `holds` says whether this node has a
+/// session of a user (so is subscribed to that user's channel).
+pub(crate) fn route(
+    keys: &Keys,
+    publication: &Publication,
+    this_node: Option<NodeId>,
+    holds: impl Fn(&str) -> bool,
+) -> Route {
+    let local = this_node.is_some() && publication.origin == this_node;
+    let target = &publication.target;
+    let (wire, channels, mine): (WireTarget, Vec<String>, Vec<bool>) = match &target.recipients {
+        Recipients::All => (
+            WireTarget::All {
+                excluding: target.excluding.clone(),
+            },
+            vec![keys.broadcast_channel()],
+            vec![this_node.is_some()],
+        ),
+        Recipients::Users(ids) => {
+            let mut seen = std::collections::HashSet::new();
+            let users: Vec<&String> = ids
+                .iter()
+                .filter(|id| !target.excluding.contains(id) && seen.insert(id.as_str()))
+                .collect();
+            (
+                WireTarget::ChannelUser,
+                users.iter().map(|u| keys.user_channel(u)).collect(),
+                users
+                    .iter()
+                    .map(|u| this_node.is_some() && holds(u))
+                    .collect(),
+            )
+        }
+        Recipients::Connection(id) => {
+            let wire = WireTarget::Connection {
+                id: *id,
+                excluding: target.excluding.clone(),
+            };
+            if local && Some(id.node()) == this_node {
+                (wire, Vec::new(), Vec::new())
+            } else {
+                let mine = Some(id.node()) == this_node;
+                (wire, vec![keys.node_channel(id.node())], vec![mine])
+            }
+        }
+    };
+    let payload = if channels.is_empty() {
+        Bytes::new()
+    } else {
+        envelope::encode(publication.origin, &wire, &publication.action)
+    };
+    Route {
+        local,
+        channels,
+        mine,
+        payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesa_engine::{ConnectionId, EncodedFrame, Target};
+
+    fn send(origin: Option<u64>, target: Target) -> Publication {
+        Publication::send(origin.map(NodeId), target, EncodedFrame::from("{}"))
+    }
+
+    #[test]
+    fn users_get_one_channel_each_minus_exclusions() {
+        let keys = Keys::new("t");
+        let r = route(
+            &keys,
+            &send(
+                Some(1),
+                Target::users(["a", "b", "a", "eve"]).excluding(["eve"]),
+            ),
+            Some(NodeId(1)),
+            |u| u == "b",
+        );
+        assert!(r.local);
+        assert_eq!(r.channels, ["mesa:t:u:{a}", "mesa:t:u:{b}"]);
+        assert_eq!(r.mine, [false, true]);
+    }
+
+    #[test]
+    fn a_connection_of_this_node_stays_local() {
+        let keys = Keys::new("t");
+        let here = ConnectionId::new(NodeId(1), 5);
+        let r = route(
+            &keys,
+            &send(Some(1), Target::connection(here)),
+            Some(NodeId(1)),
+            |_| false,
+        );
+        assert!(r.local && r.channels.is_empty());
+        // Without an origin (a Dispatcher's publication made through an engine) it goes through Redis.
+        let r = route(
+            &keys,
+            &send(None, Target::connection(here)),
+            Some(NodeId(1)),
+            |_| false,
+        );
+        assert!(!r.local);
+        assert_eq!(r.channels, [keys.node_channel(NodeId(1))]);
+        let r = route(&keys, &send(None, Target::all()), None, |_| true);
+        assert_eq!((r.local, r.mine.as_slice()), (false, &[false][..]));
+    }
+}

@@ -1,0 +1,52 @@
+//! The engine conformance suite (`mesa_engine::conformance`) against real Redis: a standalone server and a
+//! local three-master Redis Cluster (sharded pub/sub). Each case gets three engines (three nodes) on a fresh
+//! namespace; the previous case's engines are aborted.
+
+mod common;
+
+use std::sync::Arc;
+
+use mesa_engine::conformance::run_all;
+use mesa_engine::Engine;
+use mesa_redis::{RedisConfig, RedisEngine};
+use mesa_testkit::redis::{RedisCluster, RedisServer};
+
+async fn run_suite(base: RedisConfig) {
+    let mut case = 0;
+    let mut previous: Vec<Arc<RedisEngine>> = Vec::new();
+    run_all(|| {
+        case += 1;
+        for engine in previous.drain(..) {
+            engine.abort();
+        }
+        let config = base
+            .clone()
+            .with_namespace(common::namespace(&format!("conformance{case}x")));
+        previous = (0..3).map(|_| common::engine(&config)).collect();
+        let engines: Vec<Arc<dyn Engine>> = previous
+            .iter()
+            .map(|e| e.clone() as Arc<dyn Engine>)
+            .collect();
+        std::future::ready(engines)
+    })
+    .await;
+    for engine in previous {
+        engine.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_passes_on_standalone_redis() {
+    let redis = RedisServer::start();
+    run_suite(common::config(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_passes_on_a_redis_cluster_with_sharded_pubsub() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster started");
+    let mut config = RedisConfig::cluster(cluster.urls());
+    common::fast(&mut config);
+    run_suite(config).await;
+}
