@@ -40,12 +40,21 @@ async fn events_reach_live_workers_round_robin_and_are_refused_without_one() {
 
     let lonely = PortalSender::connect(&config).await.expect("sender");
     let refused = lonely.hand(&event(0)).await;
-    assert!(matches!(refused, Err(PortalError::NoWorker { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(PortalError::NoWorker { .. })),
+        "{refused:?}"
+    );
     assert_eq!(lonely.refused(), 1);
 
     let mut w1 = PortalWorker::join(&config, "w1").await.expect("join w1");
     let mut w2 = PortalWorker::join(&config, "w2").await.expect("join w2");
-    assert_eq!(server.cli(&["SMEMBERS", "available_portals_pool_t"]).lines().count(), 2);
+    assert_eq!(
+        server
+            .cli(&["SMEMBERS", "available_portals_pool_t"])
+            .lines()
+            .count(),
+        2
+    );
 
     // Turns go over the sorted ids: w1, w2, w1, …
     let sender = PortalSender::connect(&config).await.expect("sender");
@@ -70,13 +79,22 @@ async fn events_reach_live_workers_round_robin_and_are_refused_without_one() {
     drop(w1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while server.cli(&["SCARD", "available_portals_pool_t"]) != "0" {
-        assert!(std::time::Instant::now() < deadline, "a dropped worker left the pool");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped worker left the pool"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(matches!(sender.hand(&event(13)).await, Err(PortalError::NoWorker { .. })));
+    assert!(matches!(
+        sender.hand(&event(13)).await,
+        Err(PortalError::NoWorker { .. })
+    ));
 
     // An id left in the pool by a worker that died without leaving: nobody hears it, refused too.
     server.cli(&["SADD", "available_portals_pool_t", "ghost"]);
-    assert!(matches!(sender.hand(&event(14)).await, Err(PortalError::NoWorker { .. })));
+    assert!(matches!(
+        sender.hand(&event(14)).await,
+        Err(PortalError::NoWorker { .. })
+    ));
     assert_eq!(sender.refused(), 2);
 }

@@ -53,7 +53,11 @@ fn event(client: u64, n: u64) -> PortalEvent {
 
 /// (client, n) of an event made by [`event`].
 fn ident(event: &PortalEvent) -> (u64, u64) {
-    let client = event.connection.expect("our events carry a connection").seq() - 1;
+    let client = event
+        .connection
+        .expect("our events carry a connection")
+        .seq()
+        - 1;
     let n = match &event.kind {
         PortalEventKind::Connection => 0,
         PortalEventKind::Authentication => 1,
@@ -131,7 +135,9 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_client_order_holds() {
 
     // Worker A handles 150 events, then takes 5 more without acknowledging them and dies, holding them
     // and whatever it had read ahead.
-    let mut a = PortalWorker::join(&config, "worker-a").await.expect("join a");
+    let mut a = PortalWorker::join(&config, "worker-a")
+        .await
+        .expect("join a");
     let a_log = log.clone();
     let a_task = tokio::spawn(async move {
         handle(&mut a, "a", &a_log, Some(100)).await;
@@ -152,7 +158,9 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_client_order_holds() {
     });
 
     a_busy.wait_for(|b| *b).await.expect("a busy");
-    let mut b = PortalWorker::join(&config, "worker-b").await.expect("join b");
+    let mut b = PortalWorker::join(&config, "worker-b")
+        .await
+        .expect("join b");
     let b_log = log.clone();
     let b_task = tokio::spawn(async move { handle(&mut b, "b", &b_log, None).await });
 
@@ -184,11 +192,15 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_client_order_holds() {
         .map(|h| h.entry.as_str())
         .collect();
     for id in &held_by_a {
-        assert!(redelivered.contains(id.as_str()), "{id} held by A was not redelivered");
+        assert!(
+            redelivered.contains(id.as_str()),
+            "{id} held by A was not redelivered"
+        );
         assert!(handled.iter().any(|h| &h.entry == id && h.worker == "b"));
     }
     assert_eq!(
-        server.cli(&["XPENDING", "mesa:{test}:portal:events", "mesa-portal"])
+        server
+            .cli(&["XPENDING", "mesa:{test}:portal:events", "mesa-portal"])
             .lines()
             .next(),
         Some("0"),
@@ -206,19 +218,33 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_client_order_holds() {
     for h in &handled {
         let order = entry_order(&h.entry);
         let previous = entry_of.insert((h.client, h.n), order);
-        assert!(previous.is_none_or(|p| p == order), "one event, one entry id");
+        assert!(
+            previous.is_none_or(|p| p == order),
+            "one event, one entry id"
+        );
     }
     for client in 0..CLIENTS {
         for n in 1..PER_CLIENT {
-            assert!(entry_of[&(client, n - 1)] < entry_of[&(client, n)], "client {client} event {n}");
+            assert!(
+                entry_of[&(client, n - 1)] < entry_of[&(client, n)],
+                "client {client} event {n}"
+            );
         }
     }
     // ... and each worker's first deliveries of one client come in that order.
     for worker in ["a", "b"] {
         let mut last: HashMap<u64, u64> = HashMap::new();
-        for h in handled.iter().filter(|h| h.worker == worker && !h.redelivered) {
+        for h in handled
+            .iter()
+            .filter(|h| h.worker == worker && !h.redelivered)
+        {
             if let Some(previous) = last.insert(h.client, h.n) {
-                assert!(previous < h.n, "worker {worker}, client {}: {previous} then {}", h.client, h.n);
+                assert!(
+                    previous < h.n,
+                    "worker {worker}, client {}: {previous} then {}",
+                    h.client,
+                    h.n
+                );
             }
         }
     }
@@ -230,7 +256,10 @@ async fn events_wait_in_the_stream_until_a_worker_joins() {
     let config = config(&server);
     let sender = PortalSender::connect(&config).await.expect("sender");
     for n in 0..10 {
-        sender.hand(&event(0, n)).await.expect("hand with no worker");
+        sender
+            .hand(&event(0, n))
+            .await
+            .expect("hand with no worker");
     }
     let mut worker = PortalWorker::join(&config, "late").await.expect("join");
     for n in 0..10 {

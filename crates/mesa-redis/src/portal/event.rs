@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(value["type"], "message");
         assert_eq!(value["portalId"], "p1");
         assert_eq!(value["clientId"], "alice");
-        assert_eq!(value["message"], json!({"op": 0, "d": {"text": "hi"}, "t": "SAY"}));
+        assert_eq!(
+            value["message"],
+            json!({"op": 0, "d": {"text": "hi"}, "t": "SAY"})
+        );
         let prefix = event.to_mesa_json_prefix();
         assert_eq!(
             serde_json::from_str::<Value>(&format!("{prefix}\"p1\"}}")).unwrap_or_default(),
