@@ -19,6 +19,10 @@
 //!   `inbound`: received envelopes handed to the node; `gateway`: a node's publish path and background
 //!   passes; [`RedisEngine`] on top. [`Dispatcher`] shares `link`, `routing` and `publisher`.
 //! - [`metrics`]: [`RedisMetrics`] counters.
+//! - [`portal`]: client events (connection, authentication, message, disconnection) handed by gateways to
+//!   worker services that are not gateways, either fire-and-forget in Mesa 1.5's exact format (a real
+//!   `@cryb/mesa` 1.5.8 `Portal` receives them) or at-least-once over a Redis Stream with a consumer group.
+//!   It opens its own connections (`portal::connect`) for now.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +42,7 @@ mod inbound;
 pub mod keys;
 mod link;
 pub mod metrics;
+pub mod portal;
 mod presence;
 mod publisher;
 mod routing;
