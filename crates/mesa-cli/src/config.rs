@@ -6,11 +6,12 @@
 //! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
 //!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
 //!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`,
-//!    `[tls]`, and the top-level keys `redis_url` and `trusted_proxies`.
+//!    `[tls]`, `[cluster]`, and the top-level keys `redis_url` (an alias of `cluster.redis_url`) and
+//!    `trusted_proxies`.
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
-//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`, `MESA_DEMO=true`. A variable with `__`
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_CLUSTER__REDIS_URL=redis://…`, `MESA_DEMO=true`. A variable with `__`
 //!    must name a key, so that a typo fails loudly; variables without `__` (other than the top-level `MESA_REDIS_URL`, `MESA_TRUSTED_PROXIES`, `MESA_DEMO`) are
 //!    not configuration: secrets named by `*_env` (`MESA_KEY`) and other programs' variables (Mesa 3D's
 //!    `MESA_GL_VERSION_OVERRIDE`) are left alone, with a warning when one looks like a misspelt key
@@ -31,6 +32,14 @@ use serde::Deserialize;
 /// The key that makes authentication required; defaults to `true` when `auth.mode` is not `none`.
 const REQUIRED_KEY: &str = "server.authentication.required";
 
+/// `cluster.namespace` when none is given: the Redis engine's own default.
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+/// URL schemes a Redis URL may have (`cluster.redis_url`, `mesa dispatch --redis-url`); the Redis engine checks
+/// the rest of the URL when it starts.
+pub(crate) const REDIS_SCHEMES: [&str; 4] =
+    ["redis", "rediss", "redis+sentinel", "rediss+sentinel"];
+
 /// Paths the HTTP API owns; the gateway path must not be one of them (or under `/api/`).
 pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
 
@@ -38,9 +47,11 @@ pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ServeConfig {
-    /// Redis URL for clustering. Accepted for compatibility with Mesa 1.5 deployments, but clustering is not
-    /// implemented yet: when set, `mesa serve` warns and runs in memory on a single node. Default: none.
+    /// Mesa 1.5's name for `cluster.redis_url` (also `MESA_REDIS_URL`), moved there at load; setting both is
+    /// an error. Default: none.
     pub(crate) redis_url: Option<Secret>,
+    /// Several nodes on one Redis (`[cluster]`). Default: none, the gateway runs alone, in memory.
+    pub(crate) cluster: Option<ClusterConfig>,
     /// The gateway: address, path, heartbeats, authentication rules, limits (`[server]`).
     pub(crate) server: mesa_server::Config,
     /// How op 2 credentials are checked (`[auth]`).
@@ -61,6 +72,121 @@ pub(crate) struct ServeConfig {
     /// Warnings found while loading (logged once logging is set up).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
+}
+
+/// `[cluster]`: this node joins the other `mesa serve` nodes on one Redis: sends, disconnects and presence
+/// reach every node (see `docs/clustering.md`). Present as soon as one of its keys is set.
+///
+/// Defaults: `namespace = "default"`, `node_ttl_ms = 15000`, `node_id` random at each start,
+/// `mesa15_compat = false`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ClusterConfig {
+    /// Where Redis is: `redis://[:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+sentinel://…`.
+    /// Required.
+    pub(crate) redis_url: Option<Secret>,
+    /// Separates gateways sharing one Redis: nodes see only nodes of their namespace. Default `default`.
+    pub(crate) namespace: String,
+    /// A node that has not refreshed its liveness for this long is dead: its presence entries are removed by
+    /// the others. It refreshes every third of it. Default 15000; at least 500.
+    pub(crate) node_ttl_ms: u64,
+    /// This node's id, 16 hex digits (the first half of its connection ids). Default: random at start. Fix
+    /// it only to recognise a node across restarts; two live nodes must never share one.
+    pub(crate) node_id: Option<String>,
+    /// Also speak Mesa 1.5's Redis formats, so that Mesa 1.5 nodes and Dispatchers share the cluster.
+    /// Default `false`.
+    pub(crate) mesa15_compat: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            namespace: DEFAULT_NAMESPACE.into(),
+            node_ttl_ms: 15_000,
+            node_id: None,
+            mesa15_compat: false,
+        }
+    }
+}
+
+/// The smallest `cluster.node_ttl_ms`: liveness is refreshed every third of it, and a shorter period would
+/// mostly measure Redis latency.
+const MIN_NODE_TTL_MS: u64 = 500;
+
+impl ClusterConfig {
+    /// Checks the URL's scheme, the namespace, the ttl and the node id; every message names its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Err(ConfigError::invalid(
+                "cluster.redis_url: required when [cluster] is set (MESA_CLUSTER__REDIS_URL)",
+            ));
+        };
+        validate_redis_url("cluster.redis_url", url.expose())?;
+        validate_namespace("cluster.namespace", &self.namespace)?;
+        if self.node_ttl_ms < MIN_NODE_TTL_MS {
+            return Err(ConfigError::invalid(format!(
+                "cluster.node_ttl_ms: must be at least {MIN_NODE_TTL_MS} (got {})",
+                self.node_ttl_ms
+            )));
+        }
+        if let Some(id) = &self.node_id {
+            id.parse::<mesa_server::NodeId>()
+                .map_err(|problem| ConfigError::invalid(format!("cluster.node_id: {problem}")))?;
+        }
+        Ok(())
+    }
+
+    /// `node_id`, parsed (validated at load).
+    pub(crate) fn node_id(&self) -> Option<mesa_server::NodeId> {
+        self.node_id.as_deref().and_then(|id| id.parse().ok())
+    }
+}
+
+/// Refuses a Redis URL whose scheme is not one of [`REDIS_SCHEMES`]. The message names `key` and the scheme,
+/// never the URL (it may hold a password).
+pub(crate) fn validate_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let schemes = REDIS_SCHEMES.map(|s| format!("{s}://")).join(", ");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(ConfigError::invalid(format!(
+            "{key}: not a URL (expected {schemes})"
+        )));
+    };
+    let known = REDIS_SCHEMES
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(scheme));
+    if !known {
+        let scheme: String = scheme.chars().take(32).collect();
+        return Err(ConfigError::invalid(format!(
+            "{key}: scheme {scheme:?} is not a Redis URL (expected {schemes})"
+        )));
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ConfigError::invalid(format!(
+            "{key}: the URL names no host"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an empty namespace and one with characters that would break Redis key names (`{`, `}` are hash
+/// tags in a Redis Cluster; spaces and control characters do not survive copy and paste).
+pub(crate) fn validate_namespace(key: &str, namespace: &str) -> Result<(), ConfigError> {
+    if namespace.is_empty() || namespace.len() > 64 {
+        return Err(ConfigError::invalid(format!(
+            "{key}: must be 1 to 64 bytes long (got {})",
+            namespace.len()
+        )));
+    }
+    if namespace
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
+        return Err(ConfigError::invalid(format!(
+            "{key}: must not contain spaces, control characters, '{{' or '}}' (got {namespace:?})"
+        )));
+    }
+    Ok(())
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.
@@ -276,7 +402,7 @@ pub(crate) struct Overrides {
     pub(crate) log_format: Option<LogFormat>,
     /// `--log-filter`.
     pub(crate) log_filter: Option<String>,
-    /// `--redis-url`.
+    /// `--redis-url` (`cluster.redis_url`).
     pub(crate) redis_url: Option<String>,
 }
 
@@ -347,10 +473,26 @@ impl ServeConfig {
         if config.auth.mode != AuthMode::None && !required_set {
             config.server.authentication.required = true;
         }
+        config.move_redis_url()?;
         config.apply(overrides);
         config.warnings = warnings;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Moves the top-level `redis_url` (Mesa 1.5's name) into `[cluster]`.
+    fn move_redis_url(&mut self) -> Result<(), ConfigError> {
+        let Some(url) = self.redis_url.take() else {
+            return Ok(());
+        };
+        let cluster = self.cluster.get_or_insert_with(ClusterConfig::default);
+        if cluster.redis_url.is_some() {
+            return Err(ConfigError::invalid(
+                "redis_url and cluster.redis_url are both set: keep cluster.redis_url",
+            ));
+        }
+        cluster.redis_url = Some(url);
+        Ok(())
     }
 
     /// Applies flag values.
@@ -379,7 +521,9 @@ impl ServeConfig {
             self.log.filter = filter;
         }
         if let Some(url) = redis_url {
-            self.redis_url = Some(Secret::new(url));
+            self.cluster
+                .get_or_insert_with(ClusterConfig::default)
+                .redis_url = Some(Secret::new(url));
         }
     }
 
@@ -388,6 +532,9 @@ impl ServeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         validate_gateway_path(&self.server.path)?;
         self.validate_values()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.auth.validate()
     }
 
@@ -618,7 +765,7 @@ struct EnvVars {
 const TOP_LEVEL_KEYS: [&str; 3] = ["redis_url", "trusted_proxies", "demo"];
 
 /// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
-const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];
+const SECTIONS: [&str; 7] = ["server", "auth", "api", "log", "proxy", "tls", "cluster"];
 
 impl EnvVars {
     fn new() -> EnvVars {
@@ -724,7 +871,7 @@ mod tests {
         assert_eq!(config.server.path, "/");
         assert_eq!(config.auth.mode, AuthMode::None);
         assert!(config.api.key.is_none() && config.api.key_env.is_none());
-        assert!(config.redis_url.is_none());
+        assert!(config.redis_url.is_none() && config.cluster.is_none());
         assert_eq!(
             (config.log.format, config.log.filter.as_str()),
             (LogFormat::Text, "info")
