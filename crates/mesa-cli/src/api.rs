@@ -447,6 +447,9 @@ fn is_length_limit(problem: &axum::Error) -> bool {
 }
 
 #[cfg(test)]
+mod engine_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;

@@ -914,6 +914,81 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_namespaces_ttls_and_node_ids_are_checked() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "rediss://:pw@redis.example:6380/2",
+            "redis+sentinel://127.0.0.1:26379/mymaster",
+            "REDIS://host",
+        ] {
+            assert!(validate_redis_url("k", ok).is_ok(), "{ok}");
+        }
+        for (bad, needle) in [
+            ("http://:hunter2@host", "scheme \"http\""),
+            ("127.0.0.1:6379", "not a URL"),
+            ("redis://", "no host"),
+            ("redis:///0", "no host"),
+        ] {
+            let error = validate_redis_url("cluster.redis_url", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(error.starts_with("cluster.redis_url: "), "{error}");
+            assert!(error.contains(needle), "{error}");
+            assert!(
+                !error.contains("hunter2"),
+                "the URL is never printed: {error}"
+            );
+        }
+        for ok in ["default", "app-1.prod_x", "a:b"] {
+            assert!(validate_namespace("n", ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "a b", "{tag}", "tab\t", long.as_str()] {
+            assert!(validate_namespace("n", bad).is_err(), "{bad:?}");
+        }
+
+        let cluster = |edit: fn(&mut ClusterConfig)| {
+            let mut cluster = ClusterConfig {
+                redis_url: Some(Secret::new("redis://127.0.0.1:6379")),
+                ..ClusterConfig::default()
+            };
+            edit(&mut cluster);
+            cluster.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(cluster(|_| {}), Ok(()));
+        let error = cluster(|c| c.redis_url = None).expect_err("no URL");
+        assert!(error.contains("cluster.redis_url: required"), "{error}");
+        let error = cluster(|c| c.node_ttl_ms = 100).expect_err("short ttl");
+        assert!(error.contains("cluster.node_ttl_ms"), "{error}");
+        let error = cluster(|c| c.node_id = Some("xyz".into())).expect_err("bad id");
+        assert!(error.contains("cluster.node_id"), "{error}");
+        let error = cluster(|c| c.namespace = String::new()).expect_err("empty namespace");
+        assert!(error.contains("cluster.namespace"), "{error}");
+        let fixed = ClusterConfig {
+            node_id: Some("00000000000000ff".into()),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(fixed.node_id(), Some(mesa_server::NodeId(255)));
+    }
+
+    #[test]
+    fn the_top_level_redis_url_moves_into_the_cluster_section() {
+        let mut config = ServeConfig {
+            redis_url: Some(Secret::new("redis://a")),
+            ..ServeConfig::default()
+        };
+        config.move_redis_url().expect("alone it moves");
+        let cluster = config.cluster.as_ref().expect("a cluster");
+        assert_eq!(cluster.redis_url, Some(Secret::new("redis://a")));
+        assert_eq!(cluster.namespace, DEFAULT_NAMESPACE);
+        assert!(config.redis_url.is_none());
+
+        config.redis_url = Some(Secret::new("redis://b"));
+        let error = config.move_redis_url().expect_err("both set");
+        assert!(error.to_string().contains("both set"), "{error}");
+    }
+
+    #[test]
     fn keys_of_another_auth_mode_are_refused() {
         let config = AuthConfig {
             secret_env: Some("X".into()),
