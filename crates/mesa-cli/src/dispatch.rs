@@ -67,10 +67,10 @@ pub(crate) struct DispatchArgs {
     #[arg(long)]
     disconnect: bool,
     /// Close code of --disconnect: 1000-4999 except 1004-1006 and 1015 [default: 1000].
-    #[arg(long, value_name = "N", requires = "disconnect")]
+    #[arg(long, value_name = "N")]
     code: Option<u16>,
     /// Close reason of --disconnect, at most 123 bytes [default: none].
-    #[arg(long, value_name = "R", requires = "disconnect")]
+    #[arg(long, value_name = "R")]
     reason: Option<String>,
 }
 
@@ -153,6 +153,10 @@ impl Dispatch {
             Target::users(args.to)
         }
         .excluding(args.exclude);
+        // Checked here: clap's `requires` counts a flag's default `false` as present.
+        if !args.disconnect && (args.code.is_some() || args.reason.is_some()) {
+            return Err(invalid("--code and --reason go with --disconnect".into()));
+        }
         let action = match args.event {
             Some(t) => {
                 let d = match &args.data {
