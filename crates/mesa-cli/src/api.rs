@@ -192,7 +192,7 @@ fn refused(response: Response) -> (&'static str, Response) {
 
 async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Response) {
     // Authorise before reading the body, so that anonymous peers cannot make the server buffer anything.
-    if let Err(response) = check_key(state, request.headers()) {
+    if let Some(response) = key_refusal(state, request.headers()) {
         return refused(response);
     }
     let body = match read_body(request, state.body_limit).await {
@@ -305,7 +305,7 @@ async fn presence(
     headers: HeaderMap,
     user: Result<Path<String>, PathRejection>,
 ) -> Response {
-    if let Err(response) = check_key(&state, &headers) {
+    if let Some(response) = key_refusal(&state, &headers) {
         return response;
     }
     let Ok(Path(user)) = user else {
@@ -334,7 +334,7 @@ async fn presence(
 
 /// `GET /api/nodes`: the live nodes of the engine, with their connection counts.
 async fn nodes(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = check_key(&state, &headers) {
+    if let Some(response) = key_refusal(&state, &headers) {
         return response;
     }
     let nodes = match ask_engine(state.mesa.nodes()).await {
@@ -371,10 +371,11 @@ async fn ask_engine<T>(
     }
 }
 
-/// The `/api/` routes' key check: 404 when no key is configured (the API is disabled), 401 without the key.
-fn check_key(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+/// The `/api/` routes' key check: the refusal, if any. 404 when no key is configured (the API is disabled),
+/// 401 without the key.
+fn key_refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
     let Some(key) = &state.key else {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "the HTTP API is disabled: set [api] key or key_env (MESA_API__KEY or MESA_API__KEY_ENV) to enable it",
         ));
@@ -387,9 +388,9 @@ fn check_key(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(response);
+        return Some(response);
     }
-    Ok(())
+    None
 }
 
 /// Whether the request carries `Authorization: Bearer <key>`. Compared in constant time so that response
