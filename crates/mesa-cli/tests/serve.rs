@@ -35,6 +35,34 @@ async fn the_example_config_file_loads_and_states_the_defaults() {
     assert_eq!(hello["d"]["c_authentication_timeout"], 10000);
 }
 
+/// The example's commented `[cluster]` section, uncommented, has only real keys: without Redis support the
+/// only complaint is the missing feature (an unknown key would be named instead).
+#[cfg(not(feature = "redis"))]
+#[test]
+fn the_example_cluster_section_names_real_keys() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mesa.example.toml"))
+            .expect("read the example");
+    let (before, section) = example
+        .split_once("# [cluster]")
+        .expect("a [cluster] section");
+    let mut text = format!("{before}[cluster]\n");
+    for line in section.lines() {
+        if let Some(key) = line.strip_prefix("# ").filter(|l| l.contains(" = ")) {
+            text.push_str(key);
+            text.push('\n');
+        }
+    }
+    assert!(
+        text.matches(" = ").count() > 5 && text.contains("redis_url = "),
+        "{text}"
+    );
+    let file = temp_file("example-cluster.toml", &text);
+    let (status, stderr) = run_to_exit(&["--config", file.to_str().expect("utf-8 path")], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("built without Redis support"), "{stderr}");
+}
+
 #[tokio::test]
 async fn config_file_then_env_then_flags_override_in_order() {
     let file = temp_file(
