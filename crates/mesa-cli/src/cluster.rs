@@ -17,7 +17,6 @@ use mesa_server::{Delivery, Engine, EngineError};
 use crate::api::EngineMetrics;
 use crate::config::ClusterConfig;
 use crate::dispatch::{Dispatch, DispatchAction, DispatchError};
-use crate::serve::Joined;
 
 /// How long `mesa dispatch` waits for Redis in all (connecting and publishing) before giving up with exit 1.
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,9 +30,11 @@ fn redis_config(url: &str, namespace: &str, mesa15_compat: bool) -> RedisConfig 
     config
 }
 
-/// `mesa serve`'s engine for `[cluster]` (validated at load). Fails only on a configuration the engine
-/// cannot use; an unreachable Redis makes it start degraded and retry.
-pub(crate) async fn join(cluster: &ClusterConfig) -> Result<Joined, EngineError> {
+/// `mesa serve`'s engine for `[cluster]` (validated at load), and its metrics. Fails only on a configuration
+/// the engine cannot use; an unreachable Redis makes it start degraded and retry.
+pub(crate) async fn join(
+    cluster: &ClusterConfig,
+) -> Result<(Arc<dyn Engine>, EngineMetrics), EngineError> {
     let url = cluster
         .redis_url
         .as_ref()
@@ -43,10 +44,8 @@ pub(crate) async fn join(cluster: &ClusterConfig) -> Result<Joined, EngineError>
     config.node_ttl = Duration::from_millis(cluster.node_ttl_ms);
     let engine = RedisEngine::connect(config).await?;
     let for_metrics = engine.clone();
-    Ok(Joined {
-        engine: engine as Arc<dyn Engine>,
-        metrics: EngineMetrics(Box::new(move |out| render(for_metrics.metrics(), out))),
-    })
+    let metrics = EngineMetrics(Box::new(move |out| render(for_metrics.metrics(), out)));
+    Ok((engine as Arc<dyn Engine>, metrics))
 }
 
 /// `mesa dispatch`: one send or disconnect through the Dispatcher, within [`DISPATCH_TIMEOUT`].

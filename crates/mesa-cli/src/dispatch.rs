@@ -196,8 +196,13 @@ impl Dispatch {
     }
 }
 
-/// `mesa dispatch`: checks the arguments, sends, prints the outcome and returns the documented exit status.
-pub(crate) fn run(args: DispatchArgs) -> ExitCode {
+/// `mesa dispatch`: checks the arguments, hands them to `deliver` (Redis, or the refusal of a build without
+/// it; chosen by `main`, so that this module does not depend on `cluster.rs`, which depends on it), prints the
+/// outcome and returns the documented exit status.
+pub(crate) fn run(
+    args: DispatchArgs,
+    deliver: impl FnOnce(&Dispatch) -> Result<Delivery, DispatchError>,
+) -> ExitCode {
     match Dispatch::from_args(args).and_then(|dispatch| deliver(&dispatch)) {
         Ok(delivery) => {
             println!(
@@ -211,22 +216,4 @@ pub(crate) fn run(args: DispatchArgs) -> ExitCode {
             problem.exit_code()
         }
     }
-}
-
-/// Hands the dispatch to Redis, on a runtime of its own (the command does nothing else).
-#[cfg(feature = "redis")]
-fn deliver(dispatch: &Dispatch) -> Result<Delivery, DispatchError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|problem| {
-            DispatchError::NotSent(format!("cannot start the runtime: {problem}"))
-        })?;
-    runtime.block_on(crate::cluster::dispatch(dispatch))
-}
-
-/// Without Redis support there is nowhere to send it.
-#[cfg(not(feature = "redis"))]
-fn deliver(_dispatch: &Dispatch) -> Result<Delivery, DispatchError> {
-    Err(DispatchError::NoRedis)
 }

@@ -118,8 +118,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Dispatch(args) => dispatch::run(args),
+        Command::Dispatch(args) => dispatch::run(args, deliver),
     }
+}
+
+/// `mesa dispatch`'s delivery: through Redis, on a runtime of its own (the command does nothing else).
+#[cfg(feature = "redis")]
+fn deliver(
+    dispatch: &dispatch::Dispatch,
+) -> Result<mesa_server::Delivery, dispatch::DispatchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|problem| {
+            dispatch::DispatchError::NotSent(format!("cannot start the runtime: {problem}"))
+        })?;
+    runtime.block_on(cluster::dispatch(dispatch))
+}
+
+/// Without Redis support there is nowhere to send a dispatch.
+#[cfg(not(feature = "redis"))]
+fn deliver(
+    _dispatch: &dispatch::Dispatch,
+) -> Result<mesa_server::Delivery, dispatch::DispatchError> {
+    Err(dispatch::DispatchError::NoRedis)
 }
 
 /// `mesa serve`: configuration, then logging, then the server on a multi-threaded runtime.

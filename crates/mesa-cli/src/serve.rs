@@ -180,9 +180,10 @@ pub(crate) struct Joined {
 /// node degraded (and serving its own clients) until Redis answers; only an unusable configuration fails.
 #[cfg(feature = "redis")]
 async fn join_cluster(cluster: &ClusterConfig) -> Result<Joined, ServeError> {
-    crate::cluster::join(cluster)
-        .await
-        .map_err(|problem| ConfigError::invalid(format!("cluster: {problem}")).into())
+    match crate::cluster::join(cluster).await {
+        Ok((engine, metrics)) => Ok(Joined { engine, metrics }),
+        Err(problem) => Err(ConfigError::invalid(format!("cluster: {problem}")).into()),
+    }
 }
 
 /// Without Redis support, `[cluster]` cannot be honoured: refused rather than running alone while the
