@@ -3,35 +3,56 @@
 //! | route | answer |
 //! |-------|--------|
 //! | `<server.path>` (default `/`) | the WebSocket gateway (`mesa.service()`) |
-//! | `GET /healthz` | 200 `{"status":"ok","connections":N}`; 503 `{"status":"shutting_down"}` during shutdown |
+//! | `GET /healthz` | 200 `{"status":"ok","connections":N}`; 200 `{"status":"degraded",…,"reason":…}` while the engine cannot reach its backend; 503 `{"status":"shutting_down"}` during shutdown |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/send` | sends a message to clients (below) |
+//! | `GET /api/presence/<user id>` | where a user is connected, across nodes |
+//! | `GET /api/nodes` | the live nodes |
 //!
 //! The gateway is an exact route like the others, so even at `/` the API routes win; the gateway path must
 //! not be `/healthz`, `/metrics` or under `/api/` (checked at startup).
 //!
+//! # `/healthz` while degraded
+//! A node whose engine lost Redis still serves its own clients (sends from them and from the API reach this
+//! node's sessions; other nodes are not reached and `POST /api/send` says so with 503). Taking it out of a load
+//! balancer's rotation would disconnect those clients for nothing and push them onto the other nodes, which
+//! lost the same Redis: so `/healthz` stays 200 and says `"status":"degraded"` with the reason, for
+//! monitoring (also `mesa_engine_degraded` in `/metrics`). Only a shutdown answers 503.
+//!
+//! # Authorisation
+//! Every `/api/` route requires `Authorization: Bearer <api.key>`: 401 without it or with a wrong key, 404 when
+//! no key is configured (the API is disabled). `/healthz` and `/metrics` are open.
+//!
 //! # `POST /api/send`
-//! Requires `Authorization: Bearer <api.key>`. The body is Mesa 1.5's Redis `ws` channel message, so services
-//! that published to Redis can post the same JSON:
-//! `{"message": {"op": 0, "d": …, "t": "…"}, "recipients": ["*"] | ["id", …], "excluding": ["id", …]}`.
+//! The body is Mesa 1.5's Redis `ws` channel message, so services that published to Redis can post the same
+//! JSON: `{"message": {"op": 0, "d": …, "t": "…"}, "recipients": ["*"] | ["id", …], "excluding": ["id", …]}`.
 //! `recipients` is optional (everyone), as is `excluding`; an empty `recipients` list reaches nobody.
 //! `{"op": 5, "t": "DISCONNECT_CLIENT"}` closes the recipients' connections with 1000 instead of sending.
 //!
 //! Only what clients may receive is sent: a dispatch (op 0, with a `t`); any other opcode (op 22, op 10, op 7, …)
 //! is refused with 400.
 //!
-//! Answers: 202 `{"ok":true}`; 400 malformed body or an opcode clients may not receive; 401 missing or wrong key; 404 when no key is configured
-//! (the API is disabled); 413 body larger than `api.max_body_bytes`. Errors are `{"error": "…"}`.
+//! Answers: 202 `{"ok":true,…}`; 400 malformed body or an opcode clients may not receive; 401; 404; 413 body
+//! larger than `api.max_body_bytes`; 503 when the engine could not hand the message to every node (this
+//! node's own sessions got it: `queued` or `disconnected` says how many). Errors are `{"error": "…"}`.
+//!
+//! # `GET /api/presence/<user id>`, `GET /api/nodes`
+//! `{"user": id, "online": bool, "sessions": n, "nodes": [{"node": "<16 hex>", "sessions": n}]}` and
+//! `{"nodes": [{"node": "<16 hex>", "connections": n, "last_seen_ms": ms}]}`, from the engine (every node of
+//! the cluster); 503 `{"error": …}` when the engine cannot answer.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mesa_protocol::{Frame, OpCode};
-use mesa_server::{Mesa, Target};
+use mesa_server::{Health, Mesa, PublishError, SendError, Target};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -43,12 +64,16 @@ use crate::metrics::CliMetrics;
 /// Mesa 1.5's internal event that closes the recipients' connections.
 const DISCONNECT_CLIENT: &str = "DISCONNECT_CLIENT";
 
+/// How long a presence or node query may wait for the engine before the API answers 503: a remote engine
+/// bounds its own calls, this keeps an HTTP caller from waiting on one that does not.
+const ENGINE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the API handlers share.
 #[derive(Debug)]
 pub(crate) struct ApiState {
     /// The gateway.
     pub(crate) mesa: Mesa,
-    /// The bearer key of `POST /api/send`; `None` disables it.
+    /// The bearer key of the `/api/` routes; `None` disables them.
     pub(crate) key: Option<Secret>,
     /// Largest `POST /api/send` body in bytes.
     pub(crate) body_limit: usize,
@@ -56,6 +81,17 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Arc<CliMetrics>,
     /// Peers whose `X-Forwarded-For` is believed (see `forwarded.rs`).
     pub(crate) trusted_proxies: Vec<Network>,
+    /// The engine's own metrics (the Redis engine's counters), rendered last; `None` in memory.
+    pub(crate) engine_metrics: Option<EngineMetrics>,
+}
+
+/// Renders an engine's own metric families in the Prometheus text format.
+pub(crate) struct EngineMetrics(pub(crate) Box<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for EngineMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineMetrics")
+    }
 }
 
 /// The application: the gateway at `gateway_path` and the API routes. The path must have been validated
@@ -67,6 +103,8 @@ pub(crate) fn router(gateway_path: &str, state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/send", post(send))
+        .route("/api/presence/{user}", get(presence))
+        .route("/api/nodes", get(nodes))
         .route_service(gateway_path, gateway)
         .fallback(not_found)
         .with_state(Arc::new(state))
@@ -85,14 +123,24 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
 }
 
-/// `GET /healthz`: liveness plus the open connection count; 503 once a graceful shutdown has started.
+/// `GET /healthz`: liveness plus the open connection count; `degraded` (still 200, see the module docs)
+/// while the engine cannot reach its backend; 503 once a graceful shutdown has started.
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     if state.mesa.is_shutting_down() {
         let body = Json(json!({ "status": "shutting_down" }));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     let connections = state.mesa.connection_count();
-    Json(json!({ "status": "ok", "connections": connections })).into_response()
+    match state.mesa.engine_health() {
+        Health::Healthy => Json(json!({ "status": "ok", "connections": connections })),
+        Health::Degraded { reason, since } => Json(json!({
+            "status": "degraded",
+            "connections": connections,
+            "reason": reason,
+            "since_ms": since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        })),
+    }
+    .into_response()
 }
 
 /// `GET /metrics`: the server's counters in the Prometheus text format.
@@ -100,6 +148,10 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     let mut text = state.mesa.metrics().render_prometheus();
     state.metrics.render(&mut text);
+    crate::metrics::render_engine_health(&state.mesa.engine_health(), &mut text);
+    if let Some(EngineMetrics(render)) = &state.engine_metrics {
+        render(&mut text);
+    }
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
@@ -140,20 +192,7 @@ fn refused(response: Response) -> (&'static str, Response) {
 
 async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Response) {
     // Authorise before reading the body, so that anonymous peers cannot make the server buffer anything.
-    let Some(key) = &state.key else {
-        return refused(error(
-            StatusCode::NOT_FOUND,
-            "the send API is disabled: set [api] key or key_env (MESA_API__KEY or MESA_API__KEY_ENV) to enable it",
-        ));
-    };
-    if !authorized(request.headers(), key) {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API key (Authorization: Bearer <api.key>)",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    if let Some(response) = key_refusal(state, request.headers()) {
         return refused(response);
     }
     let body = match read_body(request, state.body_limit).await {
@@ -205,7 +244,7 @@ async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Respon
             )
                 .into_response(),
         ),
-        Err(problem) => refused(error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string())),
+        Err(problem) => refused(not_every_node(&problem, "queued")),
     }
 }
 
@@ -239,8 +278,119 @@ async fn disconnect(
                 json!({ "ok": true, "disconnected": delivery.queued, "nodes": delivery.nodes });
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
-        Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
+        Err(problem) => not_every_node(&problem, "disconnected"),
     }
+}
+
+/// 503 for a send or disconnect the engine could not hand to every node. This node's own sessions were served
+/// first, so the answer says how many (under `local_key`): a caller that retries sends those again.
+fn not_every_node(problem: &SendError, local_key: &str) -> Response {
+    let (message, local) = match problem {
+        SendError::Engine(PublishError { local, cause }) => (
+            format!(
+                "other nodes were not reached ({cause}); this node's own sessions were: {} of them",
+                local.queued
+            ),
+            local.queued,
+        ),
+        other => (other.to_string(), 0),
+    };
+    let body = json!({ "error": message, local_key: local });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// `GET /api/presence/<user id>`: where the user is connected, on every node (see the module docs).
+async fn presence(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    user: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Some(response) = key_refusal(&state, &headers) {
+        return response;
+    }
+    let Ok(Path(user)) = user else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the user id in the path is not valid percent-encoded UTF-8",
+        );
+    };
+    let presence = match ask_engine(state.mesa.presence(&user)).await {
+        Ok(presence) => presence,
+        Err(response) => return response,
+    };
+    let nodes: Vec<_> = presence
+        .nodes
+        .iter()
+        .map(|(node, sessions)| json!({ "node": node.to_string(), "sessions": sessions }))
+        .collect();
+    Json(json!({
+        "user": user,
+        "online": presence.is_online(),
+        "sessions": presence.sessions(),
+        "nodes": nodes,
+    }))
+    .into_response()
+}
+
+/// `GET /api/nodes`: the live nodes of the engine, with their connection counts.
+async fn nodes(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(response) = key_refusal(&state, &headers) {
+        return response;
+    }
+    let nodes = match ask_engine(state.mesa.nodes()).await {
+        Ok(nodes) => nodes,
+        Err(response) => return response,
+    };
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|status| {
+            json!({
+                "node": status.node.to_string(),
+                "connections": status.connections,
+                "last_seen_ms": status.last_seen_ms,
+            })
+        })
+        .collect();
+    Json(json!({ "nodes": nodes })).into_response()
+}
+
+/// Awaits an engine query, at most [`ENGINE_QUERY_TIMEOUT`]; 503 with the reason when it fails or is late.
+async fn ask_engine<T>(
+    query: impl std::future::Future<Output = Result<T, mesa_server::EngineError>>,
+) -> Result<T, Response> {
+    match tokio::time::timeout(ENGINE_QUERY_TIMEOUT, query).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(problem)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string())),
+        Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the engine did not answer within {} s",
+                ENGINE_QUERY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// The `/api/` routes' key check: the refusal, if any. 404 when no key is configured (the API is disabled),
+/// 401 without the key.
+fn key_refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
+    let Some(key) = &state.key else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "the HTTP API is disabled: set [api] key or key_env (MESA_API__KEY or MESA_API__KEY_ENV) to enable it",
+        ));
+    };
+    if !authorized(headers, key) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer <api.key>)",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Some(response);
+    }
+    None
 }
 
 /// Whether the request carries `Authorization: Bearer <key>`. Compared in constant time so that response
@@ -298,6 +448,9 @@ fn is_length_limit(problem: &axum::Error) -> bool {
 }
 
 #[cfg(test)]
+mod engine_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
@@ -328,6 +481,7 @@ mod tests {
                 body_limit: 1024,
                 metrics: Default::default(),
                 trusted_proxies: Vec::new(),
+                engine_metrics: None,
             },
         );
         assert_eq!(

@@ -6,11 +6,12 @@
 //! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
 //!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
 //!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`,
-//!    `[tls]`, and the top-level keys `redis_url` and `trusted_proxies`.
+//!    `[tls]`, `[cluster]`, and the top-level keys `redis_url` (an alias of `cluster.redis_url`) and
+//!    `trusted_proxies`.
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
 //!    `MESA_SERVER__PORT=5000`, `MESA_SERVER__HEARTBEAT__INTERVAL_MS=15000`, `MESA_AUTH__MODE=jwt`,
-//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_REDIS_URL=redis://…`, `MESA_DEMO=true`. A variable with `__`
+//!    `MESA_API__KEY_ENV=MY_KEY`, `MESA_LOG__FORMAT=json`, `MESA_CLUSTER__REDIS_URL=redis://…`, `MESA_DEMO=true`. A variable with `__`
 //!    must name a key, so that a typo fails loudly; variables without `__` (other than the top-level `MESA_REDIS_URL`, `MESA_TRUSTED_PROXIES`, `MESA_DEMO`) are
 //!    not configuration: secrets named by `*_env` (`MESA_KEY`) and other programs' variables (Mesa 3D's
 //!    `MESA_GL_VERSION_OVERRIDE`) are left alone, with a warning when one looks like a misspelt key
@@ -31,6 +32,20 @@ use serde::Deserialize;
 /// The key that makes authentication required; defaults to `true` when `auth.mode` is not `none`.
 const REQUIRED_KEY: &str = "server.authentication.required";
 
+/// `cluster.namespace` when none is given: the Redis engine's own default.
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+/// URL schemes a Redis URL may have (`cluster.redis_url`, `mesa dispatch --redis-url`); the Redis engine checks
+/// the rest of the URL when it starts.
+pub(crate) const REDIS_SCHEMES: [&str; 6] = [
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+];
+
 /// Paths the HTTP API owns; the gateway path must not be one of them (or under `/api/`).
 pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
 
@@ -38,9 +53,11 @@ pub(crate) const RESERVED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api"];
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ServeConfig {
-    /// Redis URL for clustering. Accepted for compatibility with Mesa 1.5 deployments, but clustering is not
-    /// implemented yet: when set, `mesa serve` warns and runs in memory on a single node. Default: none.
+    /// Mesa 1.5's name for `cluster.redis_url` (also `MESA_REDIS_URL`), moved there at load; setting both is
+    /// an error. Default: none.
     pub(crate) redis_url: Option<Secret>,
+    /// Several nodes on one Redis (`[cluster]`). Default: none, the gateway runs alone, in memory.
+    pub(crate) cluster: Option<ClusterConfig>,
     /// The gateway: address, path, heartbeats, authentication rules, limits (`[server]`).
     pub(crate) server: mesa_server::Config,
     /// How op 2 credentials are checked (`[auth]`).
@@ -61,6 +78,121 @@ pub(crate) struct ServeConfig {
     /// Warnings found while loading (logged once logging is set up).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
+}
+
+/// `[cluster]`: this node joins the other `mesa serve` nodes on one Redis: sends, disconnects and presence
+/// reach every node (see `docs/clustering.md`). Present as soon as one of its keys is set.
+///
+/// Defaults: `namespace = "default"`, `node_ttl_ms = 15000`, `node_id` random at each start,
+/// `mesa15_compat = false`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ClusterConfig {
+    /// Where Redis is: `redis://[:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+sentinel://…`.
+    /// Required.
+    pub(crate) redis_url: Option<Secret>,
+    /// Separates gateways sharing one Redis: nodes see only nodes of their namespace. Default `default`.
+    pub(crate) namespace: String,
+    /// A node that has not refreshed its liveness for this long is dead: its presence entries are removed by
+    /// the others. It refreshes every third of it. Default 15000; at least 500.
+    pub(crate) node_ttl_ms: u64,
+    /// This node's id, 16 hex digits (the first half of its connection ids). Default: random at start. Fix
+    /// it only to recognise a node across restarts; two live nodes must never share one.
+    pub(crate) node_id: Option<String>,
+    /// Also speak Mesa 1.5's Redis formats, so that Mesa 1.5 nodes and Dispatchers share the cluster.
+    /// Default `false`.
+    pub(crate) mesa15_compat: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            namespace: DEFAULT_NAMESPACE.into(),
+            node_ttl_ms: 15_000,
+            node_id: None,
+            mesa15_compat: false,
+        }
+    }
+}
+
+/// The smallest `cluster.node_ttl_ms`: liveness is refreshed every third of it, and a shorter period would
+/// mostly measure Redis latency.
+const MIN_NODE_TTL_MS: u64 = 500;
+
+impl ClusterConfig {
+    /// Checks the URL's scheme, the namespace, the ttl and the node id; every message names its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Err(ConfigError::invalid(
+                "cluster.redis_url: required when [cluster] is set (MESA_CLUSTER__REDIS_URL)",
+            ));
+        };
+        validate_redis_url("cluster.redis_url", url.expose())?;
+        validate_namespace("cluster.namespace", &self.namespace)?;
+        if self.node_ttl_ms < MIN_NODE_TTL_MS {
+            return Err(ConfigError::invalid(format!(
+                "cluster.node_ttl_ms: must be at least {MIN_NODE_TTL_MS} (got {})",
+                self.node_ttl_ms
+            )));
+        }
+        if let Some(id) = &self.node_id {
+            id.parse::<mesa_server::NodeId>()
+                .map_err(|problem| ConfigError::invalid(format!("cluster.node_id: {problem}")))?;
+        }
+        Ok(())
+    }
+
+    /// `node_id`, parsed (validated at load).
+    pub(crate) fn node_id(&self) -> Option<mesa_server::NodeId> {
+        self.node_id.as_deref().and_then(|id| id.parse().ok())
+    }
+}
+
+/// Refuses a Redis URL whose scheme is not one of [`REDIS_SCHEMES`]. The message names `key` and the scheme,
+/// never the URL (it may hold a password).
+pub(crate) fn validate_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let schemes = REDIS_SCHEMES.map(|s| format!("{s}://")).join(", ");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(ConfigError::invalid(format!(
+            "{key}: not a URL (expected {schemes})"
+        )));
+    };
+    let known = REDIS_SCHEMES
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(scheme));
+    if !known {
+        let scheme: String = scheme.chars().take(32).collect();
+        return Err(ConfigError::invalid(format!(
+            "{key}: scheme {scheme:?} is not a Redis URL (expected {schemes})"
+        )));
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ConfigError::invalid(format!(
+            "{key}: the URL names no host"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an empty namespace and one with characters that would break Redis key names (`{`, `}` are hash
+/// tags in a Redis Cluster; spaces and control characters do not survive copy and paste).
+pub(crate) fn validate_namespace(key: &str, namespace: &str) -> Result<(), ConfigError> {
+    if namespace.is_empty() || namespace.len() > 64 {
+        return Err(ConfigError::invalid(format!(
+            "{key}: must be 1 to 64 bytes long (got {})",
+            namespace.len()
+        )));
+    }
+    if namespace
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
+        return Err(ConfigError::invalid(format!(
+            "{key}: must not contain spaces, control characters, '{{' or '}}' (got {namespace:?})"
+        )));
+    }
+    Ok(())
 }
 
 /// A string that must not appear in logs: `Debug` prints `<redacted>`.
@@ -276,7 +408,7 @@ pub(crate) struct Overrides {
     pub(crate) log_format: Option<LogFormat>,
     /// `--log-filter`.
     pub(crate) log_filter: Option<String>,
-    /// `--redis-url`.
+    /// `--redis-url` (`cluster.redis_url`).
     pub(crate) redis_url: Option<String>,
 }
 
@@ -347,10 +479,26 @@ impl ServeConfig {
         if config.auth.mode != AuthMode::None && !required_set {
             config.server.authentication.required = true;
         }
+        config.move_redis_url()?;
         config.apply(overrides);
         config.warnings = warnings;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Moves the top-level `redis_url` (Mesa 1.5's name) into `[cluster]`.
+    fn move_redis_url(&mut self) -> Result<(), ConfigError> {
+        let Some(url) = self.redis_url.take() else {
+            return Ok(());
+        };
+        let cluster = self.cluster.get_or_insert_with(ClusterConfig::default);
+        if cluster.redis_url.is_some() {
+            return Err(ConfigError::invalid(
+                "redis_url and cluster.redis_url are both set: keep cluster.redis_url",
+            ));
+        }
+        cluster.redis_url = Some(url);
+        Ok(())
     }
 
     /// Applies flag values.
@@ -379,7 +527,9 @@ impl ServeConfig {
             self.log.filter = filter;
         }
         if let Some(url) = redis_url {
-            self.redis_url = Some(Secret::new(url));
+            self.cluster
+                .get_or_insert_with(ClusterConfig::default)
+                .redis_url = Some(Secret::new(url));
         }
     }
 
@@ -388,6 +538,9 @@ impl ServeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         validate_gateway_path(&self.server.path)?;
         self.validate_values()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.auth.validate()
     }
 
@@ -618,7 +771,7 @@ struct EnvVars {
 const TOP_LEVEL_KEYS: [&str; 3] = ["redis_url", "trusted_proxies", "demo"];
 
 /// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
-const SECTIONS: [&str; 5] = ["server", "auth", "api", "log", "proxy"];
+const SECTIONS: [&str; 7] = ["server", "auth", "api", "log", "proxy", "tls", "cluster"];
 
 impl EnvVars {
     fn new() -> EnvVars {
@@ -724,7 +877,7 @@ mod tests {
         assert_eq!(config.server.path, "/");
         assert_eq!(config.auth.mode, AuthMode::None);
         assert!(config.api.key.is_none() && config.api.key_env.is_none());
-        assert!(config.redis_url.is_none());
+        assert!(config.redis_url.is_none() && config.cluster.is_none());
         assert_eq!(
             (config.log.format, config.log.filter.as_str()),
             (LogFormat::Text, "info")
@@ -764,6 +917,81 @@ mod tests {
         ] {
             assert!(validate_gateway_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cluster_urls_namespaces_ttls_and_node_ids_are_checked() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "rediss://:pw@redis.example:6380/2",
+            "redis+sentinel://127.0.0.1:26379/mymaster",
+            "REDIS://host",
+        ] {
+            assert!(validate_redis_url("k", ok).is_ok(), "{ok}");
+        }
+        for (bad, needle) in [
+            ("http://:hunter2@host", "scheme \"http\""),
+            ("127.0.0.1:6379", "not a URL"),
+            ("redis://", "no host"),
+            ("redis:///0", "no host"),
+        ] {
+            let error = validate_redis_url("cluster.redis_url", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(error.starts_with("cluster.redis_url: "), "{error}");
+            assert!(error.contains(needle), "{error}");
+            assert!(
+                !error.contains("hunter2"),
+                "the URL is never printed: {error}"
+            );
+        }
+        for ok in ["default", "app-1.prod_x", "a:b"] {
+            assert!(validate_namespace("n", ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "a b", "{tag}", "tab\t", long.as_str()] {
+            assert!(validate_namespace("n", bad).is_err(), "{bad:?}");
+        }
+
+        let cluster = |edit: fn(&mut ClusterConfig)| {
+            let mut cluster = ClusterConfig {
+                redis_url: Some(Secret::new("redis://127.0.0.1:6379")),
+                ..ClusterConfig::default()
+            };
+            edit(&mut cluster);
+            cluster.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(cluster(|_| {}), Ok(()));
+        let error = cluster(|c| c.redis_url = None).expect_err("no URL");
+        assert!(error.contains("cluster.redis_url: required"), "{error}");
+        let error = cluster(|c| c.node_ttl_ms = 100).expect_err("short ttl");
+        assert!(error.contains("cluster.node_ttl_ms"), "{error}");
+        let error = cluster(|c| c.node_id = Some("xyz".into())).expect_err("bad id");
+        assert!(error.contains("cluster.node_id"), "{error}");
+        let error = cluster(|c| c.namespace = String::new()).expect_err("empty namespace");
+        assert!(error.contains("cluster.namespace"), "{error}");
+        let fixed = ClusterConfig {
+            node_id: Some("00000000000000ff".into()),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(fixed.node_id(), Some(mesa_server::NodeId(255)));
+    }
+
+    #[test]
+    fn the_top_level_redis_url_moves_into_the_cluster_section() {
+        let mut config = ServeConfig {
+            redis_url: Some(Secret::new("redis://a")),
+            ..ServeConfig::default()
+        };
+        config.move_redis_url().expect("alone it moves");
+        let cluster = config.cluster.as_ref().expect("a cluster");
+        assert_eq!(cluster.redis_url, Some(Secret::new("redis://a")));
+        assert_eq!(cluster.namespace, DEFAULT_NAMESPACE);
+        assert!(config.redis_url.is_none());
+
+        config.redis_url = Some(Secret::new("redis://b"));
+        let error = config.move_redis_url().expect_err("both set");
+        assert!(error.to_string().contains("both set"), "{error}");
     }
 
     #[test]

@@ -2,35 +2,44 @@
 //!
 //! `mesa serve` runs a gateway with no setup: `0.0.0.0:4000`, path `/`, Mesa 1.5's defaults, in memory on a
 //! single node, no authentication (`auth.mode = "none"`, development only). The same port serves
-//! `GET /healthz`, `GET /metrics` and `POST /api/send` (see `api.rs`).
+//! `GET /healthz`, `GET /metrics`, `POST /api/send`, `GET /api/presence/<id>` and `GET /api/nodes` (see
+//! `api.rs`). With `[cluster]` it joins the other nodes on one Redis (cargo feature `redis`).
+//!
+//! `mesa dispatch` hands one send or disconnect to every node of a cluster through Redis (see `dispatch.rs`
+//! for its flags and exit status).
 //!
 //! # Configuration
 //! Sources, each overriding the ones before it key by key (see `config.rs`):
 //! 1. defaults;
 //! 2. a TOML file named by `--config PATH` or `MESA_CONFIG=PATH`, with sections `[server]`
 //!    (`[server.heartbeat]`, `[server.reconnect]`, `[server.authentication]`, `[server.client]`,
-//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]` and the top-level `redis_url` and
-//!    `trusted_proxies`;
+//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]`, `[cluster]` and the top-level
+//!    `redis_url` (Mesa 1.5's name of `cluster.redis_url`) and `trusted_proxies`;
 //! 3. `RUST_LOG` (as `log.filter`);
 //! 4. environment variables `MESA_<SECTION>__<KEY>`, e.g. `MESA_SERVER__PORT=5000`, `MESA_AUTH__MODE=jwt`,
 //!    `MESA_AUTH__SECRET_ENV=JWT_SECRET`, `MESA_API__KEY_ENV=MESA_KEY`, `MESA_LOG__FORMAT=json`,
-//!    `MESA_REDIS_URL=…`;
+//!    `MESA_CLUSTER__REDIS_URL=…` (or `MESA_REDIS_URL`);
 //! 5. flags: `--host`, `--port`, `--path`, `--log-format text|json`, `--log-filter`, `--redis-url`.
 //!
 //! Unknown keys are errors; `MESA_*` variables without `__` are not configuration (see `config.rs`).
 //! Exit status: 0 after a graceful shutdown, 1 when serving fails, 2 for a
-//! configuration error, 130 on a second signal during shutdown.
+//! configuration error (also `[cluster]` in a build without Redis support), 130 on a second signal during
+//! shutdown.
 //!
 //! # Layout
 //! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook, token expiry), `api.rs`
 //! (router and HTTP API), `proxy.rs` (the HTTP event proxy), `metrics.rs` (mesa serve's own metrics),
 //! `forwarded.rs` (client addresses behind trusted proxies), `tls.rs` (`wss://` with certificate reload),
-//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT).
+//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT), `dispatch.rs` (`mesa dispatch`), and `cluster.rs`, the
+//! only module that knows Redis (compiled with the `redis` feature).
 
 mod api;
 mod auth;
+#[cfg(feature = "redis")]
+mod cluster;
 mod config;
 mod demo;
+mod dispatch;
 mod forwarded;
 mod logging;
 mod metrics;
@@ -63,11 +72,16 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands (`mesa bench` is planned next to `serve`).
+/// The subcommands (`mesa bench` is planned next to them).
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway (and its HTTP API) until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Send to (or disconnect) clients of every node of a cluster, through Redis.
+    ///
+    /// Exit status: 0 sent; 1 Redis unreachable or refused it; 2 invalid arguments; 3 built without Redis
+    /// support.
+    Dispatch(dispatch::DispatchArgs),
 }
 
 /// Flags of `mesa serve`; each overrides the file and the environment.
@@ -91,7 +105,7 @@ struct ServeArgs {
     /// Log filter, RUST_LOG syntax [default: info] (log.filter).
     #[arg(long, value_name = "FILTER")]
     log_filter: Option<String>,
-    /// Redis URL for clustering: NOT IMPLEMENTED YET, the server warns and runs in memory (redis_url).
+    /// Redis URL of the cluster to join (cluster.redis_url).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// Serve a demo chat page at /demo, relayed by the gateway, without authentication (demo).
@@ -104,7 +118,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Dispatch(args) => dispatch::run(args, deliver),
     }
+}
+
+/// `mesa dispatch`'s delivery: through Redis, on a runtime of its own (the command does nothing else).
+#[cfg(feature = "redis")]
+fn deliver(
+    dispatch: &dispatch::Dispatch,
+) -> Result<mesa_server::Delivery, dispatch::DispatchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|problem| {
+            dispatch::DispatchError::NotSent(format!("cannot start the runtime: {problem}"))
+        })?;
+    runtime.block_on(cluster::dispatch(dispatch))
+}
+
+/// Without Redis support there is nowhere to send a dispatch.
+#[cfg(not(feature = "redis"))]
+fn deliver(
+    _dispatch: &dispatch::Dispatch,
+) -> Result<mesa_server::Delivery, dispatch::DispatchError> {
+    Err(dispatch::DispatchError::NoRedis)
 }
 
 /// `mesa serve`: configuration, then logging, then the server on a multi-threaded runtime.

@@ -108,6 +108,22 @@ impl Histogram {
     }
 }
 
+/// `mesa_engine_degraded`: 1 while the engine cannot reach its backend (other nodes are not reached), else 0.
+/// A gauge read from the engine at each scrape, so it never disagrees with `/healthz`.
+pub(crate) fn render_engine_health(health: &mesa_server::Health, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP mesa_engine_degraded Whether the engine cannot reach its backend (1: other nodes are not \
+         reached, this node's clients still are; the reason is in /healthz and the log)."
+    );
+    let _ = writeln!(out, "# TYPE mesa_engine_degraded gauge");
+    let _ = writeln!(
+        out,
+        "mesa_engine_degraded {}",
+        u8::from(!health.is_healthy())
+    );
+}
+
 /// A label value made safe for the text format (event types come from clients).
 fn escape(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
@@ -224,5 +240,22 @@ mod tests {
             .contains("mesa_proxy_request_duration_seconds_bucket{event=\"SAY\",le=\"+Inf\"} 2\n"));
         assert!(out.contains("# TYPE mesa_auth_total counter\n"));
         assert!(out.contains("# TYPE mesa_api_requests_total counter\n"));
+    }
+
+    #[test]
+    fn engine_health_is_a_gauge() {
+        let mut out = String::new();
+        render_engine_health(&mesa_server::Health::Healthy, &mut out);
+        assert!(
+            out.contains("# TYPE mesa_engine_degraded gauge\nmesa_engine_degraded 0\n"),
+            "{out}"
+        );
+        let mut out = String::new();
+        let degraded = mesa_server::Health::Degraded {
+            reason: "redis down".into(),
+            since: std::time::SystemTime::now(),
+        };
+        render_engine_health(&degraded, &mut out);
+        assert!(out.ends_with("mesa_engine_degraded 1\n"), "{out}");
     }
 }

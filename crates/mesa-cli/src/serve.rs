@@ -8,9 +8,9 @@ use std::sync::Arc;
 use mesa_server::Mesa;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, EngineMetrics};
 use crate::auth::Authenticator;
-use crate::config::{resolve_secret, AuthMode, ConfigError, ServeConfig};
+use crate::config::{resolve_secret, AuthMode, ClusterConfig, ConfigError, ServeConfig};
 use crate::forwarded::Network;
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
@@ -43,14 +43,6 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     tracing::debug!(?config, "configuration");
     for warning in &config.warnings {
         tracing::warn!("{warning}");
-    }
-    if config.redis_url.is_some() {
-        // Said loudly: running several nodes against one Redis would otherwise look like it works while
-        // every node only reaches its own clients.
-        tracing::warn!(
-            "redis_url is set, but Redis clustering is not implemented yet: running in memory on a single \
-             node (messages reach only this node's clients; no offline message store)"
-        );
     }
     let authenticator = Authenticator::from_config(&config.auth, &config.server)?;
     if config.auth.mode != AuthMode::None && !config.server.authentication.required {
@@ -92,6 +84,15 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         metrics.clone(),
         leeway,
     );
+    let mut engine_metrics = None;
+    if let Some(cluster) = &config.cluster {
+        let joined = join_cluster(cluster).await?;
+        builder = builder.engine(joined.engine);
+        if let Some(id) = cluster.node_id() {
+            builder = builder.node_id(id);
+        }
+        engine_metrics = Some(joined.metrics);
+    }
     if config.demo {
         crate::demo::check_gateway_path(&config.server.path)?;
         builder = crate::demo::install(builder);
@@ -114,6 +115,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
             body_limit,
             metrics,
             trusted_proxies,
+            engine_metrics,
         },
     );
     if config.demo {
@@ -128,6 +130,14 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
             source,
         })?;
     let local = listener.local_addr()?;
+    if let Some(cluster) = &config.cluster {
+        tracing::info!(
+            node = %mesa.node_id(),
+            namespace = %cluster.namespace,
+            "joining the cluster on Redis (namespace {})",
+            cluster.namespace
+        );
+    }
     tracing::info!(
         addr = %local,
         path = %config.server.path,
@@ -155,4 +165,35 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The engine that connects this node to the others of its cluster, and its metrics.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Joined {
+    /// The engine the gateway is built with.
+    pub(crate) engine: Arc<dyn mesa_server::Engine>,
+    /// Renders the engine's metric families.
+    pub(crate) metrics: EngineMetrics,
+}
+
+/// Starts the Redis engine of `[cluster]`. It does not wait for Redis: an unreachable Redis at start leaves the
+/// node degraded (and serving its own clients) until Redis answers; only an unusable configuration fails.
+#[cfg(feature = "redis")]
+async fn join_cluster(cluster: &ClusterConfig) -> Result<Joined, ServeError> {
+    match crate::cluster::join(cluster).await {
+        Ok((engine, metrics)) => Ok(Joined { engine, metrics }),
+        Err(problem) => Err(ConfigError::invalid(format!("cluster: {problem}")).into()),
+    }
+}
+
+/// Without Redis support, `[cluster]` cannot be honoured: refused rather than running alone while the
+/// operator believes the nodes share their clients.
+#[cfg(not(feature = "redis"))]
+async fn join_cluster(_cluster: &ClusterConfig) -> Result<Joined, ServeError> {
+    Err(ConfigError::invalid(
+        "cluster.redis_url (or redis_url, --redis-url, MESA_REDIS_URL) is set, but this mesa was built without \
+         Redis support (cargo feature `redis`): remove it to run a single node in memory, or rebuild with \
+         --features redis",
+    )
+    .into())
 }

@@ -35,6 +35,34 @@ async fn the_example_config_file_loads_and_states_the_defaults() {
     assert_eq!(hello["d"]["c_authentication_timeout"], 10000);
 }
 
+/// The example's commented `[cluster]` section, uncommented, has only real keys: without Redis support the
+/// only complaint is the missing feature (an unknown key would be named instead).
+#[cfg(not(feature = "redis"))]
+#[test]
+fn the_example_cluster_section_names_real_keys() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mesa.example.toml"))
+            .expect("read the example");
+    let (before, section) = example
+        .split_once("# [cluster]")
+        .expect("a [cluster] section");
+    let mut text = format!("{before}[cluster]\n");
+    for line in section.lines() {
+        if let Some(key) = line.strip_prefix("# ").filter(|l| l.contains(" = ")) {
+            text.push_str(key);
+            text.push('\n');
+        }
+    }
+    assert!(
+        text.matches(" = ").count() > 5 && text.contains("redis_url = "),
+        "{text}"
+    );
+    let file = temp_file("example-cluster.toml", &text);
+    let (status, stderr) = run_to_exit(&["--config", file.to_str().expect("utf-8 path")], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("built without Redis support"), "{stderr}");
+}
+
 #[tokio::test]
 async fn config_file_then_env_then_flags_override_in_order() {
     let file = temp_file(
@@ -100,20 +128,82 @@ fn unknown_keys_and_bad_values_stop_startup_with_status_2() {
     assert!(stderr.contains("collides"), "{stderr}");
 }
 
-#[tokio::test]
-async fn redis_url_warns_and_runs_in_memory() {
-    let mesa = MesaProcess::start(&["--redis-url", "redis://:hunter2@127.0.0.1:6379"], &[]);
-    let warning = mesa.wait_for_log("Redis clustering is not implemented");
-    assert!(warning.contains("WARN"), "{warning}");
-    assert!(
-        !mesa.logs().contains("hunter2"),
-        "the URL's password is not logged"
-    );
-    let (_ws, hello) = connect_hello(&mesa.ws_url("/")).await;
-    assert_eq!(hello["op"], 10);
+/// `[cluster]` in a build without Redis support is refused: running alone while the operator believes the
+/// nodes share their clients would lose messages silently.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn a_cluster_without_redis_support_is_refused() {
+    for (args, env) in [
+        (
+            &["--redis-url", "redis://:hunter2@127.0.0.1:6379"][..],
+            &[][..],
+        ),
+        (
+            &[][..],
+            &[("MESA_REDIS_URL", "redis://:hunter2@127.0.0.1:6379")][..],
+        ),
+        (
+            &[][..],
+            &[("MESA_CLUSTER__REDIS_URL", "redis://:hunter2@127.0.0.1:6379")][..],
+        ),
+    ] {
+        let (status, stderr) = run_to_exit(args, env);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("built without Redis support"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the URL's password is not printed: {stderr}"
+        );
+    }
+}
 
-    let mesa = MesaProcess::start(&[], &[("MESA_REDIS_URL", "redis://127.0.0.1:6379")]);
-    mesa.wait_for_log("Redis clustering is not implemented");
+#[test]
+fn cluster_settings_are_checked_and_errors_name_the_key() {
+    let url = ("MESA_CLUSTER__REDIS_URL", "redis://127.0.0.1:6379");
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        (
+            &[("MESA_CLUSTER__REDIS_URL", "http://:hunter2@127.0.0.1")],
+            "cluster.redis_url: scheme \"http\"",
+        ),
+        (
+            &[("MESA_CLUSTER__REDIS_URL", "127.0.0.1:6379")],
+            "cluster.redis_url: not a URL",
+        ),
+        (
+            &[("MESA_CLUSTER__NAMESPACE", "app")],
+            "cluster.redis_url: required",
+        ),
+        (
+            &[url, ("MESA_CLUSTER__NODE_TTL_MS", "10")],
+            "cluster.node_ttl_ms",
+        ),
+        (
+            &[url, ("MESA_CLUSTER__NODE_ID", "not-hex")],
+            "cluster.node_id",
+        ),
+        (
+            &[url, ("MESA_CLUSTER__NAMESPACE", "a{b}")],
+            "cluster.namespace",
+        ),
+        (
+            &[url, ("MESA_REDIS_URL", "redis://127.0.0.1:6380")],
+            "both set",
+        ),
+    ];
+    for (env, needle) in cases {
+        let (status, stderr) = run_to_exit(&[], env);
+        assert_eq!(status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{env:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+    // Unknown keys are errors here as everywhere.
+    let file = temp_file(
+        "cluster.toml",
+        "[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\nnode_ttl = 5\n",
+    );
+    let (status, stderr) = run_to_exit(&["--config", file.to_str().expect("utf-8 path")], &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("node_ttl"), "{stderr}");
 }
 
 #[tokio::test]

@@ -3,9 +3,10 @@
 //! Everything here is fixed on purpose (see the [crate docs](crate) for the contract); `main` only adds the
 //! listener and the signals.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use mesa_server::{AuthError, Frame, Identity, Mesa, MesaBuilder, Session, Target};
+use mesa_server::{AuthError, Engine, Frame, Identity, Mesa, MesaBuilder, Session, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -33,9 +34,14 @@ pub(crate) const DIRECT: &str = "DIRECT";
 /// Prefix of the only tokens accepted: `user:<id>`.
 const TOKEN_PREFIX: &str = "user:";
 
-/// The gateway with the conformance settings and handlers.
-pub(crate) fn build() -> Mesa {
-    configure(Mesa::builder())
+/// The gateway with the conformance settings and handlers, on `engine` (the Redis engine of a cluster) or
+/// alone in memory.
+pub(crate) fn build(engine: Option<Arc<dyn Engine>>) -> Mesa {
+    let builder = match engine {
+        Some(engine) => Mesa::builder().engine(engine),
+        None => Mesa::builder(),
+    };
+    configure(builder)
         .authenticate(|data, _client| async move { authenticate(&data) })
         .on_message(|client, frame| async move {
             match client.server() {

@@ -7,8 +7,10 @@
 //! Everything not listed keeps the `mesa-server` defaults, except the inbound rate limit, which is off.
 //!
 //! - **Environment.** `PORT`: it listens on `127.0.0.1:PORT` (default 4000; `0` picks a free port, logged),
-//!   endpoint path `/`. `REDIS_URL`: optional and ignored (clustering does not exist yet); one log line says so.
-//!   `RUST_LOG` filters the log on stderr (default `info`).
+//!   endpoint path `/`. `REDIS_URL`: optional; when set, and the binary was built with the cargo feature
+//!   `redis`, it joins every other conformance node on that Redis (namespace `default`), so that `BROADCAST`
+//!   and `SEND_TO` reach their recipients on every node; an invalid URL exits with status 2. Without the
+//!   feature it is ignored with one log line. `RUST_LOG` filters the log on stderr (default `info`).
 //! - **Hello** (op 10): `{"c_heartbeat_interval":1000,"c_reconnect_interval":500,"c_authentication_timeout":2000,
 //!   "rules":["sends_user_object"]}`.
 //! - **Heartbeats**: op 1 every 1000 ms, `d = {}` while answered. A beat not answered (op 11) since the previous
@@ -20,7 +22,8 @@
 //!   Authentication is optional: unauthenticated connections may dispatch.
 //! - **Dispatches** (op 0), by type `t`:
 //!   - `ECHO`: `{"op":0,"d":<d>,"t":"ECHO"}` back to the sending connection only.
-//!   - `BROADCAST`: `{"op":0,"d":<d>,"t":"BROADCAST"}` to every connection, authenticated or not, sender included.
+//!   - `BROADCAST`: `{"op":0,"d":<d>,"t":"BROADCAST"}` to every connection (of every node with `REDIS_URL`),
+//!     authenticated or not, sender included.
 //!   - `SEND_TO` with `d = {"to":[ids], "excluding"?:[ids], "payload":<p>}`: `{"op":0,"d":<p>,"t":"DIRECT"}` to
 //!     every authenticated connection whose user id is in `to` and not in `excluding` (every connection of such a
 //!     user). A malformed `SEND_TO` is ignored (logged at debug).
@@ -29,6 +32,8 @@
 //!   within a second (the graceful shutdown waits at most 400 ms for clients).
 
 mod app;
+#[cfg(feature = "redis")]
+mod cluster;
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -65,11 +70,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if std::env::var_os("REDIS_URL").is_some_and(|url| !url.is_empty()) {
-        tracing::info!(
-            "REDIS_URL is set but clustering is not implemented yet: ignored, running as a single node"
-        );
-    }
+    let engine = match engine_from_env().await {
+        Ok(engine) => engine,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::from(2);
+        }
+    };
     // Listen for signals before accepting anyone, so that a signal never finds the default handler.
     let shutdown = match signals::shutdown() {
         Ok(shutdown) => shutdown,
@@ -90,7 +97,7 @@ async fn main() -> ExitCode {
         Err(error) => tracing::warn!(%error, "listening, address unknown"),
     }
 
-    let mesa = app::build();
+    let mesa = app::build(engine);
     match mesa.serve(listener, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
@@ -101,6 +108,31 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The engine `REDIS_URL` asks for: `None` (one node, in memory) when it is unset or empty.
+#[cfg(feature = "redis")]
+async fn engine_from_env() -> Result<Option<std::sync::Arc<dyn mesa_server::Engine>>, String> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let engine = cluster::engine(&url).await?;
+            tracing::info!("REDIS_URL is set: joining the other nodes on Redis");
+            Ok(Some(engine))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Without Redis support `REDIS_URL` is ignored, and one line says so.
+#[cfg(not(feature = "redis"))]
+async fn engine_from_env() -> Result<Option<std::sync::Arc<dyn mesa_server::Engine>>, String> {
+    if std::env::var_os("REDIS_URL").is_some_and(|url| !url.is_empty()) {
+        tracing::info!(
+            "REDIS_URL is set but this build has no Redis support (cargo feature `redis`): ignored, running \
+             as a single node"
+        );
+    }
+    Ok(None)
 }
 
 /// `PORT` as a port number, or [`DEFAULT_PORT`] when unset.

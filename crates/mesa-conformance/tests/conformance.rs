@@ -396,6 +396,8 @@ async fn clients_that_never_read_do_not_stall_shutdown() {
     assert!(took <= Duration::from_millis(1200), "took {took:?}");
 }
 
+/// Without the `redis` feature there is no cluster to join (`tests/cluster.rs` covers the feature).
+#[cfg(not(feature = "redis"))]
 #[tokio::test]
 async fn redis_url_is_ignored_with_one_log_line() {
     let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

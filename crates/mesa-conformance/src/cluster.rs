@@ -1,0 +1,16 @@
+//! The Redis glue (cargo feature `redis`), the only module that names `mesa_redis`: the engine `REDIS_URL`
+//! asks for.
+
+use std::sync::Arc;
+
+use mesa_redis::{RedisConfig, RedisEngine};
+use mesa_server::Engine;
+
+/// The Redis engine for `url` with `mesa-redis`'s defaults (namespace `default`). Fails only on a URL the
+/// engine cannot use (the message never holds the URL, which may hold a password); an unreachable Redis
+/// makes it start degraded and retry.
+pub(crate) async fn engine(url: &str) -> Result<Arc<dyn Engine>, String> {
+    let config = RedisConfig::from_url(url).map_err(|problem| format!("REDIS_URL: {problem}"))?;
+    let engine = RedisEngine::connect(config).map_err(|problem| format!("REDIS_URL: {problem}"))?;
+    Ok(engine as Arc<dyn Engine>)
+}
