@@ -32,6 +32,9 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) rules: ConnectionRules,
     pub(crate) hello: Utf8Bytes,
+    /// `config.allowed_origins`, parsed once (entries that are not origins are left out; the config warns
+    /// about them).
+    pub(crate) allowed_origins: Vec<crate::origin::Origin>,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) router: Router,
@@ -516,6 +519,11 @@ impl MesaBuilder {
             inner: Arc::new(Inner {
                 rules: config.connection_rules(),
                 hello: hello.encode().into(),
+                allowed_origins: config
+                    .allowed_origins
+                    .iter()
+                    .filter_map(|allowed| crate::origin::Origin::parse(allowed))
+                    .collect(),
                 ws_config,
                 registry,
                 router,

@@ -174,7 +174,7 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    if !inner.config.allowed_origins.is_empty() && !origin_allowed(&inner.config, headers) {
+    if !inner.config.allowed_origins.is_empty() && !origin_allowed(inner, headers) {
         return reject(
             inner,
             Rejection::Origin,
@@ -251,7 +251,8 @@ fn upgrade<B>(inner: &Arc<Inner>, mut request: Request<B>) -> Response<Full<Byte
 /// Whether the request's `Origin` is in `allowed_origins` (compared as origins), or absent and
 /// `require_origin` is off. A refusal is logged with the value (escaped, bounded) so that an operator can
 /// tell a misconfigured list from an attack.
-fn origin_allowed(config: &crate::config::Config, headers: &http::HeaderMap) -> bool {
+fn origin_allowed(inner: &Inner, headers: &http::HeaderMap) -> bool {
+    let config = &inner.config;
     let Some(value) = headers.get(header::ORIGIN) else {
         if config.require_origin {
             tracing::info!("upgrade refused: no Origin header (require_origin)");
@@ -259,13 +260,8 @@ fn origin_allowed(config: &crate::config::Config, headers: &http::HeaderMap) -> 
         return !config.require_origin;
     };
     let text = String::from_utf8_lossy(value.as_bytes());
-    let allowed = crate::origin::Origin::parse(&text).is_some_and(|origin| {
-        config
-            .allowed_origins
-            .iter()
-            .filter_map(|allowed| crate::origin::Origin::parse(allowed))
-            .any(|allowed| allowed == origin)
-    });
+    let allowed = crate::origin::Origin::parse(&text)
+        .is_some_and(|origin| inner.allowed_origins.contains(&origin));
     if !allowed {
         let shown: String = text.chars().take(200).collect();
         tracing::info!(origin = ?shown, "upgrade refused: origin not in allowed_origins");
