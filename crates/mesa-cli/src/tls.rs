@@ -6,10 +6,9 @@
 //! use them; open connections keep theirs. A pair that does not load (half-written by a renewal, a key that
 //! does not match) is logged and the previous one stays in use, so a renewal can never take the gateway down.
 //!
-//! The accept loop mirrors `Mesa::serve_with` (HTTP/1.1 with upgrades, header deadline, remote address,
-//! graceful shutdown) with a TLS handshake, bounded by `server.limits.handshake_timeout_ms`, in front.
+//! The accept loop is `Mesa::serve_with_handshake` (HTTP/1.1 with upgrades, header deadline, remote address,
+//! graceful shutdown) with the TLS handshake, bounded by `server.limits.handshake_timeout_ms`, in front.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,10 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use http::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use mesa_server::{Mesa, RemoteAddr};
+use mesa_server::Mesa;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -29,9 +25,6 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::config::ConfigError;
 
@@ -204,7 +197,7 @@ impl Tls {
     }
 
     /// Serves `app` over TLS on `listener` until `shutdown` resolves, then shuts down like
-    /// `Mesa::serve_with`.
+    /// `Mesa::serve_with` (it is that loop, with the TLS handshake in front).
     pub(crate) async fn serve(
         self,
         mesa: &Mesa,
@@ -213,78 +206,16 @@ impl Tls {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         self.spawn_reload();
-        let handshake_timeout =
-            Duration::from_millis(mesa.config().limits.handshake_timeout_ms.max(1));
-        let stop_http = CancellationToken::new();
-        let http_tasks = TaskTracker::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, addr) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
-            let app = app.clone();
-            let stop = stop_http.clone();
-            http_tasks.spawn(async move {
-                let tls =
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%addr, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%addr, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(RemoteAddr(addr));
-                    app.clone().oneshot(request)
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout);
-                let connection = builder
-                    .serve_connection(TokioIo::new(tls), service)
-                    .with_upgrades();
-                tokio::pin!(connection);
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            let error: &dyn StdError = &error;
-                            tracing::debug!(%addr, %error, "HTTP connection ended with an error");
-                        }
-                    }
-                    () = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
-                    }
-                }
-            });
-        }
-        drop(listener);
-        tracing::info!("shutting down");
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(mesa.config().shutdown_timeout_ms);
-        stop_http.cancel();
-        http_tasks.close();
-        let finished = mesa.shutdown().await;
-        let _ = tokio::time::timeout_at(deadline, http_tasks.wait()).await;
-        if !finished {
-            tracing::warn!("some connections did not close before the shutdown deadline");
-        }
-        Ok(())
+        let acceptor = self.acceptor.clone();
+        mesa.serve_with_handshake(
+            listener,
+            app,
+            move |stream| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(stream).await }
+            },
+            shutdown,
+        )
+        .await
     }
 }

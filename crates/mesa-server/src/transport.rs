@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -69,6 +70,40 @@ impl Mesa {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        self.serve_with_handshake(
+            listener,
+            app,
+            |stream| std::future::ready(Ok(stream)),
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Mesa::serve_with`] with a handshake in front of HTTP on every accepted connection: a TLS
+    /// acceptor, for example (`mesa serve` terminates `wss://` this way). The handshake runs on the
+    /// connection's own task, bounded by `limits.handshake_timeout_ms`; one that fails or times out drops
+    /// that connection (logged at debug) and nothing else.
+    pub async fn serve_with_handshake<S, B, H, HF, IO>(
+        &self,
+        listener: TcpListener,
+        app: S,
+        handshake: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        H: Fn(TcpStream) -> HF + Clone + Send + 'static,
+        HF: Future<Output = io::Result<IO>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let handshake_timeout =
             Duration::from_millis(self.config().limits.handshake_timeout_ms.max(1));
         let stop_http = CancellationToken::new();
@@ -98,9 +133,21 @@ impl Mesa {
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(handshake_timeout);
+            let handshake = handshake.clone();
             http_tasks.spawn(async move {
+                let io = match tokio::time::timeout(handshake_timeout, handshake(stream)).await {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%addr, %error, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "handshake timed out");
+                        return;
+                    }
+                };
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(io), service)
                     .with_upgrades();
                 tokio::pin!(connection);
                 tokio::select! {
