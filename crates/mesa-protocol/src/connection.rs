@@ -6,6 +6,7 @@
 //! [`ConnectionState::next_deadline`] says when to call [`ConnectionState::on_timeout`] next. The server's connection task is the
 //! only caller; tests drive it on a virtual clock.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -37,8 +38,9 @@ pub struct ConnectionRules {
     pub authentication_required: bool,
     /// The inbound rate limit, or `None` for none (a limit with a zero field is none too).
     pub rate_limit: Option<RateLimit>,
-    /// With `enforce_equal_versions`: the version a client must announce in `CLIENT_VERSION`.
-    pub required_client_version: Option<String>,
+    /// With `enforce_equal_versions`: the version a client must announce in `CLIENT_VERSION` (shared by
+    /// every connection's state, not copied into each).
+    pub required_client_version: Option<Arc<str>>,
     /// How often a client may send op 2, apart from the inbound rate limit: each op 2 runs the application's
     /// authentication check (often a call to an auth backend), so one connection must not be able to drive
     /// that backend at the general rate limit. `None` for no limit. Exceeding it closes with 4008.
@@ -143,7 +145,7 @@ pub struct ConnectionState {
     authentication_deadline: Option<Instant>,
     authentication_required: bool,
     rate: Option<TokenBucket>,
-    required_client_version: Option<String>,
+    required_client_version: Option<Arc<str>>,
     authentication_timeout: Duration,
     authentication_attempts: Option<AttemptBucket>,
 }
@@ -278,7 +280,7 @@ impl ConnectionState {
                 if frame.t.as_deref() == Some(CLIENT_VERSION_EVENT) {
                     if let Some(required) = &self.required_client_version {
                         let announced = frame.d.get("v").and_then(Value::as_str);
-                        return if announced == Some(required.as_str()) {
+                        return if announced == Some(&**required) {
                             Inbound::VersionAccepted
                         } else {
                             Inbound::Close(self.close_code(CloseCode::VersionMismatch))

@@ -269,7 +269,7 @@ impl Config {
             required_client_version: self
                 .client
                 .enforce_equal_versions
-                .then(|| self.client.version.clone().unwrap_or_default()),
+                .then(|| self.client.version.as_deref().unwrap_or_default().into()),
             authentication_attempts: (self.limits.authentication_attempts.burst > 0).then(|| {
                 AttemptLimit {
                     burst: self.limits.authentication_attempts.burst,
