@@ -444,7 +444,11 @@ pub(crate) struct PortalSettings {
 
 impl PortalSection {
     /// Checks every key; messages name them.
-    fn validate(&self, cluster: Option<&ClusterConfig>, proxy: &ProxyConfig) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        cluster: Option<&ClusterConfig>,
+        proxy: &ProxyConfig,
+    ) -> Result<(), ConfigError> {
         let set = [
             ("mode", self.mode.is_some()),
             ("redis_url", self.redis_url.is_some()),
@@ -481,7 +485,10 @@ impl PortalSection {
             validate_namespace("portal.namespace", namespace)?;
         }
         if self.mode == Some(PortalModeName::FireAndForget) {
-            for (key, is_set) in [("max_len", self.max_len.is_some()), ("group", self.group.is_some())] {
+            for (key, is_set) in [
+                ("max_len", self.max_len.is_some()),
+                ("group", self.group.is_some()),
+            ] {
                 if is_set {
                     return Err(ConfigError::invalid(format!(
                         "portal.{key} is only used with portal.mode = \"at_least_once\" (portal.mode is \
@@ -491,12 +498,20 @@ impl PortalSection {
             }
         }
         if self.max_len == Some(0) {
-            return Err(ConfigError::invalid("portal.max_len: must be at least 1 (got 0)"));
+            return Err(ConfigError::invalid(
+                "portal.max_len: must be at least 1 (got 0)",
+            ));
         }
         if self.timeout_ms == Some(0) {
-            return Err(ConfigError::invalid("portal.timeout_ms: must be at least 1 (got 0)"));
+            return Err(ConfigError::invalid(
+                "portal.timeout_ms: must be at least 1 (got 0)",
+            ));
         }
-        if self.group.as_deref().is_some_and(|g| g.is_empty() || g.contains(char::is_whitespace)) {
+        if self
+            .group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains(char::is_whitespace))
+        {
             return Err(ConfigError::invalid(
                 "portal.group: must be a non-empty name without spaces",
             ));
@@ -540,10 +555,11 @@ impl ServeConfig {
             return None;
         }
         let cluster = self.cluster.as_ref();
-        let (redis_url, redis_url_key) = match (&portal.redis_url, cluster.and_then(|c| c.redis_url.clone())) {
-            (Some(url), _) => (url.clone(), "portal.redis_url"),
-            (None, url) => (url?, "cluster.redis_url"),
-        };
+        let (redis_url, redis_url_key) =
+            match (&portal.redis_url, cluster.and_then(|c| c.redis_url.clone())) {
+                (Some(url), _) => (url.clone(), "portal.redis_url"),
+                (None, url) => (url?, "cluster.redis_url"),
+            };
         let namespace = match &portal.namespace {
             Some(ns) if ns.is_empty() => None,
             Some(ns) => Some(ns.clone()),
@@ -569,7 +585,10 @@ impl ServeConfig {
                     PortalEventName::Disconnection,
                 ]
             }),
-            message_types: portal.message_types.clone().unwrap_or_else(|| vec!["*".into()]),
+            message_types: portal
+                .message_types
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()]),
             timeout_ms: portal.timeout_ms.unwrap_or(2000),
         })
     }

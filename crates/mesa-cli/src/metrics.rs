@@ -219,12 +219,14 @@ impl CliMetrics {
 
     /// One event handed to Portal.
     pub(crate) fn portal_handed(&self, event: &str) {
-        self.portal_handed.inc(format!("event=\"{}\"", escape(event)));
+        self.portal_handed
+            .inc(format!("event=\"{}\"", escape(event)));
     }
 
     /// One event Portal refused.
     pub(crate) fn portal_refused(&self, reason: &str) {
-        self.portal_refused.inc(format!("reason=\"{}\"", escape(reason)));
+        self.portal_refused
+            .inc(format!("reason=\"{}\"", escape(reason)));
     }
 
     /// The Prometheus text of every family.

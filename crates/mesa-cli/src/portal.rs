@@ -93,7 +93,11 @@ pub(crate) async fn install(
         logged: Mutex::new(None),
     });
     tracing::info!(
-        mode = if settings.stream.is_some() { "at_least_once" } else { "fire_and_forget" },
+        mode = if settings.stream.is_some() {
+            "at_least_once"
+        } else {
+            "fire_and_forget"
+        },
         namespace = settings.namespace.as_deref().unwrap_or(""),
         "handing client events to Portal workers"
     );
@@ -109,7 +113,9 @@ pub(crate) async fn install(
             tokio::spawn(connect(portal.clone(), config));
         }
         Err(_) => {
-            tracing::warn!("portal: Redis did not answer in time, retrying; events are refused meanwhile");
+            tracing::warn!(
+                "portal: Redis did not answer in time, retrying; events are refused meanwhile"
+            );
             tokio::spawn(connect(portal.clone(), config));
         }
     }
@@ -120,7 +126,9 @@ pub(crate) async fn install(
             let portal = on_connection.clone();
             async move {
                 if portal.connection {
-                    portal.hand(&session, PortalEventKind::Connection, None).await;
+                    portal
+                        .hand(&session, PortalEventKind::Connection, None)
+                        .await;
                 }
             }
         })
@@ -168,7 +176,7 @@ async fn connect(portal: Arc<Portal>, config: PortalConfig) {
             }
             Err(error) => {
                 // One failure in 20 (about every 100 s at the longest wait); the first was logged.
-                if failures % 20 == 0 {
+                if failures.is_multiple_of(20) {
                     tracing::warn!(%error, "portal: still cannot connect to Redis");
                 }
                 failures = failures.wrapping_add(1);
@@ -234,10 +242,7 @@ impl Portal {
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
         if logged.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
             *logged = Some(now);
-            tracing::warn!(
-                event,
-                "portal: event refused: not connected to Redis yet"
-            );
+            tracing::warn!(event, "portal: event refused: not connected to Redis yet");
         }
     }
 }
@@ -274,7 +279,10 @@ mod tests {
             timeout_ms: 10,
         };
         let error = portal_config(&settings).expect_err("refused").to_string();
-        assert!(error.starts_with("cluster.redis_url (used by [portal]): "), "{error}");
+        assert!(
+            error.starts_with("cluster.redis_url (used by [portal]): "),
+            "{error}"
+        );
         assert!(error.contains("Redis Cluster"), "{error}");
         let ok = PortalSettings {
             redis_url: Secret::new("redis+sentinel://127.0.0.1:26379/mymaster"),

@@ -40,13 +40,13 @@ async fn client(mesa: &MesaProcess, id: &str) -> Ws {
     ws
 }
 
+/// One delivery as the worker saw it: kind, the message's `n`, user id, entry id.
+type Seen = (String, Option<u64>, Option<String>, String);
+
 /// A stream entry id (`<ms>-<seq>`) as a pair that orders as Redis orders them.
 fn entry_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').expect("an entry id");
-    (
-        ms.parse().expect("ms"),
-        seq.parse().expect("seq"),
-    )
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
 
 #[tokio::test]
@@ -59,9 +59,14 @@ async fn at_least_once_a_worker_gets_every_event_of_every_client_in_order() {
         // 200 dispatches at once are more than the default burst of inbound frames.
         ("MESA_SERVER__LIMITS__RATE_LIMIT__BURST", "0"),
     ]);
-    let config = PortalConfig::new(redis.url(), PortalMode::AtLeastOnce(StreamOptions::default()))
-        .namespace("serve");
-    let mut worker = PortalWorker::join(&config, "worker-1").await.expect("worker");
+    let config = PortalConfig::new(
+        redis.url(),
+        PortalMode::AtLeastOnce(StreamOptions::default()),
+    )
+    .namespace("serve");
+    let mut worker = PortalWorker::join(&config, "worker-1")
+        .await
+        .expect("worker");
 
     let sent: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -70,7 +75,11 @@ async fn at_least_once_a_worker_gets_every_event_of_every_client_in_order() {
                 let (mut ws, _) = connect_hello(&url).await;
                 authenticate(&mut ws, json!({ "id": format!("user{c}") })).await;
                 for n in 0..DISPATCHES {
-                    send(&mut ws, json!({"op": 0, "t": "SAY", "d": {"client": c, "n": n}})).await;
+                    send(
+                        &mut ws,
+                        json!({"op": 0, "t": "SAY", "d": {"client": c, "n": n}}),
+                    )
+                    .await;
                 }
                 // A barrier: the gateway answers a heartbeat (op 1) only after it handled every dispatch before it.
                 send(&mut ws, json!({"op": 1, "d": {}})).await;
@@ -85,8 +94,7 @@ async fn at_least_once_a_worker_gets_every_event_of_every_client_in_order() {
     }
 
     // Per connection: the kinds in the order received, the `n`s of its messages, its users, entry ids.
-    let mut seen: BTreeMap<String, Vec<(String, Option<u64>, Option<String>, String)>> =
-        BTreeMap::new();
+    let mut seen: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
     let expected = CLIENTS * (DISPATCHES + 3);
     let deadline = Instant::now() + RECEIVE;
     let mut received = 0;
@@ -126,15 +134,24 @@ async fn at_least_once_a_worker_gets_every_event_of_every_client_in_order() {
         want.push("disconnection");
         assert_eq!(kinds, want, "{connection}");
         let ns: Vec<u64> = events.iter().filter_map(|(_, n, ..)| *n).collect();
-        assert_eq!(ns, (0..DISPATCHES as u64).collect::<Vec<_>>(), "{connection}: in order");
+        assert_eq!(
+            ns,
+            (0..DISPATCHES as u64).collect::<Vec<_>>(),
+            "{connection}: in order"
+        );
         // No user before authentication, the same one after.
         assert_eq!(events[0].2, None);
         let user = events[1].2.clone().expect("authenticated");
-        assert!(events[1..].iter().all(|(_, _, u, _)| u.as_deref() == Some(&user)));
+        assert!(events[1..]
+            .iter()
+            .all(|(_, _, u, _)| u.as_deref() == Some(&user)));
         users.push(user);
         // The stream holds one client's events in the order they were handed.
         let ids: Vec<(u64, u64)> = events.iter().map(|(.., id)| entry_order(id)).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{connection}: entry ids increase");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{connection}: entry ids increase"
+        );
     }
     users.sort();
     assert_eq!(
@@ -233,7 +250,11 @@ async fn fire_and_forget_a_mesa_1_5_portal_receives_a_clients_events() {
     let mut ws = client(&mesa, "alice").await;
     send(&mut ws, json!({"op": 0, "t": "SAY", "d": {"text": "hi"}})).await;
     send(&mut ws, json!({"op": 1, "d": {}})).await;
-    assert_eq!(recv(&mut ws).await["op"], 11, "no PROXY_ERROR: a worker took it");
+    assert_eq!(
+        recv(&mut ws).await["op"],
+        11,
+        "no PROXY_ERROR: a worker took it"
+    );
     ws.close(None).await.expect("close");
 
     let mut events = Vec::new();
@@ -261,10 +282,20 @@ async fn fire_and_forget_a_mesa_1_5_portal_receives_a_clients_events() {
 fn bad_portal_settings_exit_2_naming_the_key() {
     let url = "redis://127.0.0.1:1";
     let cases: [(&[(&str, &str)], &str); 7] = [
-        (&[("MESA_PORTAL__MAX_LEN", "10")], "portal.max_len is set but portal.enabled is false"),
-        (&[("MESA_PORTAL__ENABLED", "true")], "portal.redis_url: required"),
         (
-            &[("MESA_PORTAL__ENABLED", "true"), ("MESA_PORTAL__REDIS_URL", url), ("MESA_PORTAL__MODE", "sometimes")],
+            &[("MESA_PORTAL__MAX_LEN", "10")],
+            "portal.max_len is set but portal.enabled is false",
+        ),
+        (
+            &[("MESA_PORTAL__ENABLED", "true")],
+            "portal.redis_url: required",
+        ),
+        (
+            &[
+                ("MESA_PORTAL__ENABLED", "true"),
+                ("MESA_PORTAL__REDIS_URL", url),
+                ("MESA_PORTAL__MODE", "sometimes"),
+            ],
             "portal.mode",
         ),
         (
@@ -277,15 +308,26 @@ fn bad_portal_settings_exit_2_naming_the_key() {
             "portal.max_len is only used with portal.mode = \"at_least_once\"",
         ),
         (
-            &[("MESA_PORTAL__ENABLED", "true"), ("MESA_PORTAL__REDIS_URL", url), ("MESA_PROXY__URL", "http://127.0.0.1:1/")],
+            &[
+                ("MESA_PORTAL__ENABLED", "true"),
+                ("MESA_PORTAL__REDIS_URL", url),
+                ("MESA_PROXY__URL", "http://127.0.0.1:1/"),
+            ],
             "[proxy] are both set",
         ),
         (
-            &[("MESA_PORTAL__ENABLED", "true"), ("MESA_PORTAL__REDIS_URL", url), ("MESA_PORTAL__EVENTS", "[]")],
+            &[
+                ("MESA_PORTAL__ENABLED", "true"),
+                ("MESA_PORTAL__REDIS_URL", url),
+                ("MESA_PORTAL__EVENTS", "[]"),
+            ],
             "portal.events: empty",
         ),
         (
-            &[("MESA_PORTAL__ENABLED", "true"), ("MESA_CLUSTER__REDIS_URL", "redis+cluster://127.0.0.1:1")],
+            &[
+                ("MESA_PORTAL__ENABLED", "true"),
+                ("MESA_CLUSTER__REDIS_URL", "redis+cluster://127.0.0.1:1"),
+            ],
             "cluster.redis_url (used by [portal]): portal: Redis Cluster",
         ),
     ];
@@ -300,7 +342,10 @@ fn bad_portal_settings_exit_2_naming_the_key() {
     }
     let (status, stderr) = run_to_exit(
         &["--demo"],
-        &[("MESA_PORTAL__ENABLED", "true"), ("MESA_PORTAL__REDIS_URL", url)],
+        &[
+            ("MESA_PORTAL__ENABLED", "true"),
+            ("MESA_PORTAL__REDIS_URL", url),
+        ],
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("demo"), "{stderr}");
@@ -313,8 +358,12 @@ fn the_example_portal_section_names_real_keys() {
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mesa.example.toml"))
             .expect("read the example");
-    let (before, rest) = example.split_once("[portal]\n").expect("a [portal] section");
-    let (section, after) = rest.split_once("\n# [cluster]").expect("[cluster] after it");
+    let (before, rest) = example
+        .split_once("[portal]\n")
+        .expect("a [portal] section");
+    let (section, after) = rest
+        .split_once("\n# [cluster]")
+        .expect("[cluster] after it");
     let mut text = format!("{before}[portal]\n");
     for line in section.lines() {
         let line = line.strip_prefix("# ").unwrap_or(line);
@@ -339,5 +388,8 @@ fn the_example_portal_section_names_real_keys() {
     let file = temp_file("example-portal.toml", &text);
     let (status, stderr) = run_to_exit(&["--config", file.to_str().expect("utf-8 path")], &[]);
     assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("portal.redis_url (used by [portal]): portal: Redis Cluster"), "{stderr}");
+    assert!(
+        stderr.contains("portal.redis_url (used by [portal]): portal: Redis Cluster"),
+        "{stderr}"
+    );
 }

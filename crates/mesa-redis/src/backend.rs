@@ -180,7 +180,9 @@ pub(crate) async fn connect(
         Topology::Standalone { .. } | Topology::Sentinel { .. } => {
             let client = server_client(topology, ProtocolVersion::RESP3)
                 .await?
-                .ok_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "not one server")))?;
+                .ok_or_else(|| {
+                    RedisError::from((ErrorKind::InvalidClientConfig, "not one server"))
+                })?;
             let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
