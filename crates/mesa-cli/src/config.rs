@@ -424,6 +424,7 @@ pub(crate) enum PortalEventName {
 }
 
 /// `[portal]` resolved against `[cluster]` (validated at load).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[derive(Debug, Clone)]
 pub(crate) struct PortalSettings {
     /// The Redis URL.

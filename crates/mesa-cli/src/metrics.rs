@@ -218,12 +218,14 @@ impl CliMetrics {
     }
 
     /// One event handed to Portal.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn portal_handed(&self, event: &str) {
         self.portal_handed
             .inc(format!("event=\"{}\"", escape(event)));
     }
 
     /// One event Portal refused.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn portal_refused(&self, reason: &str) {
         self.portal_refused
             .inc(format!("reason=\"{}\"", escape(reason)));
