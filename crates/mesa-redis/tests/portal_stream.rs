@@ -298,3 +298,32 @@ async fn a_leaving_worker_hands_back_what_it_read_ahead_at_once() {
         delivery.ack().await.expect("ack");
     }
 }
+
+/// Portal takes the engine's URL forms: through a `redis+sentinel://` URL a sender and a worker of both modes
+/// find the master and exchange events.
+#[tokio::test]
+async fn sender_and_worker_reach_the_master_through_sentinel() {
+    let master = RedisServer::start();
+    let sentinel = mesa_testkit::redis::RedisSentinel::start(&master, "portalmaster");
+    let modes = [
+        PortalMode::AtLeastOnce(StreamOptions::default()),
+        PortalMode::FireAndForget,
+    ];
+    for mode in modes {
+        let config = PortalConfig::new(sentinel.url(), mode.clone()).namespace("sentinel");
+        config.validate().expect("a Sentinel URL is valid");
+        let mut worker = PortalWorker::join(&config, "w").await.expect("worker");
+        let sender = PortalSender::connect(&config).await.expect("sender");
+        let sent = event(0, 2);
+        sender.hand(&sent).await.expect("handed");
+        let delivery = tokio::time::timeout(Duration::from_secs(5), worker.next())
+            .await
+            .expect("in time")
+            .expect("next");
+        assert_eq!(delivery.event(), &sent, "{mode:?}");
+        delivery.ack().await.expect("ack");
+        worker.leave().await.expect("leave");
+    }
+    // Through the Sentinel, the events are in the master itself.
+    assert_eq!(master.cli(&["XLEN", "mesa:{sentinel}:portal:events"]), "1");
+}
