@@ -32,8 +32,8 @@ async fn client(url: &str) -> Result<Client, PortalError> {
 
 /// A command connection that reconnects in the background; commands fail after `response_timeout`.
 ///
-/// Through Sentinel the master is asked once, here: the connection's own reconnects go back to that address,
-/// so a sender or worker follows a failover only when it is made again (see `docs/portal.md`).
+/// Through Sentinel the master is asked once, here: the connection's own reconnects go back to that address
+/// (a sender makes a new connection when the old master fails it; see `docs/portal.md`).
 pub(crate) async fn connection(
     url: &str,
     response_timeout: Duration,
