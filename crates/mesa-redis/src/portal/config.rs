@@ -57,7 +57,7 @@ impl Default for StreamOptions {
 pub struct PortalConfig {
     /// The engine's URL forms ([`RedisConfig::from_url`](crate::RedisConfig::from_url)): `redis://…`,
     /// `rediss://…` (TLS) or `redis+sentinel://…`. `redis+cluster://` is refused
-    /// ([`PortalError::ClusterUnsupported`](crate::portal::PortalError::ClusterUnsupported)).
+    /// ([`PortalError::ClusterUnsupported`]).
     pub url: String,
     /// Mesa's namespace: appended as `_<ns>` to the 1.5 names, and in the stream key. Default none.
     pub namespace: Option<String>,
