@@ -1,6 +1,6 @@
-//! The Redis glue (cargo feature `redis`), the only module that names `mesa_redis`: `[cluster]` and the
-//! `mesa dispatch` flags made into a `RedisConfig`, the engine of `mesa serve` with its metrics, and the
-//! Dispatcher of `mesa dispatch`.
+//! The Redis engine glue (cargo feature `redis`), the only module that names `mesa_redis` but for Portal
+//! (`portal.rs`): `[cluster]` and the `mesa dispatch` flags made into a `RedisConfig`, the engine of
+//! `mesa serve` with its metrics, and the Dispatcher of `mesa dispatch`.
 //!
 
 use std::fmt::Write as _;

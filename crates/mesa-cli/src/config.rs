@@ -6,7 +6,7 @@
 //! 2. A TOML file, when `--config PATH` or `MESA_CONFIG=PATH` names one (a named file that does not exist is
 //!    an error). Sections: `[server]` (with `[server.heartbeat]`, `[server.reconnect]`,
 //!    `[server.authentication]`, `[server.client]`, `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`,
-//!    `[tls]`, `[cluster]`, and the top-level keys `redis_url` (an alias of `cluster.redis_url`) and
+//!    `[tls]`, `[cluster]`, `[portal]`, and the top-level keys `redis_url` (an alias of `cluster.redis_url`) and
 //!    `trusted_proxies`.
 //! 3. `RUST_LOG`, read as `log.filter`.
 //! 4. Environment variables `MESA_<SECTION>__<KEY>`: `__` separates levels, names are case-insensitive, e.g.
@@ -75,6 +75,8 @@ pub(crate) struct ServeConfig {
     pub(crate) trusted_proxies: Vec<String>,
     /// `wss://` terminated by `mesa serve` (`[tls]`).
     pub(crate) tls: crate::tls::TlsConfig,
+    /// Client events handed to Portal workers through Redis (`[portal]`). Default: off.
+    pub(crate) portal: PortalSection,
     /// Warnings found while loading (logged once logging is set up).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
@@ -365,6 +367,234 @@ pub(crate) enum LifecycleEvent {
     Disconnection,
 }
 
+/// `[portal]`: client events handed to Portal workers through Redis (see `portal.rs` and `docs/portal.md`),
+/// instead of the HTTP event proxy.
+///
+/// Defaults (once `enabled = true`): `mode = "at_least_once"`, `redis_url` = `cluster.redis_url`,
+/// `namespace` = `cluster.namespace` (none without `[cluster]`; `""` for none), `max_len = 1000000`,
+/// `group = "mesa-portal"`, all four `events`, every message type, `timeout_ms = 2000`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PortalSection {
+    /// Hand events to Portal. Default `false`; every other key needs it.
+    pub(crate) enabled: bool,
+    /// `at_least_once` (a Redis Stream and a consumer group) or `fire_and_forget` (Mesa 1.5's Portal).
+    pub(crate) mode: Option<PortalModeName>,
+    /// The Redis Portal uses, in the engine's URL forms (`redis+cluster://` is refused). Default
+    /// `cluster.redis_url`.
+    pub(crate) redis_url: Option<Secret>,
+    /// Workers see only events of their namespace. Default the cluster's; `""`: none (Mesa 1.5's names
+    /// without a suffix).
+    pub(crate) namespace: Option<String>,
+    /// At-least-once: approximate bound on the stream's length (older entries are trimmed, handled or not).
+    pub(crate) max_len: Option<usize>,
+    /// At-least-once: the consumer group the workers read with (created by `mesa serve` too).
+    pub(crate) group: Option<String>,
+    /// Which events are handed: any of `connection`, `authentication`, `message`, `disconnection`.
+    pub(crate) events: Option<Vec<PortalEventName>>,
+    /// Which client dispatches are handed, by `t`: exact, a prefix ending in `*`, or `*`. Others are
+    /// answered with a `PROXY_ERROR` `no_route`. Default: all.
+    pub(crate) message_types: Option<Vec<String>>,
+    /// How long one hand may wait for Redis before the event is refused. Default 2000.
+    pub(crate) timeout_ms: Option<u64>,
+}
+
+/// `portal.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PortalModeName {
+    /// A Redis Stream read by a consumer group: every event is handled at least once.
+    AtLeastOnce,
+    /// Mesa 1.5's Portal: pub/sub to one live worker per event, nothing kept.
+    FireAndForget,
+}
+
+/// An event `[portal]` may hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PortalEventName {
+    /// A connection opened (after Hello).
+    Connection,
+    /// A connection authenticated (after op 22).
+    Authentication,
+    /// A client dispatch (op 0).
+    Message,
+    /// A connection closed.
+    Disconnection,
+}
+
+/// `[portal]` resolved against `[cluster]` (validated at load).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub(crate) struct PortalSettings {
+    /// The Redis URL.
+    pub(crate) redis_url: Secret,
+    /// The key the URL came from, for error messages.
+    pub(crate) redis_url_key: &'static str,
+    /// `None`: Mesa 1.5's names without a suffix.
+    pub(crate) namespace: Option<String>,
+    /// `Some((max_len, group))` for at-least-once, `None` for fire-and-forget.
+    pub(crate) stream: Option<(usize, String)>,
+    /// The events handed.
+    pub(crate) events: Vec<PortalEventName>,
+    /// The `t` patterns of handed dispatches.
+    pub(crate) message_types: Vec<String>,
+    /// The hand timeout.
+    pub(crate) timeout_ms: u64,
+}
+
+impl PortalSection {
+    /// Checks every key; messages name them.
+    fn validate(
+        &self,
+        cluster: Option<&ClusterConfig>,
+        proxy: &ProxyConfig,
+    ) -> Result<(), ConfigError> {
+        let set = [
+            ("mode", self.mode.is_some()),
+            ("redis_url", self.redis_url.is_some()),
+            ("namespace", self.namespace.is_some()),
+            ("max_len", self.max_len.is_some()),
+            ("group", self.group.is_some()),
+            ("events", self.events.is_some()),
+            ("message_types", self.message_types.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+        ];
+        if !self.enabled {
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(format!(
+                    "portal.{key} is set but portal.enabled is false: set portal.enabled = true                      (MESA_PORTAL__ENABLED=true) or remove it"
+                )));
+            }
+            return Ok(());
+        }
+        if proxy.url.is_some() || !proxy.rules.is_empty() || !proxy.events.is_empty() {
+            return Err(ConfigError::invalid(
+                "portal.enabled and [proxy] are both set: client events go to one of them (Portal workers or                  the HTTP backend), so that each client gets one answer; remove one",
+            ));
+        }
+        match (&self.redis_url, cluster.and_then(|c| c.redis_url.as_ref())) {
+            (Some(url), _) => validate_redis_url("portal.redis_url", url.expose())?,
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "portal.redis_url: required when [cluster] is not set (MESA_PORTAL__REDIS_URL)",
+                ))
+            }
+        }
+        if let Some(namespace) = self.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+            validate_namespace("portal.namespace", namespace)?;
+        }
+        if self.mode == Some(PortalModeName::FireAndForget) {
+            for (key, is_set) in [
+                ("max_len", self.max_len.is_some()),
+                ("group", self.group.is_some()),
+            ] {
+                if is_set {
+                    return Err(ConfigError::invalid(format!(
+                        "portal.{key} is only used with portal.mode = \"at_least_once\" (portal.mode is \
+                         \"fire_and_forget\")"
+                    )));
+                }
+            }
+        }
+        if self.max_len == Some(0) {
+            return Err(ConfigError::invalid(
+                "portal.max_len: must be at least 1 (got 0)",
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(ConfigError::invalid(
+                "portal.timeout_ms: must be at least 1 (got 0)",
+            ));
+        }
+        if self
+            .group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::invalid(
+                "portal.group: must be a non-empty name without spaces",
+            ));
+        }
+        if self.events.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::invalid(
+                "portal.events: empty: list at least one of connection, authentication, message,                  disconnection (or set portal.enabled = false)",
+            ));
+        }
+        if let Some(types) = &self.message_types {
+            if types.is_empty() {
+                return Err(ConfigError::invalid(
+                    "portal.message_types: empty: use [\"*\"] for every type, or leave message out of \
+                     portal.events",
+                ));
+            }
+            if let Some(i) = types.iter().position(String::is_empty) {
+                return Err(ConfigError::invalid(format!(
+                    "portal.message_types[{i}]: must not be empty (use \"*\" for every type)"
+                )));
+            }
+            let messages = self
+                .events
+                .as_ref()
+                .is_none_or(|events| events.contains(&PortalEventName::Message));
+            if !messages {
+                return Err(ConfigError::invalid(
+                    "portal.message_types is set but portal.events does not list message",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServeConfig {
+    /// `[portal]` with its defaults filled in from `[cluster]`; `None` when it is off.
+    pub(crate) fn portal(&self) -> Option<PortalSettings> {
+        let portal = &self.portal;
+        if !portal.enabled {
+            return None;
+        }
+        let cluster = self.cluster.as_ref();
+        let (redis_url, redis_url_key) =
+            match (&portal.redis_url, cluster.and_then(|c| c.redis_url.clone())) {
+                (Some(url), _) => (url.clone(), "portal.redis_url"),
+                (None, url) => (url?, "cluster.redis_url"),
+            };
+        let namespace = match &portal.namespace {
+            Some(ns) if ns.is_empty() => None,
+            Some(ns) => Some(ns.clone()),
+            None => cluster.map(|c| c.namespace.clone()),
+        };
+        let stream = match portal.mode.unwrap_or(PortalModeName::AtLeastOnce) {
+            PortalModeName::AtLeastOnce => Some((
+                portal.max_len.unwrap_or(1_000_000),
+                portal.group.clone().unwrap_or_else(|| "mesa-portal".into()),
+            )),
+            PortalModeName::FireAndForget => None,
+        };
+        Some(PortalSettings {
+            redis_url,
+            redis_url_key,
+            namespace,
+            stream,
+            events: portal.events.clone().unwrap_or_else(|| {
+                vec![
+                    PortalEventName::Connection,
+                    PortalEventName::Authentication,
+                    PortalEventName::Message,
+                    PortalEventName::Disconnection,
+                ]
+            }),
+            message_types: portal
+                .message_types
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()]),
+            timeout_ms: portal.timeout_ms.unwrap_or(2000),
+        })
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -541,6 +771,7 @@ impl ServeConfig {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        self.portal.validate(self.cluster.as_ref(), &self.proxy)?;
         self.auth.validate()
     }
 
@@ -771,7 +1002,9 @@ struct EnvVars {
 const TOP_LEVEL_KEYS: [&str; 3] = ["redis_url", "trusted_proxies", "demo"];
 
 /// Sections: a `MESA_<SECTION>_…` variable without `__` is probably a misspelt key.
-const SECTIONS: [&str; 7] = ["server", "auth", "api", "log", "proxy", "tls", "cluster"];
+const SECTIONS: [&str; 8] = [
+    "server", "auth", "api", "log", "proxy", "tls", "cluster", "portal",
+];
 
 impl EnvVars {
     fn new() -> EnvVars {

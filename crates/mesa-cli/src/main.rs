@@ -5,6 +5,8 @@
 //! `GET /healthz`, `GET /metrics`, `POST /api/send`, `GET /api/presence/<id>` and `GET /api/nodes` (see
 //! `api.rs`). With `[cluster]` it joins the other nodes on one Redis (cargo feature `redis`).
 //!
+//! With `[portal]` it hands client events to Portal workers through Redis instead of an HTTP backend.
+//!
 //! `mesa dispatch` hands one send or disconnect to every node of a cluster through Redis (see `dispatch.rs`
 //! for its flags and exit status).
 //!
@@ -13,7 +15,7 @@
 //! 1. defaults;
 //! 2. a TOML file named by `--config PATH` or `MESA_CONFIG=PATH`, with sections `[server]`
 //!    (`[server.heartbeat]`, `[server.reconnect]`, `[server.authentication]`, `[server.client]`,
-//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]`, `[cluster]` and the top-level
+//!    `[server.limits]`), `[auth]`, `[api]`, `[log]`, `[proxy]`, `[tls]`, `[cluster]`, `[portal]` and the top-level
 //!    `redis_url` (Mesa 1.5's name of `cluster.redis_url`) and `trusted_proxies`;
 //! 3. `RUST_LOG` (as `log.filter`);
 //! 4. environment variables `MESA_<SECTION>__<KEY>`, e.g. `MESA_SERVER__PORT=5000`, `MESA_AUTH__MODE=jwt`,
@@ -30,8 +32,9 @@
 //! `config.rs` (sources, validation), `logging.rs`, `auth/` (none, jwt, webhook, token expiry), `api.rs`
 //! (router and HTTP API), `proxy.rs` (the HTTP event proxy), `metrics.rs` (mesa serve's own metrics),
 //! `forwarded.rs` (client addresses behind trusted proxies), `tls.rs` (`wss://` with certificate reload),
-//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT), `dispatch.rs` (`mesa dispatch`), and `cluster.rs`, the
-//! only module that knows Redis (compiled with the `redis` feature).
+//! `serve.rs` (wiring), `signal.rs` (SIGTERM/SIGINT), `dispatch.rs` (`mesa dispatch`), and the two modules
+//! that know Redis (compiled with the `redis` feature): `cluster.rs` (the engine, `mesa dispatch`) and
+//! `portal.rs` (`[portal]`).
 
 mod api;
 mod auth;
@@ -43,6 +46,8 @@ mod dispatch;
 mod forwarded;
 mod logging;
 mod metrics;
+#[cfg(feature = "redis")]
+mod portal;
 mod proxy;
 mod serve;
 mod signal;

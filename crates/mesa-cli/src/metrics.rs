@@ -146,6 +146,8 @@ pub(crate) struct CliMetrics {
     auth_outcomes: Counter,
     auth_duration: Histogram,
     api_requests: Counter,
+    portal_handed: Counter,
+    portal_refused: Counter,
 }
 
 impl Default for CliMetrics {
@@ -171,6 +173,16 @@ impl Default for CliMetrics {
             api_requests: Counter::new(
                 "mesa_api_requests_total",
                 "POST /api/send requests, by outcome (sent, disconnected, bad_request, unauthorized, disabled, too_large, unavailable).",
+            ),
+            portal_handed: Counter::new(
+                "mesa_portal_handed_total",
+                "Client events Redis took for Portal workers, by event (connection, authentication, message, \
+                 disconnection).",
+            ),
+            portal_refused: Counter::new(
+                "mesa_portal_refused_total",
+                "Client events Portal did not take, by reason (no_worker: fire-and-forget found no live worker; \
+                 unavailable: Redis unreachable, timed out or refused; connecting: not connected to Redis yet).",
             ),
         }
     }
@@ -205,6 +217,20 @@ impl CliMetrics {
         self.api_requests.inc(format!("outcome=\"{outcome}\""));
     }
 
+    /// One event handed to Portal.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn portal_handed(&self, event: &str) {
+        self.portal_handed
+            .inc(format!("event=\"{}\"", escape(event)));
+    }
+
+    /// One event Portal refused.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn portal_refused(&self, reason: &str) {
+        self.portal_refused
+            .inc(format!("reason=\"{}\"", escape(reason)));
+    }
+
     /// The Prometheus text of every family.
     pub(crate) fn render(&self, out: &mut String) {
         self.proxy_requests.render(out);
@@ -212,6 +238,8 @@ impl CliMetrics {
         self.auth_outcomes.render(out);
         self.auth_duration.render(out);
         self.api_requests.render(out);
+        self.portal_handed.render(out);
+        self.portal_refused.render(out);
     }
 }
 

@@ -390,7 +390,7 @@ impl Middleware for NoProxy {
 }
 
 /// Answers a dispatch no backend receives.
-fn no_route(metrics: &CliMetrics, session: &Session, frame: &Frame) {
+pub(crate) fn no_route(metrics: &CliMetrics, session: &Session, frame: &Frame) {
     metrics.proxy_outcome("dispatch", "no_route");
     tracing::debug!(t = frame.t.as_deref(), "event proxy: no rule for this type");
     let _ = session.send(&error_frame(
@@ -401,11 +401,17 @@ fn no_route(metrics: &CliMetrics, session: &Session, frame: &Frame) {
 }
 
 fn error_frame(event: &str, t: Option<&str>, failure: &Failure) -> Frame {
+    refusal_frame(event, t, failure.code(), &failure.reason())
+}
+
+/// The `PROXY_ERROR` frame a client gets when its event reached no application, whichever way events go
+/// (this proxy or Portal): one shape for clients to handle.
+pub(crate) fn refusal_frame(event: &str, t: Option<&str>, code: &str, reason: &str) -> Frame {
     Frame::dispatch(
         PROXY_ERROR,
         json!({
-            "code": failure.code(),
-            "reason": failure.reason(),
+            "code": code,
+            "reason": reason,
             "event": event,
             "t": t,
         }),

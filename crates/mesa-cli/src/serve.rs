@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, EngineMetrics};
 use crate::auth::Authenticator;
-use crate::config::{resolve_secret, AuthMode, ClusterConfig, ConfigError, ServeConfig};
+use crate::config::{
+    resolve_secret, AuthMode, ClusterConfig, ConfigError, PortalSettings, ServeConfig,
+};
 use crate::forwarded::Network;
 use crate::metrics::CliMetrics;
 use crate::proxy::{NoProxy, Proxy};
@@ -97,10 +99,21 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
         crate::demo::check_gateway_path(&config.server.path)?;
         builder = crate::demo::install(builder);
     }
+    let portal = config.portal();
+    if let Some(portal) = &portal {
+        if config.demo {
+            return Err(ConfigError::invalid(
+                "portal.enabled and demo (--demo) are both set: the demo relays client events itself; turn one off",
+            )
+            .into());
+        }
+        builder = install_portal(builder, portal, metrics.clone()).await?;
+    }
     builder = match Proxy::from_config(&config.proxy, metrics.clone())? {
         Some(proxy) => builder.middleware(proxy),
-        // The demo relays its chat itself: only without it is a dispatch with no backend an error.
-        None if config.demo => builder,
+        // The demo relays its chat itself, Portal answers what it does not hand: only without either is a
+        // dispatch with no backend an error.
+        None if config.demo || portal.is_some() => builder,
         None => builder.middleware(NoProxy {
             metrics: metrics.clone(),
             warned: AtomicBool::new(false),
@@ -194,6 +207,30 @@ async fn join_cluster(_cluster: &ClusterConfig) -> Result<Joined, ServeError> {
         "cluster.redis_url (or redis_url, --redis-url, MESA_REDIS_URL) is set, but this mesa was built without \
          Redis support (cargo feature `redis`): remove it to run a single node in memory, or rebuild with \
          --features redis",
+    )
+    .into())
+}
+
+/// Hands client events to Portal workers (`[portal]`, see `portal.rs`).
+#[cfg(feature = "redis")]
+async fn install_portal(
+    builder: mesa_server::MesaBuilder,
+    portal: &PortalSettings,
+    metrics: Arc<CliMetrics>,
+) -> Result<mesa_server::MesaBuilder, ServeError> {
+    Ok(crate::portal::install(builder, portal, metrics).await?)
+}
+
+/// Without Redis support there is no Portal: refused rather than leaving client events unhandled.
+#[cfg(not(feature = "redis"))]
+async fn install_portal(
+    _builder: mesa_server::MesaBuilder,
+    _portal: &PortalSettings,
+    _metrics: Arc<CliMetrics>,
+) -> Result<mesa_server::MesaBuilder, ServeError> {
+    Err(ConfigError::invalid(
+        "portal.enabled is set, but this mesa was built without Redis support (cargo feature `redis`): \
+         rebuild with --features redis",
     )
     .into())
 }

@@ -14,8 +14,8 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion,
-    PushInfo, RedisResult, ScriptInvocation, TlsMode, Value,
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo,
+    ProtocolVersion, PushInfo, RedisError, RedisResult, ScriptInvocation, TlsMode, Value,
 };
 
 use crate::config::Topology;
@@ -154,7 +154,7 @@ async fn pipeline(
 }
 
 /// rustls needs a process-wide crypto provider; the workspace builds rustls with ring only.
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may have installed one meanwhile: that one is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -177,47 +177,12 @@ pub(crate) async fn connect(
         .set_response_timeout(Some(timeout))
         .set_push_sender(sender.clone());
     match topology {
-        Topology::Standalone { url } => {
-            let info = url.as_str().into_connection_info()?;
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            let client = Client::open(info.set_redis_settings(redis))?;
-            let conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            Ok(Conn::Single(conn))
-        }
-        Topology::Sentinel {
-            sentinels,
-            master,
-            username,
-            password,
-            db,
-            tls,
-        } => {
-            let mut redis = redis::RedisConnectionInfo::default()
-                .set_protocol(ProtocolVersion::RESP3)
-                .set_db(*db);
-            if let Some(username) = username {
-                redis = redis.set_username(username);
-            }
-            if let Some(password) = password {
-                redis = redis.set_password(password);
-            }
-            let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
-            if *tls {
-                node = node.set_tls_mode(TlsMode::Secure);
-            }
-            // Asked again at every connect, so that a failover is followed.
-            let mut sentinel = SentinelClient::build(
-                sentinels.iter().map(String::as_str).collect(),
-                master.as_str(),
-                Some(node),
-                SentinelServerType::Master,
-            )?;
-            let client = sentinel.async_get_client().await?;
+        Topology::Standalone { .. } | Topology::Sentinel { .. } => {
+            let client = server_client(topology, ProtocolVersion::RESP3)
+                .await?
+                .ok_or_else(|| {
+                    RedisError::from((ErrorKind::InvalidClientConfig, "not one server"))
+                })?;
             let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
@@ -233,6 +198,52 @@ pub(crate) async fn connect(
                     .build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         }
+    }
+}
+
+/// A client of the one server a standalone or Sentinel topology names (for Sentinel, the master the
+/// Sentinels name now: call it again at every reconnect to follow a failover); `None` for a Cluster.
+pub(crate) async fn server_client(
+    topology: &Topology,
+    protocol: ProtocolVersion,
+) -> RedisResult<Option<Client>> {
+    ensure_crypto_provider();
+    match topology {
+        Topology::Standalone { url } => {
+            let info = url.as_str().into_connection_info()?;
+            let redis = info.redis_settings().clone().set_protocol(protocol);
+            Ok(Some(Client::open(info.set_redis_settings(redis))?))
+        }
+        Topology::Sentinel {
+            sentinels,
+            master,
+            username,
+            password,
+            db,
+            tls,
+        } => {
+            let mut redis = redis::RedisConnectionInfo::default()
+                .set_protocol(protocol)
+                .set_db(*db);
+            if let Some(username) = username {
+                redis = redis.set_username(username);
+            }
+            if let Some(password) = password {
+                redis = redis.set_password(password);
+            }
+            let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
+            if *tls {
+                node = node.set_tls_mode(TlsMode::Secure);
+            }
+            let mut sentinel = SentinelClient::build(
+                sentinels.iter().map(String::as_str).collect(),
+                master.as_str(),
+                Some(node),
+                SentinelServerType::Master,
+            )?;
+            Ok(Some(sentinel.async_get_client().await?))
+        }
+        Topology::Cluster { .. } => Ok(None),
     }
 }
 

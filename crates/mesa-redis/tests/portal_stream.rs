@@ -298,3 +298,98 @@ async fn a_leaving_worker_hands_back_what_it_read_ahead_at_once() {
         delivery.ack().await.expect("ack");
     }
 }
+
+/// Portal takes the engine's URL forms: through a `redis+sentinel://` URL a sender and a worker of both modes
+/// find the master and exchange events.
+#[tokio::test]
+async fn sender_and_worker_reach_the_master_through_sentinel() {
+    let master = RedisServer::start();
+    let sentinel = mesa_testkit::redis::RedisSentinel::start(&master, "portalmaster");
+    let modes = [
+        PortalMode::AtLeastOnce(StreamOptions::default()),
+        PortalMode::FireAndForget,
+    ];
+    for mode in modes {
+        let config = PortalConfig::new(sentinel.url(), mode.clone()).namespace("sentinel");
+        config.validate().expect("a Sentinel URL is valid");
+        let mut worker = PortalWorker::join(&config, "w").await.expect("worker");
+        let sender = PortalSender::connect(&config).await.expect("sender");
+        let sent = event(0, 2);
+        sender.hand(&sent).await.expect("handed");
+        let delivery = tokio::time::timeout(Duration::from_secs(5), worker.next())
+            .await
+            .expect("in time")
+            .expect("next");
+        assert_eq!(delivery.event(), &sent, "{mode:?}");
+        delivery.ack().await.expect("ack");
+        worker.leave().await.expect("leave");
+    }
+    // Through the Sentinel, the events are in the master itself.
+    assert_eq!(master.cli(&["XLEN", "mesa:{sentinel}:portal:events"]), "1");
+}
+
+/// After a Sentinel failover the same sender hands to the new master: an error saying the old one is a
+/// replica now (or gone) makes it ask the Sentinels again.
+#[tokio::test]
+async fn a_sender_follows_a_sentinel_failover() {
+    let old = RedisServer::start();
+    let new = RedisServer::start_with(&["--replicaof", "127.0.0.1", &old.port().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !new
+        .cli(&["INFO", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sentinel = mesa_testkit::redis::RedisSentinel::start(&old, "failover");
+    let config = PortalConfig::new(
+        sentinel.url(),
+        PortalMode::AtLeastOnce(StreamOptions::default()),
+    )
+    .namespace("failover");
+    let sender = PortalSender::connect(&config).await.expect("sender");
+    sender
+        .hand(&event(0, 2))
+        .await
+        .expect("handed to the old master");
+    let key = "mesa:{failover}:portal:events";
+
+    // The Sentinel must know the replica before it can promote it.
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the Sentinel never saw the replica"
+        );
+        if sentinel.cli(&["SENTINEL", "FAILOVER", "failover"]) == "OK" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while !sentinel
+        .cli(&["SENTINEL", "get-master-addr-by-name", "failover"])
+        .contains(&new.port().to_string())
+    {
+        assert!(Instant::now() < deadline, "the failover did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The Sentinel turns the old master into a replica within seconds; done here at once, as it would be.
+    old.cli(&["REPLICAOF", "127.0.0.1", &new.port().to_string()]);
+    // Hand until an event lands on the new master (the first fails: the old one is read-only now).
+    let mut refused = 0;
+    while new.cli(&["XLEN", key]) != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached the new master ({refused} refused)"
+        );
+        if sender.hand(&event(0, 3)).await.is_err() {
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused >= 1,
+        "the old master refused the first event (READONLY)"
+    );
+    assert!(new.cli(&["ROLE"]).starts_with("master"));
+}

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::portal::connect;
+use crate::portal::error::PortalError;
+
 /// How events travel from gateways to workers. Senders and workers of one namespace must use the same mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortalMode {
@@ -52,7 +55,9 @@ impl Default for StreamOptions {
 /// Where Portal lives: the Redis server, the namespace and the mode.
 #[derive(Clone)]
 pub struct PortalConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// The engine's URL forms ([`RedisConfig::from_url`](crate::RedisConfig::from_url)): `redis://…`,
+    /// `rediss://…` (TLS) or `redis+sentinel://…`. `redis+cluster://` is refused
+    /// ([`PortalError::ClusterUnsupported`]).
     pub url: String,
     /// Mesa's namespace: appended as `_<ns>` to the 1.5 names, and in the stream key. Default none.
     pub namespace: Option<String>,
@@ -77,6 +82,11 @@ impl PortalConfig {
     pub fn namespace(mut self, namespace: impl Into<String>) -> PortalConfig {
         self.namespace = Some(namespace.into());
         self
+    }
+
+    /// Says, without connecting, whether the URL is one Portal can use.
+    pub fn validate(&self) -> Result<(), PortalError> {
+        connect::topology(&self.url).map(|_| ())
     }
 
     pub(crate) fn names(&self) -> Names {

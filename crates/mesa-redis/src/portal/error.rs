@@ -18,6 +18,15 @@ pub enum PortalError {
     /// A fire-and-forget worker's subscription ended (the connection was lost). Join again.
     #[error("the portal subscription ended (connection lost)")]
     SubscriptionClosed,
+    /// The URL is not one the engine reads (`RedisConfig::from_url`).
+    #[error("portal: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A `redis+cluster://` URL: Portal does not run over Redis Cluster yet (its stream reads and pool script
+    /// use one server's connection); give it a standalone or Sentinel-managed Redis.
+    #[error(
+        "portal: Redis Cluster (redis+cluster://) is not supported yet: use a standalone or Sentinel-managed          Redis (redis://, rediss://, redis+sentinel://)"
+    )]
+    ClusterUnsupported,
     /// Redis answered something Portal did not write (a foreign writer, or a bug).
     #[error("unexpected reply from redis: {0}")]
     UnexpectedReply(String),
