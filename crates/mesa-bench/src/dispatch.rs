@@ -68,7 +68,10 @@ impl RedisSender {
                 if let Some(ns) = namespace {
                     config = config.with_namespace(ns);
                 }
-                Way::Ours(Dispatcher::connect(config).map_err(|e| DispatchError::Config(e.to_string()))?)
+                Way::Ours(
+                    Dispatcher::connect(config)
+                        .map_err(|e| DispatchError::Config(e.to_string()))?,
+                )
             }
             DispatchFormat::Mesa15 => {
                 let client = redis::Client::open(url).map_err(DispatchError::Connect)?;

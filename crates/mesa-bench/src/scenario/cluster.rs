@@ -59,7 +59,11 @@ pub struct Placement {
 impl Placement {
     /// Node A's connector (from `prepare`) and, when `--url-b` is given, node B's with as many source
     /// addresses.
-    pub fn new(a: &Arc<Connector>, cluster: &ClusterArgs, rule: Rule) -> Result<Placement, InvalidArgs> {
+    pub fn new(
+        a: &Arc<Connector>,
+        cluster: &ClusterArgs,
+        rule: Rule,
+    ) -> Result<Placement, InvalidArgs> {
         let b = cluster.target_b()?.map(|target| {
             let sources = SourceAddrs::new(&target, a.sources().addrs().len());
             Connector::new(target, sources)
@@ -212,7 +216,10 @@ mod tests {
     fn senders_stay_on_a_and_receivers_alternate() {
         let p = placement(Rule::Alternate { pinned: 2 }, true);
         let nodes: Vec<Node> = (0..6).map(|i| p.node(i)).collect();
-        assert_eq!(nodes, [Node::A, Node::A, Node::B, Node::A, Node::B, Node::A]);
+        assert_eq!(
+            nodes,
+            [Node::A, Node::A, Node::B, Node::A, Node::B, Node::A]
+        );
         assert_eq!(p.counts(6), [4, 2]);
         assert_eq!(p.connector(2).target().addr.port(), 2);
         assert_eq!(p.connector(3).target().addr.port(), 1);

@@ -148,7 +148,10 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
     let connected = stats.opened.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let open_by_node = shared.open_by_node.each_ref().map(|n| n.load(Ordering::Relaxed));
+    let open_by_node = shared
+        .open_by_node
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
     let server_meter = server_cpu(common);
     let cluster_meter = placement
         .is_cluster()
@@ -215,7 +218,10 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         );
     }
     let cluster = processes.map(|processes| {
-        let delivered = shared.delivered_by_node.each_ref().map(|n| n.load(Ordering::Relaxed));
+        let delivered = shared
+            .delivered_by_node
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed));
         json!({
             "connections_on_a": open_by_node[0],
             "connections_on_b": open_by_node[1],

@@ -30,7 +30,11 @@ pub async fn run(args: &IdleArgs) -> Result<Report, InvalidArgs> {
     let setup = prepare(common, args.connections)?;
     let count = setup.capped.granted;
     let own_pid = std::process::id();
-    let placement = Placement::new(&setup.connector, &args.cluster, Rule::Alternate { pinned: 0 })?;
+    let placement = Placement::new(
+        &setup.connector,
+        &args.cluster,
+        Rule::Alternate { pinned: 0 },
+    )?;
     let meters = placement
         .is_cluster()
         .then(|| Meters::start(common.server_pid, &args.cluster));

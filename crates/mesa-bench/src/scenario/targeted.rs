@@ -115,7 +115,10 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         },
     );
     wait_for_ramp(&stats, total, "targeted").await;
-    let open_by_node = shared.open_by_node.each_ref().map(|n| n.load(Ordering::Relaxed));
+    let open_by_node = shared
+        .open_by_node
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
 
     // Warm-up: each recipient once, so that its node's subscription is in place.
     let warmup_start = Instant::now();
