@@ -87,7 +87,7 @@ impl Placement {
         }
         match self.rule {
             Rule::Alternate { pinned } if index < pinned => Node::A,
-            Rule::Alternate { pinned } if (index - pinned) % 2 == 0 => Node::B,
+            Rule::Alternate { pinned } if (index - pinned).is_multiple_of(2) => Node::B,
             Rule::Alternate { .. } => Node::A,
             Rule::Split { on_a } if index < on_a => Node::A,
             Rule::Split { .. } => Node::B,
