@@ -51,7 +51,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 # --- tools ---------------------------------------------------------------------------------------------
 TOOLS="cargo node npm taskset"
-[ "$CLUSTER" = 1 ] && TOOLS="$TOOLS redis-server ss"
+if [ "$CLUSTER" = 1 ]; then TOOLS="$TOOLS redis-server ss"; fi
 for tool in $TOOLS; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
@@ -264,7 +264,10 @@ fi
   echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "node: $(node --version)"
   echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")$([ "$CLUSTER" = 1 ] && echo " cluster")"
-  [ "$CLUSTER" = 1 ] && echo "pinning: redis-server + node A on CPU 0, node B on CPU 1, mesa-bench unpinned; redis-server $(redis-server --version | cut -d' ' -f3)"
+  if [ "$CLUSTER" = 1 ]; then
+    echo "pinning: redis-server + node A on CPU 0, node B on CPU 1, mesa-bench unpinned"
+    echo "redis: $(redis-server --version | cut -d' ' -f3)"
+  fi
 } | tee "$OUT/run.txt" >&2
 
 if [ "$CLUSTER" = 1 ]; then

@@ -107,6 +107,7 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("latency.max_ms", "latency max (ms)"),
             ("lost", "lost"),
             ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
             ("server_cpu_pct", "server CPU (% of a core)"),
             ("generator_cpu_pct", "generator CPU (% of a core)"),
         ],
