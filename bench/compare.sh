@@ -7,29 +7,41 @@
 # scenario gets a freshly started server. Results: one JSON line per run in $OUT/results.jsonl, logs in $OUT,
 # and a Markdown table with ratios (ours/baseline, ours/node) on stdout and in $OUT/table.md.
 #
-# Usage: bench/compare.sh [--quick] [--storm] [--out DIR] [--servers ours,baseline,node]
+# Usage: bench/compare.sh [--quick] [--storm] [--cluster] [--out DIR] [--servers ours,baseline,node]
 #   --quick   a smoke run of a few seconds per server (small counts, 0.5 s scenarios)
 #   --storm   also run the storm scenario: 5 000 connections dropped at once, then 30 s of RSS samples
 #             (about 40 s per server; with --quick 300 connections and 2 s)
+#   --cluster run the cluster scenarios instead: two nodes on one fresh redis-server per run (ours: two
+#             mesa-conformance with REDIS_URL; node: two bench/node/server.js with Mesa 1.5's redis option);
+#             redis-server and node A on CPU 0, node B on CPU 1, mesa-bench unpinned. Servers: ours,node.
 # Only loopback addresses are used. The script stops only the processes it started, by their PIDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=0
 STORM=0
+CLUSTER=0
 OUT=""
-SERVERS="ours,baseline,node"
+SERVERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --storm) STORM=1 ;;
+    --cluster) CLUSTER=1 ;;
     --out) OUT="$2"; shift ;;
     --servers) SERVERS="$2"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
+if [ -z "$SERVERS" ]; then
+  if [ "$CLUSTER" = 1 ]; then SERVERS="ours,node"; else SERVERS="ours,baseline,node"; fi
+fi
+if [ "$CLUSTER" = 1 ] && [[ ",$SERVERS," == *",baseline,"* ]]; then
+  echo "--cluster: the baseline has no cluster mode; use --servers ours,node" >&2
+  exit 2
+fi
 OUT="${OUT:-$(mktemp -d /tmp/mesa-bench.XXXXXX)}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -38,7 +50,9 @@ RESULTS="$OUT/results.jsonl"
 say() { printf '==> %s\n' "$*" >&2; }
 
 # --- tools ---------------------------------------------------------------------------------------------
-for tool in cargo node npm taskset; do
+TOOLS="cargo node npm taskset"
+if [ "$CLUSTER" = 1 ]; then TOOLS="$TOOLS redis-server ss"; fi
+for tool in $TOOLS; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
 if [ "$(nproc)" -lt 2 ]; then
@@ -60,14 +74,26 @@ ulimit -n "$(ulimit -Hn)" || true
 
 # --- servers -------------------------------------------------------------------------------------------
 SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+# Cluster runs: node B and the redis-server (node A is SERVER_PID).
+SERVER_B_PID=""
+REDIS_PID=""
+stop_pid() {
+  local pid="$1"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
+}
+cleanup() {
+  # The nodes first, so that they leave Redis while it still runs.
+  stop_pid "$SERVER_PID"
+  stop_pid "$SERVER_B_PID"
+  stop_pid "$REDIS_PID"
   SERVER_PID=""
+  SERVER_B_PID=""
+  REDIS_PID=""
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
@@ -97,6 +123,112 @@ start_server() {
   done
   echo "$name did not listen on $port within 10 s; see $log" >&2
   exit 1
+}
+
+# --- cluster runs (--cluster) ---------------------------------------------------------------------------
+# free_port: a port of 127.0.0.1 nothing listens on now (the server started on it fails if taken meanwhile).
+free_port() {
+  local port
+  for _ in $(seq 1 100); do
+    port=$((20000 + RANDOM % 30000))
+    if [ -z "$(ss -Htln "sport = :$port" 2>/dev/null)" ]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "no free port found" >&2
+  exit 1
+}
+
+# wait_port PORT PID NAME LOG: waits until PORT accepts connections (PID must stay alive).
+wait_port() {
+  local port="$1" pid="$2" name="$3" log="$4"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || { echo "$name exited; see $log" >&2; cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$name did not listen on $port within 10 s; see $log" >&2
+  exit 1
+}
+
+# start_node NAME PORT CPU LOG: one gateway of the cluster on REDIS_URL; prints nothing, sets NODE_PID.
+start_node() {
+  local name="$1" port="$2" cpu="$3" log="$4"
+  case "$name" in
+    ours) REDIS_URL="$REDIS_URL" PORT="$port" RUST_LOG=warn taskset -c "$cpu" "$BIN/mesa-conformance" >"$log" 2>&1 & ;;
+    node) REDIS_URL="$REDIS_URL" PORT="$port" taskset -c "$cpu" node bench/node/server.js >"$log" 2>&1 & ;;
+    *) echo "no cluster mode for $name" >&2; exit 2 ;;
+  esac
+  NODE_PID=$!
+  wait_port "$port" "$NODE_PID" "$name node" "$log"
+}
+
+# start_cluster NAME LOGPREFIX: a fresh redis-server (CPU 0, nothing on disk), node A (CPU 0), node B (CPU 1).
+start_cluster() {
+  local name="$1" prefix="$2"
+  REDIS_PORT="$(free_port)"
+  mkdir -p "$prefix.redis"
+  taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$prefix.redis" >"$prefix.redis.log" 2>&1 &
+  REDIS_PID=$!
+  wait_port "$REDIS_PORT" "$REDIS_PID" "redis-server" "$prefix.redis.log"
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  PORT_A="$(free_port)"
+  start_node "$name" "$PORT_A" 0 "$prefix.a.log"
+  SERVER_PID="$NODE_PID"
+  PORT_B="$(free_port)"
+  while [ "$PORT_B" = "$PORT_A" ]; do PORT_B="$(free_port)"; done
+  start_node "$name" "$PORT_B" 1 "$prefix.b.log"
+  SERVER_B_PID="$NODE_PID"
+  sleep 0.5
+}
+
+run_cluster() {
+  if [ "$QUICK" = 1 ]; then
+    SCENARIOS=(
+      "cluster-idle-1k|idle -n 1000 --hold 500ms"
+      "cluster-fanout-200-64B-max|fanout -r 200 -p 64 -d 500ms --drain 2s"
+      "cluster-fanout-500x50hz-256B|fanout -r 500 -p 256 --rate 50 -d 500ms --drain 2s"
+      "cluster-targeted-200x500hz|targeted -r 200 --rate 500 -p 64 -d 500ms --drain 2s"
+    )
+  else
+    SCENARIOS=(
+      "cluster-idle-19k|idle -n 19000 --hold 10s"
+      "cluster-fanout-1k-64B-max|fanout -r 1000 -p 64 -d 10s --drain 10s"
+      "cluster-fanout-2kx50hz-256B|fanout -r 2000 -p 256 --rate 50 -d 10s --drain 10s"
+      "cluster-targeted-1kx500hz|targeted -r 1000 --rate 500 -p 256 -d 10s --drain 10s"
+      "cluster-targeted-1kx2000hz|targeted -r 1000 --rate 2000 -p 256 -d 10s --drain 10s"
+    )
+  fi
+  IFS=',' read -r -a SERVER_LIST <<< "$SERVERS"
+  for entry in "${SCENARIOS[@]}"; do
+    name="${entry%%|*}"
+    args="${entry#*|}"
+    for server in "${SERVER_LIST[@]}"; do
+      log="$OUT/$name.$server"
+      say "$name on $server (load $(cut -d' ' -f1 /proc/loadavg))"
+      start_cluster "$server" "$log"
+      extra=()
+      if [[ "$args" == targeted* ]]; then
+        extra=(--redis-url "$REDIS_URL" --dispatch "$([ "$server" = node ] && echo mesa15 || echo ours)")
+      fi
+      # shellcheck disable=SC2086 # $args is a list of arguments
+      if "$BIN/mesa-bench" $args "${extra[@]}" \
+          --url "ws://127.0.0.1:$PORT_A/" --url-b "ws://127.0.0.1:$PORT_B/" \
+          --server-pid "$SERVER_PID" --server-b-pid "$SERVER_B_PID" \
+          --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
+          --name "$name" --label "$server" >"$log.out" 2>"$log.err"; then
+        grep '^{"tool":"mesa-bench"' "$log.out" >> "$RESULTS" || true
+      else
+        echo "mesa-bench failed for $name on $server; see $log.err" >&2
+      fi
+      cleanup
+      if [ "$QUICK" = 1 ]; then sleep 0.2; else sleep 1; fi
+    done
+  done
 }
 
 # --- scenarios -----------------------------------------------------------------------------------------
@@ -131,30 +263,38 @@ fi
     "($(git status --porcelain -- crates 2>/dev/null | wc -l | tr -d ' ') uncommitted changes under crates/)"
   echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "node: $(node --version)"
-  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")"
+  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")$([ "$CLUSTER" = 1 ] && echo " cluster")"
+  if [ "$CLUSTER" = 1 ]; then
+    echo "pinning: redis-server + node A on CPU 0, node B on CPU 1, mesa-bench unpinned"
+    echo "redis: $(redis-server --version | cut -d' ' -f3)"
+  fi
 } | tee "$OUT/run.txt" >&2
 
-IFS=',' read -r -a SERVER_LIST <<< "$SERVERS"
-for entry in "${SCENARIOS[@]}"; do
-  name="${entry%%|*}"
-  args="${entry#*|}"
-  for server in "${SERVER_LIST[@]}"; do
-    log="$OUT/$name.$server"
-    say "$name on $server (load $(cut -d' ' -f1 /proc/loadavg))"
-    start_server "$server" "$log.server.log"
-    # shellcheck disable=SC2086 # $args is a list of arguments
-    if taskset -c 1 "$BIN/mesa-bench" $args \
-        --url "ws://127.0.0.1:$(port_of "$server")/" --server-pid "$SERVER_PID" \
-        --name "$name" --label "$server" >"$log.out" 2>"$log.err"; then
-      grep '^{"tool":"mesa-bench"' "$log.out" >> "$RESULTS" || true
-    else
-      echo "mesa-bench failed for $name on $server; see $log.err" >&2
-    fi
-    cleanup
-    # Let the server's exit and its sockets settle before the next server starts.
-    if [ "$QUICK" = 1 ]; then sleep 0.2; else sleep 1; fi
+if [ "$CLUSTER" = 1 ]; then
+  run_cluster
+else
+  IFS=',' read -r -a SERVER_LIST <<< "$SERVERS"
+  for entry in "${SCENARIOS[@]}"; do
+    name="${entry%%|*}"
+    args="${entry#*|}"
+    for server in "${SERVER_LIST[@]}"; do
+      log="$OUT/$name.$server"
+      say "$name on $server (load $(cut -d' ' -f1 /proc/loadavg))"
+      start_server "$server" "$log.server.log"
+      # shellcheck disable=SC2086 # $args is a list of arguments
+      if taskset -c 1 "$BIN/mesa-bench" $args \
+          --url "ws://127.0.0.1:$(port_of "$server")/" --server-pid "$SERVER_PID" \
+          --name "$name" --label "$server" >"$log.out" 2>"$log.err"; then
+        grep '^{"tool":"mesa-bench"' "$log.out" >> "$RESULTS" || true
+      else
+        echo "mesa-bench failed for $name on $server; see $log.err" >&2
+      fi
+      cleanup
+      # Let the server's exit and its sockets settle before the next server starts.
+      if [ "$QUICK" = 1 ]; then sleep 0.2; else sleep 1; fi
+    done
   done
-done
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/run.txt" >&2
 
 "$BIN/mesa-bench" compare "$RESULTS" --ours ours --against "$(echo "$SERVERS" | sed 's/^ours,\{0,1\}//; s/,ours//')" \

@@ -8,6 +8,9 @@
 // op 22 {"id","name":"User <id>"}; any other token closes with 1008. Dispatches: ECHO back to the sender,
 // BROADCAST to every connection (mesa.send without recipients), SEND_TO {to, excluding?, payload} as DIRECT
 // to those users (mesa.send with recipients and exclusions). Exits on SIGINT/SIGTERM (Mesa's own handler).
+// REDIS_URL (optional, e.g. redis://127.0.0.1:6379): Mesa 1.5's own `redis` option, so that several of these
+// processes on one Redis are one gateway (every send goes through the `ws` channel, which every node
+// receives); REDIS_NAMESPACE sets Mesa's `namespace` (default: none). For bench/compare.sh --cluster.
 'use strict'
 
 const http = require('http')
@@ -25,8 +28,13 @@ const server = http.createServer((req, res) => {
   res.end('WebSocket upgrade required\n')
 })
 
+const redis = process.env.REDIS_URL || undefined
+const namespace = process.env.REDIS_NAMESPACE || undefined
+
 const mesa = new Mesa({
   server,
+  redis,
+  namespace,
   path: '/',
   heartbeat: { enabled: true, interval: 1000, maxAttempts: 2 },
   reconnect: { enabled: true, interval: 500 },
@@ -71,5 +79,5 @@ mesa.on('connection', client => {
 
 server.listen(port, '127.0.0.1', () => {
   const { address, port: bound } = server.address()
-  console.error(`@cryb/mesa 1.5.8 listening on ws://${address}:${bound}/`)
+  console.error(`@cryb/mesa 1.5.8 listening on ws://${address}:${bound}/${redis ? ' (with Redis)' : ''}`)
 })

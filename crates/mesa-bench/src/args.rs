@@ -28,6 +28,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Open N connections, send some traffic, drop them all at once, then watch the server's RSS for 30 s.
     Storm(StormArgs),
+    /// Two nodes on one Redis: sends through Redis to users of node A only, while node B holds idle users
+    /// (node B's CPU and the bytes it reads from Redis; lost, duplicated, out of order).
+    Targeted(TargetedArgs),
     /// Prints a side-by-side table (with ratios) of JSON result lines from several servers.
     Compare(CompareArgs),
 }
@@ -50,6 +53,9 @@ impl Command {
                     + crate::scenario::storm::END_TIMEOUT
                     + a.watch
                     + margin
+            }
+            Command::Targeted(a) => {
+                ramp + crate::scenario::targeted::WARMUP_TIMEOUT + a.duration + a.drain + margin
             }
             Command::Compare(_) => margin,
         }
@@ -80,6 +86,26 @@ pub struct CommonArgs {
     pub ramp_concurrency: usize,
 }
 
+/// Node B and Redis, for the cluster variants of the scenarios (two nodes on one Redis). Without `--url-b` a
+/// scenario runs against node A (`--url`) alone.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Node B's WebSocket URL (loopback only). Receivers are spread over node A (`--url`) and node B,
+    /// alternately; senders stay on node A.
+    #[arg(long)]
+    pub url_b: Option<String>,
+    /// Process id of node B, to read its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_b_pid: Option<u32>,
+    /// Process id of the redis-server both nodes use, to read its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// Port of that redis-server on 127.0.0.1: the bytes each node's TCP connections to it received are read
+    /// from the kernel (`ss -tinp`, `tcp_info.bytes_received`).
+    #[arg(long)]
+    pub redis_port: Option<u16>,
+}
+
 /// `idle` settings.
 #[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
@@ -95,6 +121,9 @@ pub struct IdleArgs {
     /// How long to hold the connections once all are open (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub hold: Duration,
+    /// Node B and Redis (connections alternate between the nodes).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `fanout` settings.
@@ -127,6 +156,67 @@ pub struct FanoutArgs {
     /// Do not authenticate the connections.
     #[arg(long)]
     pub no_auth: bool,
+    /// Node B and Redis (receivers alternate between the nodes, senders on node A).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// The format in which `targeted` hands its sends to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DispatchFormat {
+    /// This project's engine: `mesa_redis::Dispatcher`, one publish per recipient user's channel.
+    Ours,
+    /// Mesa 1.5's `Dispatcher`: `{"message":{op,d,t},"recipients":[ids]}` published on the `ws` channel,
+    /// which every Mesa 1.5 node receives.
+    Mesa15,
+}
+
+impl DispatchFormat {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DispatchFormat::Ours => "ours",
+            DispatchFormat::Mesa15 => "mesa15",
+        }
+    }
+}
+
+/// `targeted` settings.
+#[derive(Debug, Clone, Args)]
+pub struct TargetedArgs {
+    /// Shared settings; `--url` is node A, which holds the recipients.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Node B (`--url-b` required) and Redis.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Recipients: users connected to node A, one connection each; sends go to them in turn.
+    #[arg(long, short = 'r', default_value_t = 1000)]
+    pub recipients: usize,
+    /// Idle users connected to node B (default: as many as recipients); none of them is ever a recipient.
+    #[arg(long)]
+    pub idle_b: Option<usize>,
+    /// The Redis both nodes use (the generator sends through it, as an application backend would).
+    #[arg(long)]
+    pub redis_url: String,
+    /// How the sends are handed to Redis: as this project's Dispatcher or as Mesa 1.5's.
+    #[arg(long, value_enum, default_value_t = DispatchFormat::Ours)]
+    pub dispatch: DispatchFormat,
+    /// Namespace of the nodes (ours: `default` when not given; Mesa 1.5: none).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Sends per second (each to one recipient), on a fixed schedule.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Size in bytes of each send's `d` (JSON).
+    #[arg(long, short = 'p', default_value_t = 64)]
+    pub payload: usize,
+    /// How long to send.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// After sending stops, how long to wait for the remaining deliveries; what has not arrived then is lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
 }
 
 /// `echo` settings.
@@ -295,11 +385,52 @@ impl CommonArgs {
     }
 }
 
+impl ClusterArgs {
+    /// Node B's target, when given; refused unless it is loopback.
+    pub fn target_b(&self) -> Result<Option<Target>, InvalidArgs> {
+        self.url_b
+            .as_deref()
+            .map(Target::parse)
+            .transpose()
+            .map_err(InvalidArgs::from)
+    }
+}
+
 impl IdleArgs {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), InvalidArgs> {
         self.common.validate()?;
+        self.cluster.target_b()?;
         positive("connections", self.connections)
+    }
+}
+
+impl TargetedArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        if self.cluster.target_b()?.is_none() {
+            return Err(InvalidArgs("--url-b (node B) is required".into()));
+        }
+        positive("recipients", self.recipients)?;
+        if !self.rate.is_finite() || self.rate <= 0.0 {
+            return Err(InvalidArgs("--rate must be positive".into()));
+        }
+        if self.duration.is_zero() {
+            return Err(InvalidArgs("--duration must be positive".into()));
+        }
+        // Loopback only, as every target: the host is checked by the WebSocket target's parser.
+        let host = self
+            .redis_url
+            .strip_prefix("redis://")
+            .ok_or_else(|| InvalidArgs("--redis-url must be a redis:// URL".into()))?;
+        Target::parse(&format!("ws://{host}"))?;
+        Ok(())
+    }
+
+    /// Idle users on node B.
+    pub fn idle_b(&self) -> usize {
+        self.idle_b.unwrap_or(self.recipients)
     }
 }
 
@@ -307,6 +438,7 @@ impl FanoutArgs {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), InvalidArgs> {
         self.common.validate()?;
+        self.cluster.target_b()?;
         positive("senders", self.senders)?;
         positive("window", self.window)?;
         if !self.rate.is_finite() || self.rate < 0.0 {

@@ -5,9 +5,87 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-/// The metrics shown for each scenario: (JSON path inside `results`, row title).
+/// The metrics shown for each scenario: (JSON path inside `results`, row title). `idle-cluster` and
+/// `fanout-cluster` are the runs of those scenarios against two nodes (`--url-b`).
 pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
     match scenario {
+        "idle-cluster" => &[
+            (
+                "cluster.rss_per_conn_bytes.total",
+                "RSS per connection, A + B + Redis (bytes)",
+            ),
+            (
+                "cluster.rss_per_conn_bytes.node_a",
+                "node A RSS per connection (bytes)",
+            ),
+            (
+                "cluster.rss_per_conn_bytes.node_b",
+                "node B RSS per connection (bytes)",
+            ),
+            (
+                "cluster.rss_per_conn_bytes.redis",
+                "Redis RSS per connection (bytes)",
+            ),
+            ("connections_open", "connections open"),
+            ("connections.closed_by_server", "closed by server"),
+        ],
+        "fanout-cluster" => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("broadcasts_per_s", "broadcasts/s"),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p90_ms", "latency p90 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("latency.max_ms", "latency max (ms)"),
+            ("lost", "lost"),
+            ("cluster.lost_on_b", "lost on node B"),
+            ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
+            (
+                "cluster.processes.node_a.cpu_pct",
+                "node A CPU (% of a core)",
+            ),
+            (
+                "cluster.processes.node_b.cpu_pct",
+                "node B CPU (% of a core)",
+            ),
+            ("cluster.processes.redis.cpu_pct", "Redis CPU (% of a core)"),
+            (
+                "cluster.processes.node_b.redis_bytes_received",
+                "bytes node B read from Redis",
+            ),
+            ("generator_cpu_pct", "generator CPU (% of a core)"),
+        ],
+        "targeted" => &[
+            ("sends_per_s", "sends/s"),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("latency.max_ms", "latency max (ms)"),
+            ("lost", "lost"),
+            ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
+            ("misdelivered_on_b", "delivered to node B's users"),
+            (
+                "cluster.processes.node_b.cpu_pct",
+                "node B CPU (% of a core)",
+            ),
+            (
+                "cluster.processes.node_b.redis_bytes_received",
+                "bytes node B read from Redis",
+            ),
+            (
+                "cluster.node_b_redis_bytes_per_send",
+                "bytes node B read from Redis per send",
+            ),
+            (
+                "cluster.processes.node_a.cpu_pct",
+                "node A CPU (% of a core)",
+            ),
+            (
+                "cluster.processes.node_a.redis_bytes_received",
+                "bytes node A read from Redis",
+            ),
+            ("cluster.processes.redis.cpu_pct", "Redis CPU (% of a core)"),
+        ],
         "idle" => &[
             (
                 "server_rss_per_conn_bytes",
@@ -29,6 +107,7 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("latency.max_ms", "latency max (ms)"),
             ("lost", "lost"),
             ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
             ("server_cpu_pct", "server CPU (% of a core)"),
             ("generator_cpu_pct", "generator CPU (% of a core)"),
         ],
@@ -109,7 +188,11 @@ pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
     let mut names: Vec<(String, String)> = Vec::new();
     for r in reports {
         let name = r["name"].as_str().unwrap_or("?").to_string();
-        let scenario = r["scenario"].as_str().unwrap_or("?").to_string();
+        let scenario = r["scenario"].as_str().unwrap_or("?");
+        let scenario = match (scenario, r["results"]["cluster"].is_object()) {
+            ("idle" | "fanout", true) => format!("{scenario}-cluster"),
+            _ => scenario.to_string(),
+        };
         if !names.iter().any(|(n, _)| *n == name) {
             names.push((name, scenario));
         }
@@ -189,6 +272,24 @@ mod tests {
             t.contains("| echo-100x10 | latency p99 (ms) | 2.00 | 4.00 | – | 0.50× | – |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn cluster_runs_get_their_own_rows() {
+        let line = |label: &str, b_bytes: u64| {
+            json!({"tool":"mesa-bench","scenario":"fanout","name":"c-fanout","label":label,
+                "results":{"lost":0,"cluster":{"processes":{"node_b":{"redis_bytes_received":b_bytes}}}}})
+        };
+        let t = table(
+            &[line("ours", 100), line("node", 400)],
+            "ours",
+            &["node".into()],
+        );
+        assert!(
+            t.contains("| c-fanout | bytes node B read from Redis | 100 | 400 | 0.25× |"),
+            "{t}"
+        );
+        assert!(!t.contains("deliveries per server CPU-second"), "{t}");
     }
 
     #[test]

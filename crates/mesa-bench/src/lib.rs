@@ -15,9 +15,12 @@
 //! - [`conn`]: one client connection (connect from a source address, Hello, authenticate, heartbeats, close).
 //! - [`scan`]: an allocation-free look into server frames, and the probe payloads (sequence number and send
 //!   time).
+//! - [`dispatch`]: sends handed straight to Redis, in this project's format or Mesa 1.5's (`targeted`).
 //! - [`stats`]: HDR latency histograms, percentiles, duplicate detection.
 //! - [`procfs`]: the server's RSS, CPU time and open descriptors from `/proc`.
-//! - [`scenario`]: `idle`, `fanout`, `echo`, `connect`, `storm`.
+//! - [`sockets`]: the bytes a process's TCP connections to one port (Redis) carried, from `ss -tinp`.
+//! - [`scenario`]: `idle`, `fanout`, `echo`, `connect`, `storm`, `targeted`; `idle` and `fanout` also run
+//!   against two nodes on one Redis (`--url-b`, [`scenario::cluster`]).
 //! - [`report`]: progress, the summary table and the JSON line; [`compare`]: the side-by-side table.
 //! - [`baseline`]: the thin baseline server (binary `mesa-baseline`).
 //!
@@ -40,10 +43,12 @@ pub mod args;
 pub mod baseline;
 pub mod compare;
 pub mod conn;
+pub mod dispatch;
 pub mod limits;
 pub mod procfs;
 pub mod report;
 pub mod scan;
 pub mod scenario;
+pub mod sockets;
 pub mod stats;
 pub mod target;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Echo(args) => scenario::echo::run(args).await,
             Command::Connect(args) => scenario::connect::run(args).await,
             Command::Storm(args) => scenario::storm::run(args).await,
+            Command::Targeted(args) => scenario::targeted::run(args).await,
             Command::Compare(_) => unreachable!("handled above"),
         }
     });

@@ -192,6 +192,42 @@ impl SeqSet {
     }
 }
 
+/// The order in which one connection received the numbered messages of several senders: sender `s` of `n`
+/// numbers its messages `k × n + s` with `k` = 0, 1, 2, …, so a number lower than one already received from the
+/// same sender arrived out of order.
+#[derive(Debug, Clone)]
+pub struct Order {
+    senders: u64,
+    /// Per sender: the highest `k` received plus one (0: nothing yet).
+    next: Vec<u64>,
+}
+
+impl Order {
+    /// For `senders` senders (at least one is assumed).
+    pub fn new(senders: u64) -> Order {
+        Order {
+            senders: senders.max(1),
+            next: Vec::new(),
+        }
+    }
+
+    /// Records a first delivery of `seq`; `false` when a higher number of its sender came before it.
+    pub fn in_order(&mut self, seq: u64) -> bool {
+        // Lower than `senders`, a small count.
+        let sender = (seq % self.senders) as usize;
+        let k = seq / self.senders;
+        if sender >= self.next.len() {
+            self.next.resize(sender + 1, 0);
+        }
+        let next = &mut self.next[sender];
+        if k + 1 < *next {
+            return false;
+        }
+        *next = k + 1;
+        true
+    }
+}
+
 /// `count` events over `elapsed`, per second (0 for an empty interval).
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
@@ -262,6 +298,20 @@ mod tests {
         assert!(!s.insert(0));
         assert_eq!(s.len(), 4);
         assert!(!s.insert(MAX_SEQ));
+    }
+
+    #[test]
+    fn order_is_per_sender() {
+        let mut o = Order::new(2);
+        // sender 0: 0, 2, 4; sender 1: 1, 3, 5
+        assert!(o.in_order(2));
+        assert!(o.in_order(1));
+        assert!(!o.in_order(0), "0 after 2 from sender 0");
+        assert!(o.in_order(5));
+        assert!(!o.in_order(3));
+        assert!(o.in_order(4));
+        let mut one = Order::new(1);
+        assert!(one.in_order(0) && one.in_order(7) && !one.in_order(6) && one.in_order(8));
     }
 
     #[test]

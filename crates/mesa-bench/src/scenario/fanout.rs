@@ -11,6 +11,12 @@
 //!
 //! After sending stops the generator waits up to `--drain` for the rest; expected deliveries are
 //! `broadcasts sent × connections open at the start`, and what has not arrived by then is reported as lost.
+//! A delivery whose number is lower than one already received from the same sender is counted out of order.
+//!
+//! With `--url-b` (two nodes on one Redis) the senders stay on node A and the receivers alternate between node
+//! B and node A; deliveries and losses are also counted per node, and the CPU and RSS of both nodes and of
+//! redis-server (`--server-b-pid`, `--redis-pid`) and the bytes each node read from Redis (`--redis-port`) are
+//! reported under `cluster`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,15 +26,16 @@ use serde_json::json;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Meters, Placement, Rule};
 use super::{
     cpu_json, join_all, micros_since, own_cpu, per_server_cpu_second, prepare, report, server_cpu,
-    spawn_connections, wait_for_ramp, ConnStats,
+    spawn_placed, wait_for_ramp, ConnStats,
 };
 use crate::args::{FanoutArgs, InvalidArgs};
 use crate::conn::{Conn, Incoming};
 use crate::report::{round3, with_progress, Report};
 use crate::scan::{self, Kind};
-use crate::stats::{per_second, SeqSet, SharedLatencies};
+use crate::stats::{per_second, Order, SeqSet, SharedLatencies};
 
 /// The dispatch type senders use and receivers count.
 pub const BROADCAST: &str = "BROADCAST";
@@ -49,7 +56,13 @@ struct Shared {
     sent: AtomicU64,
     delivered: AtomicU64,
     duplicated: AtomicU64,
+    out_of_order: AtomicU64,
     stalls: AtomicU64,
+    placement: Placement,
+    /// Connections open, per node (A, B).
+    open_by_node: [AtomicU64; 2],
+    /// First deliveries, per node (A, B).
+    delivered_by_node: [AtomicU64; 2],
     /// Connections open when sending started (set then).
     recipients: AtomicU64,
     latencies: SharedLatencies,
@@ -84,6 +97,13 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         )));
     }
     let receivers = total - args.senders;
+    let placement = Placement::new(
+        &setup.connector,
+        &args.cluster,
+        Rule::Alternate {
+            pinned: args.senders,
+        },
+    )?;
     let stats = Arc::new(ConnStats::default());
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -97,15 +117,19 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         duplicated: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
         stalls: AtomicU64::new(0),
+        placement: placement.clone(),
+        open_by_node: Default::default(),
+        delivered_by_node: Default::default(),
         recipients: AtomicU64::new(0),
         latencies: SharedLatencies::default(),
         stats: stats.clone(),
     });
 
     let role_shared = shared.clone();
-    let tasks = spawn_connections(
-        &setup.connector,
+    let tasks = spawn_placed(
+        |index| placement.connector(index),
         total,
         common.ramp_concurrency,
         (!args.no_auth).then_some("fanout-"),
@@ -114,7 +138,9 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
             let shared = role_shared.clone();
             async move {
                 let sender = (index < shared.senders as usize).then_some(index as u64);
-                connection(shared, conn, sender).await;
+                let node = shared.placement.node(index).index();
+                shared.open_by_node[node].fetch_add(1, Ordering::Relaxed);
+                connection(shared, conn, sender, node).await;
             }
         },
     );
@@ -122,7 +148,14 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
     let connected = stats.opened.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let open_by_node = shared
+        .open_by_node
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
     let server_meter = server_cpu(common);
+    let cluster_meter = placement
+        .is_cluster()
+        .then(|| Meters::start(common.server_pid, &args.cluster));
     let own_meter = own_cpu();
     let started = Instant::now();
     shared.recipients.store(connected, Ordering::Relaxed);
@@ -146,6 +179,7 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
     let send_elapsed = started.elapsed();
     let delivered_in_window = shared.delivered.load(Ordering::Relaxed);
     let server_cpu_pct = cpu_json(server_meter);
+    let processes = cluster_meter.map(|m| m.finish());
     let own_cpu_pct = cpu_json(Some(own_meter));
 
     // Drain: wait for every expected delivery, or the drain limit.
@@ -183,6 +217,21 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
                 .into(),
         );
     }
+    let cluster = processes.map(|processes| {
+        let delivered = shared
+            .delivered_by_node
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed));
+        json!({
+            "connections_on_a": open_by_node[0],
+            "connections_on_b": open_by_node[1],
+            "delivered_on_a": delivered[0],
+            "delivered_on_b": delivered[1],
+            "lost_on_a": (sent * open_by_node[0]).saturating_sub(delivered[0]),
+            "lost_on_b": (sent * open_by_node[1]).saturating_sub(delivered[1]),
+            "processes": processes,
+        })
+    });
     let results = json!({
         "connections_open_at_start": connected,
         "broadcasts_sent": sent,
@@ -193,14 +242,17 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
         "deliveries_per_server_cpu_s": per_server_cpu_second(deliveries_per_s, &server_cpu_pct),
         "lost": expected.saturating_sub(delivered),
         "duplicated": shared.duplicated.load(Ordering::Relaxed),
+        "out_of_order": shared.out_of_order.load(Ordering::Relaxed),
         "drain_s": round3(drained.as_secs_f64()),
         "sender_stalls": shared.stalls.load(Ordering::Relaxed),
         "latency": latency,
         "server_cpu_pct": server_cpu_pct,
         "generator_cpu_pct": own_cpu_pct,
         "connections": stats.to_json(),
+        "cluster": cluster,
     });
     let params = json!({
+        "url_b": placement.url_b(),
         "receivers": receivers,
         "senders": args.senders,
         "recipients_per_broadcast": receivers + args.senders,
@@ -221,8 +273,9 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, InvalidArgs> {
 }
 
 /// One connection: counts deliveries; a sender (with its index) also broadcasts.
-async fn connection(shared: Arc<Shared>, mut conn: Conn, sender: Option<u64>) {
+async fn connection(shared: Arc<Shared>, mut conn: Conn, sender: Option<u64>, node: usize) {
     let mut seen = SeqSet::default();
+    let mut order = Order::new(shared.senders);
     let mut latencies = shared.latencies.local();
     let mut own_next = 0u64; // this sender's next k
     let mut in_flight = 0u64;
@@ -267,6 +320,10 @@ async fn connection(shared: Arc<Shared>, mut conn: Conn, sender: Option<u64>) {
                         Some((seq, ts)) => {
                             if seen.insert(seq) {
                                 shared.delivered.fetch_add(1, Ordering::Relaxed);
+                                shared.delivered_by_node[node].fetch_add(1, Ordering::Relaxed);
+                                if !order.in_order(seq) {
+                                    shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                                }
                                 latencies.record_us(micros_since(shared.epoch).saturating_sub(ts));
                                 if let Some(me) = sender {
                                     if seq % shared.senders == me {

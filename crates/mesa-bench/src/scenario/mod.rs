@@ -2,11 +2,13 @@
 //! connections at once (each in its own task, answering heartbeats from the moment it opens), and counting
 //! what went wrong.
 
+pub mod cluster;
 pub mod connect;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
 pub mod storm;
+pub mod targeted;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -155,10 +157,35 @@ where
     F: Fn(usize, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let connector = connector.clone();
+    spawn_placed(
+        move |_| connector.clone(),
+        count,
+        ramp,
+        token_prefix,
+        stats,
+        role,
+    )
+}
+
+/// [`spawn_connections`] where `place(index)` chooses the connector (the node) of each connection.
+pub fn spawn_placed<P, F, Fut>(
+    place: P,
+    count: usize,
+    ramp: usize,
+    token_prefix: Option<&str>,
+    stats: &Arc<ConnStats>,
+    role: F,
+) -> JoinSet<()>
+where
+    P: Fn(usize) -> Arc<Connector>,
+    F: Fn(usize, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let semaphore = Arc::new(Semaphore::new(ramp.max(1)));
     let mut tasks = JoinSet::new();
     for index in 0..count {
-        let connector = connector.clone();
+        let connector = place(index);
         let semaphore = semaphore.clone();
         let stats = stats.clone();
         let role = role.clone();

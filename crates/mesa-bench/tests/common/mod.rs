@@ -23,6 +23,7 @@ pub async fn run(args: &[&str]) -> Report {
         Command::Echo(a) => scenario::echo::run(a).await,
         Command::Connect(a) => scenario::connect::run(a).await,
         Command::Storm(a) => scenario::storm::run(a).await,
+        Command::Targeted(a) => scenario::targeted::run(a).await,
         Command::Compare(_) => panic!("not a scenario"),
     };
     let report = outcome.expect("scenario runs");
