@@ -35,7 +35,9 @@ impl Dispatchable for EncodedFrame {
 /// Sends to the users, connections or everyone of a gateway from any service, through Redis (Mesa 1.5's
 /// `Dispatcher`, on this engine's channels). It takes the engine's publish path: the same routing, the
 /// same envelope, one ordered queue, the same timeout; it has no node, so nothing is delivered locally and
-/// every node holding a recipient receives it from Redis.
+/// every node holding a recipient receives it from Redis. With
+/// [`mesa15_compat`](crate::RedisConfig::mesa15_compat) it publishes in Mesa 1.5's format, as a 1.5
+/// `Dispatcher` with sync on does (1.5 nodes receive it too, and sends to offline users are stored).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -110,10 +112,16 @@ impl Dispatcher {
         &self,
         publication: Publication,
     ) -> impl Future<Output = Result<Delivery, EngineError>> + Send + 'static {
-        let route = routing::route(&self.link.keys, &publication, None, |_| false);
-        let pending = self.publisher.submit(route.channels, route.payload);
+        let route = routing::route(
+            &self.link.keys,
+            &publication,
+            None,
+            |_| false,
+            self.link.config.mesa15_compat,
+        );
+        let pending = route.map(|route| self.publisher.submit(route.sends));
         async move {
-            let counts = pending.await?;
+            let counts = pending?.await?;
             let mut delivery = Delivery::default();
             delivery.nodes = counts
                 .iter()
