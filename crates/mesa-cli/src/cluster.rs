@@ -140,3 +140,17 @@ fn render(metrics: RedisMetricsSnapshot, out: &mut String) {
         let _ = writeln!(out, "{name} {value}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesa15_compat_is_passed_on_and_refused_with_a_redis_cluster() {
+        let config = redis_config("redis://127.0.0.1:6379", "chat", true).expect("accepted");
+        assert!(config.mesa15_compat);
+        assert_eq!(config.namespace, "chat");
+        assert!(redis_config("redis+cluster://127.0.0.1:7000", "chat", true).is_err());
+        assert!(redis_config("redis+cluster://127.0.0.1:7000", "chat", false).is_ok());
+    }
+}

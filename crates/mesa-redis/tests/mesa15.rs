@@ -179,6 +179,11 @@ async fn should_sync_false_drops_and_sync_false_or_broadcasts_are_never_stored()
     let mut volatile = Frame::dispatch("VOLATILE", json!({}));
     volatile.o = Some(json!({"sync": false}));
     a.mesa.send_to(["pat"], &volatile).await.expect("sent");
+    let dispatcher = Dispatcher::connect(config.clone()).expect("valid");
+    dispatcher
+        .send(&volatile, &Target::users(["pat"]))
+        .await
+        .expect("dispatched");
     a.mesa
         .send(&Frame::dispatch("ALL", json!({})), &Target::all())
         .await
