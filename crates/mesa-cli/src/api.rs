@@ -209,7 +209,7 @@ async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Respon
         }
     };
     let SendRequest {
-        mut message,
+        message,
         recipients,
         excluding,
     } = request;
@@ -228,8 +228,7 @@ async fn send_inner(state: &ApiState, request: Request) -> (&'static str, Respon
             format!("message: {problem}; op 5 DISCONNECT_CLIENT closes connections"),
         ));
     }
-    // `o` holds server-side options of a message (Mesa 1.5 `sync`); clients never see it.
-    message.o = None;
+    // `o` (Mesa 1.5 message options, `sync`) is read and stripped by the router: clients never see it.
     let target = Target::from_mesa(recipients, excluding);
     match state.mesa.send(&message, &target).await {
         Ok(delivery) => (

@@ -17,22 +17,24 @@ use crate::dispatch::{Dispatch, DispatchAction, DispatchError};
 /// How long `mesa dispatch` waits for Redis in all (connecting and publishing) before giving up with exit 1.
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The Redis engine's configuration for a URL and a namespace; the rest keeps `mesa-redis`'s defaults
-/// (publish timeout, reconnect backoff). Mesa 1.5's Redis formats are not implemented by the engine yet, so
-/// `mesa15_compat` is refused rather than ignored.
+/// The Redis engine's configuration for a URL, a namespace and Mesa 1.5's formats on or off; the rest keeps
+/// `mesa-redis`'s defaults (publish timeout, reconnect backoff).
 fn redis_config(
     url: &str,
     namespace: &str,
     mesa15_compat: bool,
 ) -> Result<RedisConfig, EngineError> {
-    if mesa15_compat {
-        return Err(EngineError::Backend(
-            "cluster.mesa15_compat: Mesa 1.5's Redis formats are not implemented yet".into(),
-        ));
-    }
-    RedisConfig::from_url(url)
-        .map(|config| config.with_namespace(namespace))
-        .map_err(|problem| EngineError::Backend(problem.to_string()))
+    let config = RedisConfig::from_url(url)
+        .map(|config| {
+            config
+                .with_namespace(namespace)
+                .with_mesa15_compat(mesa15_compat)
+        })
+        .map_err(|problem| EngineError::Backend(problem.to_string()))?;
+    config
+        .validate()
+        .map_err(|problem| EngineError::Backend(format!("cluster.mesa15_compat: {problem}")))?;
+    Ok(config)
 }
 
 /// `mesa serve`'s engine for `[cluster]` (validated at load), and its metrics. Fails only on a configuration
@@ -136,5 +138,19 @@ fn render(metrics: RedisMetricsSnapshot, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesa15_compat_is_passed_on_and_refused_with_a_redis_cluster() {
+        let config = redis_config("redis://127.0.0.1:6379", "chat", true).expect("accepted");
+        assert!(config.mesa15_compat);
+        assert_eq!(config.namespace, "chat");
+        assert!(redis_config("redis+cluster://127.0.0.1:7000", "chat", true).is_err());
+        assert!(redis_config("redis+cluster://127.0.0.1:7000", "chat", false).is_ok());
     }
 }

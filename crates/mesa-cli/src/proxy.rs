@@ -531,12 +531,12 @@ impl ProxyInner {
                 return;
             };
             for send in sends {
+                // `o` (Mesa 1.5 `sync`) is read and stripped by the router.
                 let SendRequest {
-                    mut message,
+                    message,
                     recipients,
                     excluding,
                 } = send;
-                message.o = None;
                 let target = Target::from_mesa(recipients, excluding);
                 if let Err(error) = mesa.send(&message, &target).await {
                     tracing::warn!(%error, "proxy answer: a send failed");

@@ -6,11 +6,17 @@ use std::sync::Arc;
 use mesa_redis::{RedisConfig, RedisEngine};
 use mesa_server::Engine;
 
-/// The Redis engine for `url` with `mesa-redis`'s defaults (namespace `default`). Fails only on a URL the
-/// engine cannot use (the message never holds the URL, which may hold a password); an unreachable Redis
-/// makes it start degraded and retry.
+/// The Redis engine for `url` with `mesa-redis`'s defaults (namespace `default`) and Mesa 1.5's Redis
+/// formats on, so that 1.5 nodes and Dispatchers on that Redis reach the app's clients and the other way
+/// round. Fails only on a URL the engine cannot use (the message never holds the URL, which may hold a
+/// password); an unreachable Redis makes it start degraded and retry.
 pub(crate) async fn engine(url: &str) -> Result<Arc<dyn Engine>, String> {
-    let config = RedisConfig::from_url(url).map_err(|problem| format!("REDIS_URL: {problem}"))?;
+    let config = RedisConfig::from_url(url)
+        .map_err(|problem| format!("REDIS_URL: {problem}"))?
+        .with_mesa15_compat(true);
+    config
+        .validate()
+        .map_err(|problem| format!("REDIS_URL: {problem}"))?;
     let engine = RedisEngine::connect(config).map_err(|problem| format!("REDIS_URL: {problem}"))?;
     Ok(engine as Arc<dyn Engine>)
 }

@@ -8,9 +8,13 @@
 //!
 //! - **Environment.** `PORT`: it listens on `127.0.0.1:PORT` (default 4000; `0` picks a free port, logged),
 //!   endpoint path `/`. `REDIS_URL`: optional; when set, and the binary was built with the cargo feature
-//!   `redis`, it joins every other conformance node on that Redis (namespace `default`), so that `BROADCAST`
-//!   and `SEND_TO` reach their recipients on every node; an invalid URL exits with status 2. Without the
-//!   feature it is ignored with one log line. `RUST_LOG` filters the log on stderr (default `info`).
+//!   `redis`, it joins every other conformance node on that Redis (namespace `default`) with the Redis
+//!   engine's Mesa 1.5 compatibility mode on: `BROADCAST` and `SEND_TO` reach their recipients on every node,
+//!   Mesa 1.5 (`@cryb/mesa` 1.5.8) nodes included, and a 1.5 `Dispatcher` (no namespace) reaches the app's
+//!   clients; a `SEND_TO` to a user who is connected nowhere is kept and redelivered when that user
+//!   authenticates (op 22, then the kept messages numbered `s` = 1, 2, …; none with `shouldSync: false`).
+//!   A Redis Cluster URL (`redis+cluster://`) or an invalid URL exits with status 2. Without the feature it
+//!   is ignored with one log line. `RUST_LOG` filters the log on stderr (default `info`).
 //! - **Hello** (op 10): `{"c_heartbeat_interval":1000,"c_reconnect_interval":500,"c_authentication_timeout":2000,
 //!   "rules":["sends_user_object"]}`.
 //! - **Heartbeats**: op 1 every 1000 ms, `d = {}` while answered. A beat not answered (op 11) since the previous

@@ -107,7 +107,7 @@ impl RecordingNode {
             .iter()
             .filter(|r| r.session == session)
             .filter_map(|r| match &r.action {
-                Action::Send(frame) => Some(frame.as_str().to_owned()),
+                Action::Send(frame) => Some(unquote(frame.as_str()).to_owned()),
                 _ => None,
             })
             .collect()
@@ -135,7 +135,8 @@ impl RecordingNode {
     pub async fn wait_for_frame(&self, session: ConnectionId, text: &str) {
         self.wait_for(&format!("{text} on {session}"), |received| {
             received.iter().any(|r| {
-                r.session == session && matches!(&r.action, Action::Send(f) if f.as_str() == text)
+                r.session == session
+                    && matches!(&r.action, Action::Send(f) if unquote(f.as_str()) == text)
             })
         })
         .await
@@ -227,8 +228,20 @@ async fn flush_all(engines: &[Arc<dyn Engine>]) {
     }
 }
 
+/// The cases' frames are protocol frames named by their `d` (`{"op":0,"d":"hello"}`): an engine may carry
+/// only frames (Mesa 1.5's format does). Names are plain ASCII, so quoting is enough.
 fn text(s: &str) -> EncodedFrame {
-    EncodedFrame::from(s.to_owned())
+    EncodedFrame::from(format!("{FRAME_HEAD}{s}{FRAME_TAIL}"))
+}
+
+const FRAME_HEAD: &str = r#"{"op":0,"d":""#;
+const FRAME_TAIL: &str = r#""}"#;
+
+/// A frame's name (its `d`) if it is one of the cases' frames, else the text as it is.
+fn unquote(s: &str) -> &str {
+    s.strip_prefix(FRAME_HEAD)
+        .and_then(|s| s.strip_suffix(FRAME_TAIL))
+        .unwrap_or(s)
 }
 
 async fn publish(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::ids::NodeId;
-use crate::publication::Publication;
+use crate::publication::{EncodedFrame, Publication};
 use crate::target::Delivery;
 
 /// A boxed, sendable future (what the object-safe [`Engine`] methods return).
@@ -155,4 +155,20 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the backend can be reached now.
     fn health(&self) -> Health;
+
+    /// A session of `user_id` was just authenticated: takes the messages stored for that user while offline
+    /// (Mesa 1.5 sync), oldest first, and removes them from the store. With `deliver` false (the client's
+    /// op 2 said `shouldSync: false`) they are dropped and nothing is returned. Each frame is as stored
+    /// (Mesa 1.5 `{op, d, t}`); the server numbers them. One round trip to the backend at most, bounded by
+    /// the engine's own timeout.
+    ///
+    /// The default (engines that store nothing, the in-memory one) returns nothing at once.
+    fn take_stored(
+        &self,
+        user_id: &str,
+        deliver: bool,
+    ) -> BoxFuture<'_, Result<Vec<EncodedFrame>, EngineError>> {
+        let _ = (user_id, deliver);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }

@@ -6,7 +6,7 @@
 //! this crate alone.
 //!
 //! - [`ids`]: [`NodeId`], [`ConnectionId`]; [`target`]: [`Target`], [`Recipients`], [`Delivery`]. Plain data.
-//! - [`publication`]: [`Publication`], [`EncodedFrame`], [`Action`].
+//! - [`publication`]: [`Publication`], [`EncodedFrame`], [`Action`], [`DeliveryClass`].
 //! - [`Engine`], [`LocalNode`] and their errors and reports.
 //! - [`MemoryEngine`]: the nodes of one process (the default for a single node).
 //! - `conformance` (feature `conformance`): the test suite every engine passes.
@@ -25,5 +25,5 @@ pub use engine::{
 };
 pub use ids::{ConnectionId, NodeId};
 pub use memory::MemoryEngine;
-pub use publication::{Action, EncodedFrame, Publication};
+pub use publication::{Action, DeliveryClass, EncodedFrame, Publication};
 pub use target::{Delivery, Recipients, Target};

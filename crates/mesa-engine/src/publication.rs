@@ -71,6 +71,20 @@ pub enum Action {
     },
 }
 
+/// Whether a send may be kept for recipients who are offline (Mesa 1.5 "sync").
+///
+/// Only an engine that stores messages reads it (the Redis engine in Mesa 1.5 compatibility mode); the
+/// in-memory engine ignores it. Sends to everyone and disconnects are never stored, whatever the class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryClass {
+    /// The default (Mesa 1.5 `o.sync` absent or `true`): kept for offline recipient users and redelivered
+    /// when they authenticate.
+    #[default]
+    Durable,
+    /// Only for who is connected now (Mesa 1.5 `o.sync: false`): never stored.
+    Volatile,
+}
+
 /// A send or disconnect on its way to the nodes that hold its recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
@@ -81,6 +95,8 @@ pub struct Publication {
     pub target: Target,
     /// What to do.
     pub action: Action,
+    /// Whether a send to users may be stored for the offline ones ([`DeliveryClass::Durable`] unless set).
+    pub class: DeliveryClass,
 }
 
 impl Publication {
@@ -90,7 +106,14 @@ impl Publication {
             origin,
             target,
             action: Action::Send(frame),
+            class: DeliveryClass::Durable,
         }
+    }
+
+    /// The same publication with another [`DeliveryClass`].
+    pub fn with_class(mut self, class: DeliveryClass) -> Publication {
+        self.class = class;
+        self
     }
 
     /// A disconnect of the sessions `target` names.
@@ -107,6 +130,7 @@ impl Publication {
                 code,
                 reason: reason.into(),
             },
+            class: DeliveryClass::Volatile,
         }
     }
 }

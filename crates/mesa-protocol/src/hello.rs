@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 pub mod rules {
     /// The client must send op 0 `CLIENT_VERSION` `{"v": "…"}`; a different version is closed with 1002.
     pub const ENFORCE_EQUAL_VERSIONS: &str = "enforce_equal_versions";
-    /// The server stores messages for offline users and redelivers them on authentication.
+    /// Mesa 1.5 `options.storeMessages`: both sides keep every message in memory (a 1.5 client then keeps
+    /// all it receives, without bound). Not sync: redelivery to offline users needs no rule.
     pub const STORE_MESSAGES: &str = "store_messages";
     /// Op 22 carries the user object (otherwise `{}`).
     pub const SENDS_USER_OBJECT: &str = "sends_user_object";

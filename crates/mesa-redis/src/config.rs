@@ -140,6 +140,13 @@ pub struct RedisConfig {
     pub probe_interval: Duration,
     /// Publications waiting to be handed to Redis at most; beyond, sends fail with `Overloaded`. Default 65536.
     pub publish_queue: usize,
+    /// Also speak Mesa 1.5's Redis formats, so that `@cryb/mesa` 1.5.8 nodes, Dispatchers and clients keep
+    /// working with ours on the same Redis (`docs/clustering.md`, "Mesa 1.5 compatibility"): sends to users
+    /// and to everyone go on 1.5's `ws` channel (which every node reads) instead of being routed, presence
+    /// is mirrored in `connected_clients` and `connected_clients_count`, and sends to offline users are
+    /// kept in `undelivered_messages` and redelivered when they authenticate (1.5's sync). Every node of a
+    /// namespace needs the same setting. Not with a Redis Cluster (1.5 does not run on one). Default false.
+    pub mesa15_compat: bool,
 }
 
 impl RedisConfig {
@@ -155,6 +162,7 @@ impl RedisConfig {
             reconnect_max: Duration::from_secs(5),
             probe_interval: Duration::from_secs(3),
             publish_queue: 65536,
+            mesa15_compat: false,
         }
     }
 
@@ -255,6 +263,12 @@ impl RedisConfig {
         self
     }
 
+    /// The same configuration with Mesa 1.5's formats on or off (see [`RedisConfig::mesa15_compat`]).
+    pub fn with_mesa15_compat(mut self, on: bool) -> RedisConfig {
+        self.mesa15_compat = on;
+        self
+    }
+
     /// Whether the engine uses sharded pub/sub (Cluster).
     pub fn is_cluster(&self) -> bool {
         matches!(self.topology, Topology::Cluster { .. })
@@ -295,6 +309,12 @@ impl RedisConfig {
             return Err(ConfigError::Value {
                 what: "reconnect_max",
                 reason: "must not be less than reconnect_min",
+            });
+        }
+        if self.mesa15_compat && self.is_cluster() {
+            return Err(ConfigError::Value {
+                what: "mesa15_compat",
+                reason: "Mesa 1.5's formats need one Redis server (standalone or Sentinel), not a Cluster",
             });
         }
         if self.publish_queue == 0 {
@@ -400,6 +420,11 @@ mod tests {
         assert!(ok
             .clone()
             .with_node_ttl(Duration::from_millis(10))
+            .validate()
+            .is_err());
+        assert!(RedisConfig::from_url("redis+cluster://a:7000")
+            .expect("valid")
+            .with_mesa15_compat(true)
             .validate()
             .is_err());
         let secret = RedisConfig::from_url("redis://:hunter2@127.0.0.1").expect("valid");

@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use mesa_engine::{BoxFuture, Delivery, EncodedFrame, EngineError, Health, Publication, Target};
+use mesa_engine::{
+    BoxFuture, Delivery, DeliveryClass, EncodedFrame, EngineError, Health, Publication, Target,
+};
 use mesa_protocol::Frame;
 use redis::RedisResult;
 
@@ -16,13 +18,38 @@ use crate::routing;
 
 /// What a [`Dispatcher`] can send: a frame (encoded once here) or an already encoded one.
 pub trait Dispatchable {
-    /// The frame's bytes.
+    /// The frame's bytes, as clients receive them.
     fn encoded(&self) -> EncodedFrame;
+
+    /// Whether it may be stored for offline users (Mesa 1.5 sync). Default [`DeliveryClass::Durable`].
+    fn class(&self) -> DeliveryClass {
+        DeliveryClass::Durable
+    }
 }
 
+/// A frame's `o` (Mesa 1.5 message options) is read, never sent: `o.sync: false` is
+/// [`DeliveryClass::Volatile`].
 impl Dispatchable for Frame {
     fn encoded(&self) -> EncodedFrame {
-        EncodedFrame::from(self.encode())
+        if self.o.is_none() {
+            return EncodedFrame::from(self.encode());
+        }
+        let mut bare = self.clone();
+        bare.o = None;
+        EncodedFrame::from(bare.encode())
+    }
+
+    fn class(&self) -> DeliveryClass {
+        let sync = self
+            .o
+            .as_ref()
+            .and_then(|o| o.get("sync"))
+            .and_then(|s| s.as_bool());
+        if sync == Some(false) {
+            DeliveryClass::Volatile
+        } else {
+            DeliveryClass::Durable
+        }
     }
 }
 
@@ -35,7 +62,9 @@ impl Dispatchable for EncodedFrame {
 /// Sends to the users, connections or everyone of a gateway from any service, through Redis (Mesa 1.5's
 /// `Dispatcher`, on this engine's channels). It takes the engine's publish path: the same routing, the
 /// same envelope, one ordered queue, the same timeout; it has no node, so nothing is delivered locally and
-/// every node holding a recipient receives it from Redis.
+/// every node holding a recipient receives it from Redis. With
+/// [`mesa15_compat`](crate::RedisConfig::mesa15_compat) it publishes in Mesa 1.5's format, as a 1.5
+/// `Dispatcher` with sync on does (1.5 nodes receive it too, and sends to offline users are stored).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -93,7 +122,9 @@ impl Dispatcher {
         frame: &F,
         target: &Target,
     ) -> impl Future<Output = Result<Delivery, EngineError>> + Send + 'static {
-        self.publish(Publication::send(None, target.clone(), frame.encoded()))
+        self.publish(
+            Publication::send(None, target.clone(), frame.encoded()).with_class(frame.class()),
+        )
     }
 
     /// Closes every session `target` names, on every node, with `code` and `reason`.
@@ -110,10 +141,16 @@ impl Dispatcher {
         &self,
         publication: Publication,
     ) -> impl Future<Output = Result<Delivery, EngineError>> + Send + 'static {
-        let route = routing::route(&self.link.keys, &publication, None, |_| false);
-        let pending = self.publisher.submit(route.channels, route.payload);
+        let route = routing::route(
+            &self.link.keys,
+            &publication,
+            None,
+            |_| false,
+            self.link.config.mesa15_compat,
+        );
+        let pending = route.map(|route| self.publisher.submit(route.sends));
         async move {
-            let counts = pending.await?;
+            let counts = pending?.await?;
             let mut delivery = Delivery::default();
             delivery.nodes = counts
                 .iter()

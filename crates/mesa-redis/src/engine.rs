@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use mesa_engine::{
-    BoxFuture, Delivery, Engine, EngineError, Health, LocalNode, NodeId, NodeStatus, Presence,
-    Publication, PublishError,
+    BoxFuture, Delivery, EncodedFrame, Engine, EngineError, Health, LocalNode, NodeId, NodeStatus,
+    Presence, Publication, PublishError,
 };
 
 use crate::config::RedisConfig;
@@ -115,5 +115,17 @@ impl Engine for RedisEngine {
 
     fn health(&self) -> Health {
         self.gateway.link.health()
+    }
+
+    /// In Mesa 1.5 compatibility mode: `SADD connected_clients`, then `HGET` and `HDEL` of the user's
+    /// `undelivered_messages` field, in one script (nothing a concurrent sender stores is lost or taken
+    /// twice); within `publish_timeout`. Otherwise nothing.
+    fn take_stored(
+        &self,
+        user_id: &str,
+        deliver: bool,
+    ) -> BoxFuture<'_, Result<Vec<EncodedFrame>, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move { self.gateway.take_stored(&user, deliver).await })
     }
 }

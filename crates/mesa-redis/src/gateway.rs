@@ -7,13 +7,13 @@
 //! at once (they share the `subscribed` lock), so the set of channels believed subscribed is exact.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mesa_engine::{
-    BoxFuture, Delivery, EngineError, LocalNode, NodeId, NodeStatus, Presence, Publication,
-    PublishError,
+    BoxFuture, Delivery, EncodedFrame, EngineError, LocalNode, NodeId, NodeStatus, Presence,
+    Publication, PublishError,
 };
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::{watch, Notify};
@@ -24,6 +24,7 @@ use crate::config::RedisConfig;
 use crate::envelope;
 use crate::inbound::Inbound;
 use crate::link::{Connections, Hooks, Link};
+use crate::mesa15;
 use crate::presence;
 use crate::publisher::Publisher;
 use crate::routing;
@@ -88,6 +89,8 @@ pub(crate) struct Gateway {
     confirmed: watch::Sender<u64>,
     subscribed: tokio::sync::Mutex<Subscribed>,
     probe_nonce: AtomicU64,
+    /// Mesa 1.5 compatibility: this node's connections as last added to `connected_clients_count`.
+    counted: AtomicI64,
 }
 
 impl Gateway {
@@ -103,6 +106,7 @@ impl Gateway {
             confirmed: watch::Sender::new(0),
             subscribed: tokio::sync::Mutex::default(),
             probe_nonce: AtomicU64::new(0),
+            counted: AtomicI64::new(0),
         });
         tokio::spawn(link.supervise(gateway.clone()));
         tokio::spawn(gateway.clone().sync_loop());
@@ -119,12 +123,19 @@ impl Gateway {
         &self.link.config
     }
 
-    /// The channels a node always listens on: its own and the broadcast channel.
-    fn base_channels(&self, node: NodeId) -> [String; 2] {
-        [
-            self.link.keys.node_channel(node),
-            self.link.keys.broadcast_channel(),
-        ]
+    fn mesa15(&self) -> bool {
+        self.config().mesa15_compat
+    }
+
+    /// The channels a node always listens on: its own and the broadcast channel, and Mesa 1.5's `ws` in
+    /// compatibility mode.
+    fn base_channels(&self, node: NodeId) -> Vec<String> {
+        let keys = &self.link.keys;
+        let mut channels = vec![keys.node_channel(node), keys.broadcast_channel()];
+        if self.mesa15() {
+            channels.push(keys.mesa15_ws());
+        }
+        channels
     }
 
     pub(crate) fn attach(&self, node: Arc<dyn LocalNode>) {
@@ -160,16 +171,29 @@ impl Gateway {
         let this = node.as_ref().map(|(id, _)| *id);
         let route = {
             let sessions = self.sessions();
-            routing::route(&self.link.keys, &publication, this, |user| {
-                sessions.count(user) > 0
-            })
+            routing::route(
+                &self.link.keys,
+                &publication,
+                this,
+                |user| sessions.count(user) > 0,
+                self.mesa15(),
+            )
+        };
+        let route = match route {
+            Ok(route) => route,
+            Err(cause) => {
+                return Box::pin(std::future::ready(Err(PublishError {
+                    local: Delivery::default(),
+                    cause,
+                })))
+            }
         };
         let local = match &node {
             Some((_, node)) if route.local => node.deliver(&publication),
             _ => Delivery::default(),
         };
         let mine = route.mine;
-        let pending = self.publisher.submit(route.channels, route.payload);
+        let pending = self.publisher.submit(route.sends);
         Box::pin(async move {
             match pending.await {
                 Ok(counts) => {
@@ -235,6 +259,34 @@ impl Gateway {
         .map_err(engine_error)
     }
 
+    /// Mesa 1.5 sync: marks `user` connected and takes (or, without `deliver`, drops) what was stored for
+    /// it. Nothing outside compatibility mode.
+    pub(crate) async fn take_stored(
+        &self,
+        user: &str,
+        deliver: bool,
+    ) -> Result<Vec<EncodedFrame>, EngineError> {
+        if !self.mesa15() {
+            return Ok(Vec::new());
+        }
+        let c = self.connections().await?;
+        let cmd = mesa15::take(&self.link.keys, user, deliver);
+        let stored: Option<String> = within(self.config().publish_timeout, c.commands.query(&cmd))
+            .await
+            .map_err(engine_error)?;
+        let Some(list) = stored else {
+            return Ok(Vec::new());
+        };
+        match mesa15::stored_frames(&list) {
+            Ok(frames) => Ok(frames.into_iter().map(EncodedFrame::from).collect()),
+            Err(error) => {
+                self.link.metrics.malformed();
+                tracing::warn!(%error, "dropped stored messages that are not a JSON array");
+                Ok(Vec::new())
+            }
+        }
+    }
+
     pub(crate) async fn nodes(&self) -> Result<Vec<NodeStatus>, EngineError> {
         let c = self.connections().await?;
         let config = self.config();
@@ -262,7 +314,14 @@ impl Gateway {
             tracing::warn!(%node, "left while Redis was unreachable: other nodes remove its entries after node_ttl");
             return;
         };
-        let goodbye = presence::goodbye(&c.commands, &self.link.keys, node, &users);
+        let goodbye = presence::goodbye(
+            &c.commands,
+            &self.link.keys,
+            node,
+            &users,
+            self.mesa15(),
+            self.counted.load(Ordering::Acquire),
+        );
         if let Err(error) = within(self.config().publish_timeout, goodbye).await {
             tracing::warn!(%node, %error, "could not remove this node's presence: other nodes do after node_ttl");
         }
@@ -389,7 +448,7 @@ impl Gateway {
                 }
             }
         }
-        let writes = presence::user_writes(keys, id, &pass.users);
+        let writes = presence::user_writes(keys, id, &pass.users, self.mesa15());
         if !writes.is_empty() {
             let replies = within(limit, connections.commands.run(writes)).await?;
             if let Some(Value::ServerError(error)) =
@@ -399,9 +458,13 @@ impl Gateway {
             }
         }
         if pass.heartbeat {
-            let beat =
-                presence::heartbeat(&connections.commands, keys, id, node.connection_count());
+            let connections_now = node.connection_count();
+            let beat = presence::heartbeat(&connections.commands, keys, id, connections_now);
             let was_missing = within(limit, beat).await?;
+            if self.mesa15() {
+                self.count_connections(connections, was_missing, connections_now)
+                    .await?;
+            }
             if was_missing && subscribed.registered {
                 tracing::warn!(
                     node = %id,
@@ -415,12 +478,44 @@ impl Gateway {
         Ok(())
     }
 
+    /// Mesa 1.5's `connected_clients_count` follows this node's connections, by difference at every
+    /// heartbeat. A missing liveness entry means Redis lost this node's state (restart, or reaped as dead,
+    /// which removed its count): it is added whole again.
+    async fn count_connections(
+        &self,
+        connections: &Connections,
+        was_missing: bool,
+        now: usize,
+    ) -> Result<(), PassError> {
+        if was_missing {
+            self.counted.store(0, Ordering::Release);
+        }
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let delta = now - self.counted.load(Ordering::Acquire);
+        if delta != 0 {
+            let cmd = mesa15::count(&self.link.keys, delta);
+            within(
+                self.config().publish_timeout,
+                connections.commands.query::<i64>(&cmd),
+            )
+            .await?;
+            self.counted.store(now, Ordering::Release);
+        }
+        Ok(())
+    }
+
     async fn reap(&self) {
         let (Some((id, _)), Some(c)) = (self.inbound.node(), self.link.connections()) else {
             return;
         };
         let config = self.config();
-        let work = presence::reap(&c.commands, &self.link.keys, config.node_ttl, id);
+        let work = presence::reap(
+            &c.commands,
+            &self.link.keys,
+            config.node_ttl,
+            id,
+            self.mesa15(),
+        );
         match within(config.publish_timeout, work).await {
             Ok(0) => {}
             Ok(n) => self.link.metrics.dead_nodes_removed(n as u64),
@@ -499,7 +594,7 @@ impl Hooks for Gateway {
         Box::pin(async move {
             let mut subscribed = self.subscribed.lock().await;
             let mut channels: Vec<String> = match self.inbound.node() {
-                Some((id, _)) => self.base_channels(id).into(),
+                Some((id, _)) => self.base_channels(id),
                 None => Vec::new(),
             };
             let users = self.sessions().users();

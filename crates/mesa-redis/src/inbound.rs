@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use mesa_engine::{LocalNode, NodeId, Publication, Recipients, Target};
+use mesa_engine::{DeliveryClass, LocalNode, NodeId, Publication, Recipients, Target};
 use redis::{PushInfo, Value};
 use tokio::sync::watch;
 
@@ -17,6 +17,7 @@ use crate::backend::{self, PushKind};
 use crate::envelope::{self, Envelope, WireTarget};
 use crate::keys::Channel;
 use crate::link::Link;
+use crate::mesa15;
 
 /// The receiving side of one gateway node.
 pub(crate) struct Inbound {
@@ -104,6 +105,9 @@ impl Inbound {
         else {
             return self.malformed(&"a message on a channel this engine does not use");
         };
+        if kind == Channel::Mesa15 {
+            return self.mesa15_message(&payload);
+        }
         let envelope = match envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(error) => return self.malformed(&error),
@@ -151,6 +155,30 @@ impl Inbound {
             origin,
             target,
             action,
+            class: DeliveryClass::Durable,
+        });
+    }
+
+    /// A message on Mesa 1.5's `ws` channel: from a 1.5 node or Dispatcher, or from one of ours in
+    /// compatibility mode (skipped when it is this node's own).
+    fn mesa15_message(&self, payload: &[u8]) {
+        let incoming = match mesa15::decode(payload) {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) => return,
+            Err(error) => return self.malformed(&error),
+        };
+        let Some((this, node)) = self.node() else {
+            return;
+        };
+        self.link.metrics.received();
+        if self.is_closed() || incoming.origin == Some(this) {
+            return;
+        }
+        node.deliver(&Publication {
+            origin: incoming.origin,
+            target: incoming.target,
+            action: incoming.action,
+            class: DeliveryClass::Durable,
         });
     }
 }

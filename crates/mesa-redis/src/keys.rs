@@ -11,6 +11,8 @@ use mesa_engine::NodeId;
 pub struct Keys {
     /// `mesa:<namespace>:`
     prefix: String,
+    /// What Mesa 1.5 appends to its names: `_<namespace>`, nothing for the default namespace.
+    mesa15_suffix: String,
 }
 
 /// What a channel the engine subscribes to is for.
@@ -22,14 +24,43 @@ pub(crate) enum Channel<'a> {
     Node,
     /// The broadcast channel.
     All,
+    /// Mesa 1.5's `ws` channel (compatibility mode).
+    Mesa15,
 }
 
 impl Keys {
     /// The names of `namespace` (validated by [`RedisConfig`](crate::RedisConfig): no `:`, `{` or `}`).
     pub fn new(namespace: &str) -> Keys {
+        let mesa15_suffix = if namespace == crate::config::DEFAULT_NAMESPACE {
+            String::new()
+        } else {
+            format!("_{namespace}")
+        };
         Keys {
             prefix: format!("mesa:{namespace}:"),
+            mesa15_suffix,
         }
+    }
+
+    /// Mesa 1.5's `ws` (`ws_<ns>`): the pub/sub channel every 1.5 node reads (compatibility mode). Our
+    /// namespace `default` is 1.5's "no namespace"; any other is 1.5's namespace of the same name.
+    pub fn mesa15_ws(&self) -> String {
+        format!("ws{}", self.mesa15_suffix)
+    }
+
+    /// Mesa 1.5's `connected_clients` set: ids of users connected to any node.
+    pub fn mesa15_connected_clients(&self) -> String {
+        format!("connected_clients{}", self.mesa15_suffix)
+    }
+
+    /// Mesa 1.5's `connected_clients_count`: connections across nodes.
+    pub fn mesa15_connected_clients_count(&self) -> String {
+        format!("connected_clients_count{}", self.mesa15_suffix)
+    }
+
+    /// Mesa 1.5's `undelivered_messages` hash: field = user id, value = JSON array of stored messages.
+    pub fn mesa15_undelivered_messages(&self) -> String {
+        format!("undelivered_messages{}", self.mesa15_suffix)
     }
 
     /// `mesa:<ns>:u:{<user>}`: the channel of one user id, subscribed by the nodes holding a session of it.
@@ -72,6 +103,9 @@ impl Keys {
 
     /// What a channel of this namespace is for; `None` for any other name.
     pub(crate) fn classify<'a>(&self, channel: &'a str) -> Option<Channel<'a>> {
+        if channel.strip_prefix("ws") == Some(self.mesa15_suffix.as_str()) {
+            return Some(Channel::Mesa15);
+        }
         let rest = channel.strip_prefix(self.prefix.as_str())?;
         if rest == "all" {
             return Some(Channel::All);
@@ -139,6 +173,17 @@ mod tests {
         );
         assert_eq!(keys.classify(&keys.broadcast_channel()), Some(Channel::All));
         assert_eq!(keys.classify("mesa:other:all"), None);
+        assert_eq!(keys.classify("ws_chat"), Some(Channel::Mesa15));
+        assert_eq!(keys.classify("ws"), None);
+        assert_eq!(Keys::new("default").classify("ws"), Some(Channel::Mesa15));
+        assert_eq!(
+            Keys::new("default").mesa15_connected_clients(),
+            "connected_clients"
+        );
+        assert_eq!(
+            keys.mesa15_undelivered_messages(),
+            "undelivered_messages_chat"
+        );
         assert_eq!(keys.classify("mesa:chat:p:{bob}"), None);
     }
 }

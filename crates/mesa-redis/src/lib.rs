@@ -18,6 +18,8 @@
 //! - `sessions`: this node's sessions per user; `presence`: presence and liveness in Redis (scripts);
 //!   `inbound`: received envelopes handed to the node; `gateway`: a node's publish path and background
 //!   passes; [`RedisEngine`] on top. [`Dispatcher`] shares `link`, `routing` and `publisher`.
+//! - `mesa15`: Mesa 1.5's Redis formats (`ws`, `connected_clients`, `connected_clients_count`,
+//!   `undelivered_messages`) for [`RedisConfig::mesa15_compat`]: routing, presence and the gateway use it.
 //! - [`metrics`]: [`RedisMetrics`] counters.
 //! - [`portal`]: client events (connection, authentication, message, disconnection) handed by gateways to
 //!   worker services that are not gateways, either fire-and-forget in Mesa 1.5's exact format (a real
@@ -42,6 +44,7 @@ mod gateway;
 mod inbound;
 pub mod keys;
 mod link;
+mod mesa15;
 pub mod metrics;
 pub mod portal;
 mod presence;

@@ -13,6 +13,7 @@ use redis::{Cmd, RedisResult, Script, Value};
 
 use crate::backend::Conn;
 use crate::keys::Keys;
+use crate::mesa15;
 
 /// KEYS: nodes, info. ARGV: node, connections. Refreshes the node's score (now) and info; returns 1 when
 /// the node was not in the set (first beat, or removed as dead meanwhile).
@@ -27,7 +28,8 @@ return added",
 });
 
 /// KEYS: nodes, info. ARGV: ttl ms, the calling node, max. Removes up to `max` nodes older than ttl (never
-/// the caller) from both keys and returns them: exactly one caller gets each dead node to clean up after.
+/// the caller) from both keys and returns them with their last connection count (node, count, node, …):
+/// exactly one caller gets each dead node to clean up after.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local t = redis.call('TIME')
@@ -37,8 +39,9 @@ local removed = {}
 for _, node in ipairs(dead) do
   if node ~= ARGV[2] then
     redis.call('ZREM', KEYS[1], node)
-    redis.call('HDEL', KEYS[2], node)
     table.insert(removed, node)
+    table.insert(removed, redis.call('HGET', KEYS[2], node) or '0')
+    redis.call('HDEL', KEYS[2], node)
   end
 end
 return removed",
@@ -69,8 +72,15 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The writes that bring Redis to `users` (count per user on `node`): HSET/HDEL of the user's presence
-/// field, SADD/SREM in the node's user set. Absolute counts, so a retried write never counts twice.
-pub(crate) fn user_writes(keys: &Keys, node: NodeId, users: &[(String, usize)]) -> Vec<Cmd> {
+/// field, SADD/SREM in the node's user set. Absolute counts, so a retried write never counts twice. With
+/// `mesa15`, Mesa 1.5's `connected_clients` follows: SADD on join, SREM with the HDEL (one script) once no
+/// node holds the user.
+pub(crate) fn user_writes(
+    keys: &Keys,
+    node: NodeId,
+    users: &[(String, usize)],
+    mesa15: bool,
+) -> Vec<Cmd> {
     let field = node.to_string();
     let set = keys.node_users(node);
     let mut cmds = Vec::with_capacity(users.len() * 2);
@@ -84,6 +94,12 @@ pub(crate) fn user_writes(keys: &Keys, node: NodeId, users: &[(String, usize)]) 
                 .arg(&field)
                 .arg(*count);
             membership.arg("SADD").arg(&set).arg(user);
+            if mesa15 {
+                cmds.push(mesa15::joined(keys, user));
+            }
+        } else if mesa15 {
+            presence = mesa15::left(keys, &field, user);
+            membership.arg("SREM").arg(&set).arg(user);
         } else {
             presence.arg("HDEL").arg(keys.presence(user)).arg(&field);
             membership.arg("SREM").arg(&set).arg(user);
@@ -110,12 +126,15 @@ pub(crate) async fn heartbeat(
 }
 
 /// Removes nodes whose liveness is older than `ttl` (not `this`), their fields in the presence hash of
-/// every user in their user set, and that set. Returns how many nodes were removed.
+/// every user in their user set, and that set (with `mesa15`, also their users from `connected_clients`
+/// when no node holds them any more, and their connections from `connected_clients_count`). Returns how
+/// many nodes were removed.
 pub(crate) async fn reap(
     conn: &Conn,
     keys: &Keys,
     ttl: Duration,
     this: NodeId,
+    mesa15: bool,
 ) -> RedisResult<usize> {
     let mut call = REAP.key(keys.nodes());
     call.key(keys.node_info())
@@ -123,23 +142,23 @@ pub(crate) async fn reap(
         .arg(this.to_string())
         .arg(REAP_BATCH);
     let dead: Vec<String> = conn.invoke(&call).await?;
-    for hex in &dead {
+    let dead: Vec<(&String, i64)> = dead
+        .chunks_exact(2)
+        .map(|pair| (&pair[0], pair[1].parse().unwrap_or(0)))
+        .collect();
+    for &(hex, connections) in &dead {
         let Ok(node) = hex.parse::<NodeId>() else {
             continue;
         };
         let set = keys.node_users(node);
         let users: Vec<String> = conn.query(redis::cmd("SMEMBERS").arg(&set)).await?;
-        let mut cmds: Vec<Cmd> = users
-            .iter()
-            .map(|user| {
-                let mut cmd = redis::cmd("HDEL");
-                cmd.arg(keys.presence(user)).arg(hex);
-                cmd
-            })
-            .collect();
+        let mut cmds = leave_all(keys, hex, &users, mesa15);
         let mut del = redis::cmd("DEL");
         del.arg(&set);
         cmds.push(del);
+        if mesa15 && connections != 0 {
+            cmds.push(mesa15::count(keys, -connections));
+        }
         conn.run(cmds).await?;
         tracing::info!(node = %hex, users = users.len(), "removed a dead node's presence");
     }
@@ -199,22 +218,38 @@ pub(crate) async fn presence(
     Ok(Presence { nodes })
 }
 
-/// Removes everything of `node` at once (a node leaving): its presence fields, user set and liveness.
+/// Removes `node`'s presence field of each of `users` (with `mesa15`, and each user from
+/// `connected_clients` once no node holds it).
+fn leave_all(keys: &Keys, node: &str, users: &[String], mesa15: bool) -> Vec<Cmd> {
+    users
+        .iter()
+        .map(|user| {
+            if mesa15 {
+                return mesa15::left(keys, node, user);
+            }
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys.presence(user)).arg(node);
+            cmd
+        })
+        .collect()
+}
+
+/// Removes everything of `node` at once (a node leaving): its presence fields, user set and liveness;
+/// with `mesa15`, its users from `connected_clients` (unless another node holds them) and its `counted`
+/// connections from `connected_clients_count`.
 pub(crate) async fn goodbye(
     conn: &Conn,
     keys: &Keys,
     node: NodeId,
     users: &[String],
+    mesa15: bool,
+    counted: i64,
 ) -> RedisResult<()> {
     let hex = node.to_string();
-    let mut cmds: Vec<Cmd> = users
-        .iter()
-        .map(|user| {
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(keys.presence(user)).arg(&hex);
-            cmd
-        })
-        .collect();
+    let mut cmds = leave_all(keys, &hex, users, mesa15);
+    if mesa15 && counted != 0 {
+        cmds.push(mesa15::count(keys, -counted));
+    }
     let mut del = redis::cmd("DEL");
     del.arg(keys.node_users(node));
     let mut zrem = redis::cmd("ZREM");

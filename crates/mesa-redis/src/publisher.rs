@@ -10,20 +10,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use mesa_engine::EngineError;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::link::Link;
+use crate::routing::Sends;
 
 /// Commands sent in one pipeline at most.
 const MAX_BATCH: usize = 1024;
 
 struct Job {
-    channels: Vec<String>,
-    payload: Bytes,
+    sends: Sends,
     deadline: Instant,
     reply: oneshot::Sender<Result<Vec<i64>, EngineError>>,
 }
@@ -42,17 +41,16 @@ impl Publisher {
         Publisher { tx, link }
     }
 
-    /// Queues a publication on `channels` now (keeping the order of calls) and returns the number of
-    /// subscribers Redis reported per channel. Fails at once when Redis was reachable and is not any more,
-    /// or when the queue is full.
+    /// Queues a publication's sends now (keeping the order of calls) and returns the number of
+    /// subscribers Redis reported per channel (or command). Fails at once when Redis was reachable and is
+    /// not any more, or when the queue is full.
     pub(crate) fn submit(
         &self,
-        channels: Vec<String>,
-        payload: Bytes,
+        sends: Sends,
     ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
         let link = self.link.clone();
         let timeout = link.config.publish_timeout;
-        let queued = if channels.is_empty() {
+        let queued = if sends.is_empty() {
             Ok(None)
         } else if link.shutdown.is_cancelled() {
             Err(EngineError::Closed)
@@ -61,8 +59,7 @@ impl Publisher {
         } else {
             let (reply, answer) = oneshot::channel();
             let job = Job {
-                channels,
-                payload,
+                sends,
                 deadline: Instant::now() + timeout,
                 reply,
             };
@@ -105,12 +102,12 @@ async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<Job>) {
                 None => return,
             },
         };
-        let mut commands = first.channels.len();
+        let mut commands = first.sends.len();
         let mut batch = vec![first];
         while commands < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => {
-                    commands += job.channels.len();
+                    commands += job.sends.len();
                     batch.push(job);
                 }
                 Err(_) => break,
@@ -153,13 +150,18 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
     let conn = &connections.commands;
     let cmds = live
         .iter()
-        .flat_map(|job| job.channels.iter().map(|c| conn.publish(c, &job.payload)))
+        .flat_map(|job| match &job.sends {
+            Sends::Publish { channels, payload } => {
+                channels.iter().map(|c| conn.publish(c, payload)).collect()
+            }
+            Sends::Commands(cmds) => cmds.clone(),
+        })
         .collect();
     match tokio::time::timeout_at(deadline, conn.run(cmds)).await {
         Ok(Ok(replies)) => {
             let mut replies = replies.into_iter();
             for job in live {
-                let mine: Vec<Value> = replies.by_ref().take(job.channels.len()).collect();
+                let mine: Vec<Value> = replies.by_ref().take(job.sends.len()).collect();
                 let _ = job.reply.send(counts(mine));
             }
         }

@@ -2,33 +2,76 @@
 //! Pure: the same for a gateway node and for a [`Dispatcher`](crate::Dispatcher) (which is no node).
 
 use bytes::Bytes;
-use mesa_engine::{NodeId, Publication, Recipients};
+use mesa_engine::{EngineError, NodeId, Publication, Recipients};
+use redis::Cmd;
 
 use crate::envelope::{self, WireTarget};
 use crate::keys::Keys;
+use crate::mesa15;
+
+/// What to hand Redis for one publication.
+#[derive(Debug)]
+pub(crate) enum Sends {
+    /// The same envelope on each channel, in order (none when only this node holds the recipients).
+    Publish {
+        /// One per recipient user, or the broadcast or a node channel.
+        channels: Vec<String>,
+        /// The envelope, the same bytes on every channel.
+        payload: Bytes,
+    },
+    /// Commands in Mesa 1.5's formats (compatibility mode), each answering a subscriber count.
+    Commands(Vec<Cmd>),
+}
+
+impl Sends {
+    /// Commands Redis answers for it (what a batch counts).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Sends::Publish { channels, .. } => channels.len(),
+            Sends::Commands(cmds) => cmds.len(),
+        }
+    }
+
+    /// Nothing to hand Redis.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A publication's way through Redis.
 #[derive(Debug)]
 pub(crate) struct Route {
     /// The origin is this node: it delivers to its own sessions itself, first.
     pub(crate) local: bool,
-    /// The channels to publish on, in order (one per recipient user; none when only this node holds it).
-    pub(crate) channels: Vec<String>,
-    /// Per channel: whether this node is one of its subscribers (not counted in `Delivery::nodes`).
+    /// What goes to Redis.
+    pub(crate) sends: Sends,
+    /// Per channel or command: whether this node is one of its subscribers (not counted in
+    /// `Delivery::nodes`).
     pub(crate) mine: Vec<bool>,
-    /// The envelope, the same bytes on every channel.
-    pub(crate) payload: Bytes,
 }
 
 /// Routes `publication` from `this_node` (`None`: a Dispatcher). `holds` says whether this node has a
-/// session of a user (so is subscribed to that user's channel).
+/// session of a user (so is subscribed to that user's channel). With `mesa15`, sends to users and to
+/// everyone take Mesa 1.5's `ws` channel instead (every node, ours included, reads it); sends to one
+/// connection keep the node channel. Fails only on a frame Mesa 1.5's format cannot carry.
 pub(crate) fn route(
     keys: &Keys,
     publication: &Publication,
     this_node: Option<NodeId>,
     holds: impl Fn(&str) -> bool,
-) -> Route {
+    mesa15: bool,
+) -> Result<Route, EngineError> {
     let local = this_node.is_some() && publication.origin == this_node;
+    if mesa15 {
+        let held = |user: &str| this_node.is_some() && holds(user);
+        if let Some(cmds) = mesa15::commands(keys, publication, held)? {
+            return Ok(Route {
+                local,
+                mine: vec![this_node.is_some(); cmds.len()],
+                sends: Sends::Commands(cmds),
+            });
+        }
+    }
     let target = &publication.target;
     let (wire, channels, mine): (WireTarget, Vec<String>, Vec<bool>) = match &target.recipients {
         Recipients::All => (
@@ -71,12 +114,11 @@ pub(crate) fn route(
     } else {
         envelope::encode(publication.origin, &wire, &publication.action)
     };
-    Route {
+    Ok(Route {
         local,
-        channels,
+        sends: Sends::Publish { channels, payload },
         mine,
-        payload,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -86,6 +128,22 @@ mod tests {
 
     fn send(origin: Option<u64>, target: Target) -> Publication {
         Publication::send(origin.map(NodeId), target, EncodedFrame::from("{}"))
+    }
+
+    fn route(
+        keys: &Keys,
+        publication: &Publication,
+        this_node: Option<NodeId>,
+        holds: impl Fn(&str) -> bool,
+    ) -> Route {
+        super::route(keys, publication, this_node, holds, false).expect("routed")
+    }
+
+    fn channels(route: &Route) -> &[String] {
+        match &route.sends {
+            Sends::Publish { channels, .. } => channels,
+            Sends::Commands(_) => panic!("native channels expected"),
+        }
     }
 
     #[test]
@@ -101,7 +159,7 @@ mod tests {
             |u| u == "b",
         );
         assert!(r.local);
-        assert_eq!(r.channels, ["mesa:t:u:{a}", "mesa:t:u:{b}"]);
+        assert_eq!(channels(&r), ["mesa:t:u:{a}", "mesa:t:u:{b}"]);
         assert_eq!(r.mine, [false, true]);
     }
 
@@ -115,7 +173,7 @@ mod tests {
             Some(NodeId(1)),
             |_| false,
         );
-        assert!(r.local && r.channels.is_empty());
+        assert!(r.local && channels(&r).is_empty());
         // Without an origin (a Dispatcher's publication made through an engine) it goes through Redis.
         let r = route(
             &keys,
@@ -124,7 +182,7 @@ mod tests {
             |_| false,
         );
         assert!(!r.local);
-        assert_eq!(r.channels, [keys.node_channel(NodeId(1))]);
+        assert_eq!(channels(&r), [keys.node_channel(NodeId(1))]);
         let r = route(&keys, &send(None, Target::all()), None, |_| true);
         assert_eq!((r.local, r.mine.as_slice()), (false, &[false][..]));
     }

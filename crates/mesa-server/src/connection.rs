@@ -77,7 +77,8 @@ enum Step {
     Exit(Exit),
     Fail(Box<ConnectionError>),
     Reply(Utf8Bytes),
-    Authenticate(serde_json::Value),
+    /// Op 2's `d`, and its `shouldSync`.
+    Authenticate(serde_json::Value, bool),
     Dispatch(BoxFuture<()>),
 }
 
@@ -488,7 +489,9 @@ where
                 self.unflushed = self.unflushed.saturating_add(1);
                 self.check_written(fed).await
             }
-            Step::Authenticate(data) => Box::pin(self.authenticate(data)).await,
+            Step::Authenticate(data, should_sync) => {
+                Box::pin(self.authenticate(data, should_sync)).await
+            }
             Step::Dispatch(handled) => guarded(handled).await.map_err(|panicked| {
                 self.inner.metrics.handler_panicked();
                 Exit::panicked(panicked)
@@ -537,7 +540,7 @@ where
             Inbound::HeartbeatRequest => {
                 Step::Reply(Frame::new(OpCode::HeartbeatAck, json!({})).encode().into())
             }
-            Inbound::Authenticate { data, .. } => Step::Authenticate(data),
+            Inbound::Authenticate { data, should_sync } => Step::Authenticate(data, should_sync),
             Inbound::Dispatch(frame) => self.dispatch(frame),
             Inbound::Ignored { op } => {
                 tracing::debug!(connection = %self.session.connection_id(), op, "ignored frame");
@@ -573,7 +576,11 @@ where
         exit
     }
 
-    async fn authenticate(&mut self, data: serde_json::Value) -> Result<(), Exit> {
+    async fn authenticate(
+        &mut self,
+        data: serde_json::Value,
+        should_sync: bool,
+    ) -> Result<(), Exit> {
         let inner = self.inner.clone();
         let config = &inner.config.authentication;
         let refusal = match &inner.hooks.authenticate {
@@ -581,7 +588,7 @@ where
             Some(check) => {
                 let limit = Duration::from_millis(config.check_timeout_ms.max(1));
                 match timeout(limit, guarded(check(data, self.session.clone()))).await {
-                    Ok(Ok(Ok(identity))) => return self.authenticated(identity).await,
+                    Ok(Ok(Ok(identity))) => return self.authenticated(identity, should_sync).await,
                     // The check could not decide: retryable, like a timeout.
                     Ok(Ok(Err(refusal))) if refusal.is_retryable() && config.disconnect_on_fail => {
                         let reason = refusal.reason().to_string();
@@ -613,7 +620,11 @@ where
         self.write(refused.encode().into()).await
     }
 
-    async fn authenticated(&mut self, identity: crate::Identity) -> Result<(), Exit> {
+    async fn authenticated(
+        &mut self,
+        identity: crate::Identity,
+        should_sync: bool,
+    ) -> Result<(), Exit> {
         let inner = self.inner.clone();
         let user = if inner.config.authentication.send_user_object {
             identity.user.clone()
@@ -632,6 +643,7 @@ where
         // What the application queued before this op 2 goes first.
         self.feed_queued(usize::MAX, usize::MAX).await?;
         self.write(ack).await?;
+        self.redeliver(should_sync).await?;
         inner
             .hooks
             .authenticated(&self.session)
@@ -640,6 +652,48 @@ where
                 inner.metrics.handler_panicked();
                 Exit::panicked(panicked)
             })
+    }
+
+    /// Mesa 1.5 sync, after op 22: the messages the engine kept for this user while offline, numbered
+    /// `s` = 1, 2, 3 … in the order stored (or dropped, with `shouldSync: false`).
+    ///
+    /// Written straight to the socket while the outbox is not drained: live sends that arrive during the
+    /// fetch (the session is already findable by its user id) wait in the outbox and follow the stored ones,
+    /// so nothing is reordered. The socket is not read meanwhile: one engine round trip, bounded by the
+    /// engine's timeout. A failed fetch leaves the messages stored for a later authentication.
+    async fn redeliver(&mut self, should_sync: bool) -> Result<(), Exit> {
+        let Some(user) = self.session.id() else {
+            return Ok(());
+        };
+        let engine = self.inner.router.engine().clone();
+        let stored = match engine.take_stored(&user, should_sync).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(connection = %self.session.connection_id(), %error, "stored messages not fetched; kept for a later authentication");
+                return Ok(());
+            }
+        };
+        let mut sequence = 0;
+        for text in stored {
+            let Ok(mut frame) = Frame::decode(text.as_str()) else {
+                tracing::debug!(connection = %self.session.connection_id(), "skipped a stored message that is not a frame");
+                continue;
+            };
+            sequence += 1;
+            frame.s = Some(sequence);
+            frame.o = None;
+            let fed = timeout(
+                self.write_timeout,
+                self.ws.feed(Message::Text(frame.encode().into())),
+            )
+            .await;
+            self.unflushed += 1;
+            self.check_written(fed).await?;
+        }
+        if sequence > 0 {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Sends what the exit calls for, runs the closing handshake, and says how the connection ended.

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use mesa_engine::{Action, Delivery, EncodedFrame, Engine, LocalNode, NodeId, Publication, Target};
+use mesa_engine::{
+    Action, Delivery, DeliveryClass, Engine, LocalNode, NodeId, Publication, Target,
+};
 use mesa_protocol::Frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -77,9 +79,26 @@ impl Router {
     }
 
     /// Encodes `frame` once and has the engine queue the same bytes on every session `target` names.
+    ///
+    /// The frame's `o` (Mesa 1.5 message options) is read here and never sent: `o.sync: false` makes the
+    /// send [`DeliveryClass::Volatile`] (an engine that keeps messages for offline users skips it).
     pub(crate) async fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
-        let frame = EncodedFrame::from(frame.encode());
-        let publication = Publication::send(Some(self.node), target.clone(), frame);
+        let (class, encoded) = match &frame.o {
+            None => (DeliveryClass::Durable, frame.encode()),
+            Some(options) => {
+                let sync = options.get("sync").and_then(serde_json::Value::as_bool);
+                let class = if sync == Some(false) {
+                    DeliveryClass::Volatile
+                } else {
+                    DeliveryClass::Durable
+                };
+                let mut bare = frame.clone();
+                bare.o = None;
+                (class, bare.encode())
+            }
+        };
+        let publication =
+            Publication::send(Some(self.node), target.clone(), encoded.into()).with_class(class);
         Ok(self.engine.publish(publication).await?)
     }
 
