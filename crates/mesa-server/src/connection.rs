@@ -683,11 +683,11 @@ where
             frame.s = Some(sequence);
             frame.o = None;
             let fed = timeout(
-                self.write_timeout,
+                self.write_timeout(),
                 self.ws.feed(Message::Text(frame.encode().into())),
             )
             .await;
-            self.unflushed += 1;
+            self.unflushed = self.unflushed.saturating_add(1);
             self.check_written(fed).await?;
         }
         if sequence > 0 {
