@@ -14,6 +14,7 @@
 #   --cluster run the cluster scenarios instead: two nodes on one fresh redis-server per run (ours: two
 #             mesa-conformance with REDIS_URL; node: two bench/node/server.js with Mesa 1.5's redis option);
 #             redis-server and node A on CPU 0, node B on CPU 1, mesa-bench unpinned. Servers: ours,node.
+# MESA_BENCH_PROFILE=dev runs the debug binaries instead (a smoke run; its figures mean nothing).
 # Only loopback addresses are used. The script stops only the processes it started, by their PIDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,9 +61,13 @@ if [ "$(nproc)" -lt 2 ]; then
   exit 1
 fi
 
-say "building release binaries (mesa-bench, mesa-baseline, mesa-conformance)"
-cargo build --release -p mesa-bench -p mesa-conformance >&2
-BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/release"
+# MESA_BENCH_PROFILE=dev uses the debug binaries (for CI's smoke run after the tests built them); figures
+# from such a run mean nothing.
+PROFILE="${MESA_BENCH_PROFILE:-release}"
+say "building $PROFILE binaries (mesa-bench, mesa-baseline, mesa-conformance)"
+cargo build --profile "$PROFILE" -p mesa-bench -p mesa-conformance >&2
+if [ "$PROFILE" = dev ]; then PROFILE_DIR=debug; else PROFILE_DIR="$PROFILE"; fi
+BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/$PROFILE_DIR"
 
 if [[ ",$SERVERS," == *",node,"* ]] && [ ! -d bench/node/node_modules/@cryb/mesa ]; then
   say "installing @cryb/mesa 1.5.8 in bench/node"
