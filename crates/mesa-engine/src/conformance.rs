@@ -530,3 +530,71 @@ where
         case(cluster().await).await;
     }
 }
+
+/// An engine whose backend is down, for tests of what callers do with engine failures: the origin's own
+/// sessions are served (through a [`MemoryEngine`](crate::MemoryEngine)), then every publication fails with
+/// [`EngineError::Unavailable`]; presence and node queries fail the same way; health is Degraded.
+#[derive(Default)]
+pub struct UnreachableEngine(crate::MemoryEngine);
+
+impl UnreachableEngine {
+    /// The reason it gives, in errors and in [`Health::Degraded`](crate::Health::Degraded).
+    pub const REASON: &'static str = "backend down (test)";
+
+    fn down() -> crate::EngineError {
+        crate::EngineError::Unavailable(Self::REASON.into())
+    }
+}
+
+impl Engine for UnreachableEngine {
+    fn attach(&self, node: Arc<dyn LocalNode>) {
+        self.0.attach(node)
+    }
+
+    fn detach(&self, node: NodeId) -> BoxFuture<'_, ()> {
+        self.0.detach(node)
+    }
+
+    fn publish(
+        &self,
+        publication: Publication,
+    ) -> BoxFuture<'_, Result<Delivery, crate::PublishError>> {
+        Box::pin(async move {
+            let local = self.0.publish(publication).await?;
+            Err(crate::PublishError {
+                local,
+                cause: Self::down(),
+            })
+        })
+    }
+
+    fn user_session_added(&self, node: NodeId, user_id: &str) {
+        self.0.user_session_added(node, user_id)
+    }
+
+    fn user_session_removed(&self, node: NodeId, user_id: &str) {
+        self.0.user_session_removed(node, user_id)
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), crate::EngineError>> {
+        self.0.flush()
+    }
+
+    fn presence(
+        &self,
+        _user_id: &str,
+    ) -> BoxFuture<'_, Result<crate::Presence, crate::EngineError>> {
+        Box::pin(std::future::ready(Err(Self::down())))
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<crate::NodeStatus>, crate::EngineError>> {
+        Box::pin(std::future::ready(Err(Self::down())))
+    }
+
+    fn health(&self) -> crate::Health {
+        crate::Health::Degraded {
+            reason: Self::REASON.into(),
+            since: std::time::SystemTime::now(),
+        }
+    }
+}

@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use mesa_engine::{
-    BoxFuture, Delivery, Engine, EngineError, Health, LocalNode, MemoryEngine, NodeStatus,
-    Presence, Publication, PublishError,
-};
+use mesa_engine::conformance::UnreachableEngine;
+use mesa_engine::{Engine, EngineError, MemoryEngine, PublishError};
 use mesa_server::{Frame, NodeId, SendError, Target};
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
@@ -119,51 +117,9 @@ async fn a_node_that_shuts_down_leaves_presence_and_the_node_list() {
     a.stop().await;
 }
 
-/// An engine whose backend is down: the node's own sessions are served, then the failure is reported.
-struct DownEngine(MemoryEngine);
-
-impl Engine for DownEngine {
-    fn attach(&self, node: Arc<dyn LocalNode>) {
-        self.0.attach(node)
-    }
-    fn detach(&self, node: NodeId) -> BoxFuture<'_, ()> {
-        self.0.detach(node)
-    }
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Delivery, PublishError>> {
-        Box::pin(async move {
-            let local = self.0.publish(publication).await?;
-            Err(PublishError {
-                local,
-                cause: EngineError::Unavailable("backend down (test)".into()),
-            })
-        })
-    }
-    fn user_session_added(&self, node: NodeId, user_id: &str) {
-        self.0.user_session_added(node, user_id)
-    }
-    fn user_session_removed(&self, node: NodeId, user_id: &str) {
-        self.0.user_session_removed(node, user_id)
-    }
-    fn flush(&self) -> BoxFuture<'_, Result<(), EngineError>> {
-        self.0.flush()
-    }
-    fn presence(&self, user_id: &str) -> BoxFuture<'_, Result<Presence, EngineError>> {
-        self.0.presence(user_id)
-    }
-    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStatus>, EngineError>> {
-        self.0.nodes()
-    }
-    fn health(&self) -> Health {
-        Health::Degraded {
-            reason: "backend down (test)".into(),
-            since: std::time::SystemTime::now(),
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_engine_failure_reaches_the_caller_of_send() {
-    let server = start(echo_server().engine(Arc::new(DownEngine(MemoryEngine::new())))).await;
+    let server = start(echo_server().engine(Arc::new(UnreachableEngine::default()))).await;
     let mut ann = connect_as(&server, "ann").await;
     let error = server
         .mesa

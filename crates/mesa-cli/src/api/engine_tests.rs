@@ -5,10 +5,7 @@
 
 use std::sync::Arc;
 
-use mesa_engine::{
-    BoxFuture, Delivery, Engine, EngineError, Health, LocalNode, MemoryEngine, NodeId, NodeStatus,
-    Presence, Publication, PublishError,
-};
+use mesa_engine::conformance::UnreachableEngine as DownEngine;
 use mesa_testkit::ws::{connect_as, expect_close, recv};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -17,54 +14,7 @@ use tokio::sync::oneshot;
 use super::*;
 
 const KEY: &str = "engine-test-key";
-const DOWN: &str = "backend down (test)";
-
-/// This node's sessions are served (through a memory engine); every publication then fails to reach the
-/// others, and presence and node queries fail.
-struct DownEngine(MemoryEngine);
-
-impl Engine for DownEngine {
-    fn attach(&self, node: Arc<dyn LocalNode>) {
-        self.0.attach(node)
-    }
-    fn detach(&self, node: NodeId) -> BoxFuture<'_, ()> {
-        self.0.detach(node)
-    }
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Delivery, PublishError>> {
-        Box::pin(async move {
-            let local = self.0.publish(publication).await?;
-            Err(PublishError {
-                local,
-                cause: EngineError::Unavailable(DOWN.into()),
-            })
-        })
-    }
-    fn user_session_added(&self, node: NodeId, user_id: &str) {
-        self.0.user_session_added(node, user_id)
-    }
-    fn user_session_removed(&self, node: NodeId, user_id: &str) {
-        self.0.user_session_removed(node, user_id)
-    }
-    fn flush(&self) -> BoxFuture<'_, Result<(), EngineError>> {
-        self.0.flush()
-    }
-    fn presence(&self, _user_id: &str) -> BoxFuture<'_, Result<Presence, EngineError>> {
-        Box::pin(std::future::ready(Err(EngineError::Unavailable(
-            DOWN.into(),
-        ))))
-    }
-    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStatus>, EngineError>> {
-        Box::pin(std::future::ready(Err(EngineError::Unavailable(
-            DOWN.into(),
-        ))))
-    }
-    fn health(&self) -> Health {
-        Health::Degraded {
-            reason: DOWN.into(),
-            since: std::time::SystemTime::now(),
-        }
-    }
-}
+const DOWN: &str = DownEngine::REASON;
 
 /// The router of `mesa serve` around `mesa`, served on a free port until dropped.
 struct Served {
@@ -133,7 +83,7 @@ impl Served {
 #[tokio::test]
 async fn an_engine_that_reaches_no_other_node_gives_503_with_the_local_counts() {
     let mesa = mesa_testkit::server::with_token_auth(Mesa::builder())
-        .engine(Arc::new(DownEngine(MemoryEngine::new())))
+        .engine(Arc::new(DownEngine::default()))
         .build();
     let served = serve(&mesa).await;
     let ws_url = format!("ws://{}/", served.base);
