@@ -533,7 +533,7 @@ where
 
 /// An engine whose backend is down, for tests of what callers do with engine failures: the origin's own
 /// sessions are served (through a [`MemoryEngine`](crate::MemoryEngine)), then every publication fails with
-/// [`EngineError::Unavailable`]; presence and node queries fail the same way; health is Degraded.
+/// [`EngineError::Unavailable`](crate::EngineError::Unavailable); presence and node queries fail the same way; health is Degraded.
 #[derive(Default)]
 pub struct UnreachableEngine(crate::MemoryEngine);
 
