@@ -299,3 +299,77 @@ pub fn summary(output: &Output) -> Value {
         .expect("check-client.js printed nothing");
     serde_json::from_str(line).expect("check-client.js summary is JSON")
 }
+
+/// `compat/<name>` (a Node fixture package), canonicalized, with `node` and `npm` checked and its packages
+/// installed.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../compat")
+        .join(name)
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("compat/{name} exists: {e}"));
+    require_tool("node");
+    require_tool("npm");
+    ensure_node_modules(&dir);
+    dir
+}
+
+/// A `node <script> <args>` process of a fixture package, talking in lines on stdin and stdout, killed when
+/// dropped (tests that run Node peers: Portal, Dispatcher, nodes and clients of Mesa 1.5).
+pub struct NodeScript {
+    /// The process, for its exit status.
+    pub child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl NodeScript {
+    /// Starts `script` in `compat/<fixture>` with `args`.
+    pub fn spawn(fixture: &str, script: &str, args: &[&str]) -> NodeScript {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(fixture_dir(fixture))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        NodeScript {
+            stdin: child.stdin.take(),
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The next line it prints, within [`SCRIPT_TIMEOUT`].
+    pub async fn line(&mut self) -> String {
+        tokio::time::timeout(SCRIPT_TIMEOUT, self.lines.next_line())
+            .await
+            .expect("a line from node in time")
+            .expect("read node's output")
+            .expect("node exited early")
+    }
+
+    /// Writes `line` as one JSON line on its stdin.
+    pub async fn write(&mut self, line: &Value) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to node");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// Waits for it to exit, within [`SCRIPT_TIMEOUT`].
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(SCRIPT_TIMEOUT, self.child.wait())
+            .await
+            .expect("node exits in time")
+            .expect("wait for node")
+    }
+}

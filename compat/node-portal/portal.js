@@ -30,8 +30,11 @@ portal.on('message', (message, clientId) => print({
 portal.on('error', error => console.error(`portal error: ${error && error.message}`))
 
 // Portal registers itself asynchronously (SADD): ready once the pool holds its id.
+// Checks overlap (each awaits Redis), so a flag makes sure READY is printed once.
+let ready = false
 const check = setInterval(async () => {
-  if (await portal.redis.sismember(pool, portal.id)) {
+  if (!ready && (await portal.redis.sismember(pool, portal.id)) && !ready) {
+    ready = true
     clearInterval(check)
     console.log(`PORTAL_READY ${portal.id}`)
   }

@@ -8,17 +8,15 @@ mod common;
 #[path = "../../../compat/node_harness.rs"]
 mod node_harness;
 
+use node_harness::NodeScript;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use mesa_redis::portal::{PortalConfig, PortalEventKind, PortalMode, PortalWorker, StreamOptions};
 use mesa_testkit::redis::RedisServer;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::ChildStdout;
 
 const CLIENTS: usize = 5;
 const DISPATCHES: usize = 200;
@@ -207,40 +205,14 @@ async fn with_redis_gone_a_dispatch_is_answered_with_the_proxy_error_and_counted
     mesa.wait_for_log("portal: event refused");
 }
 
-fn node_portal_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../compat/node-portal")
-        .canonicalize()
-        .expect("compat/node-portal exists");
-    node_harness::require_tool("node");
-    node_harness::require_tool("npm");
-    node_harness::ensure_node_modules(&dir);
-    dir
-}
-
-async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, lines.next_line())
-        .await
-        .expect("a line from the portal in time")
-        .expect("read")
-        .expect("the portal exited early")
-}
-
 #[tokio::test]
 async fn fire_and_forget_a_mesa_1_5_portal_receives_a_clients_events() {
     let redis = RedisServer::start();
-    let mut portal = tokio::process::Command::new("node")
-        .args(["portal.js", &redis.url(), "compat", "4"])
-        .current_dir(node_portal_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let mut lines = BufReader::new(portal.stdout.take().expect("stdout")).lines();
-    let ready = line(&mut lines).await;
+    let mut portal = NodeScript::spawn("node-portal", "portal.js", &[&redis.url(), "compat", "4"]);
+    let ready = portal.line().await;
     assert!(ready.starts_with("PORTAL_READY "), "{ready}");
+    // In the pool is not yet subscribed: wait for its subscription, or the first event reaches nobody.
+    redis.wait_for_subscribers("portal_compat", 1);
 
     let mesa = serve(&[
         ("MESA_PORTAL__MODE", "fire_and_forget"),
@@ -259,7 +231,7 @@ async fn fire_and_forget_a_mesa_1_5_portal_receives_a_clients_events() {
 
     let mut events = Vec::new();
     for _ in 0..4 {
-        let text = line(&mut lines).await;
+        let text = portal.line().await;
         events.push(serde_json::from_str::<Value>(&text).expect("a JSON line"));
     }
     assert_eq!(
@@ -271,10 +243,7 @@ async fn fire_and_forget_a_mesa_1_5_portal_receives_a_clients_events() {
             json!({"type": "disconnection", "clientId": "alice"}),
         ]
     );
-    let status = tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, portal.wait())
-        .await
-        .expect("the portal exits")
-        .expect("wait");
+    let status = portal.wait().await;
     assert!(status.success(), "{status}");
 }
 

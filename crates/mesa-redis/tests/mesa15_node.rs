@@ -8,8 +8,8 @@ mod common;
 #[path = "../../../compat/node_harness.rs"]
 mod node_harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use node_harness::NodeScript;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,63 +21,10 @@ use mesa_testkit::redis::RedisServer;
 use mesa_testkit::server::{start, with_token_auth};
 use mesa_testkit::ws::{connect_as, expect_close, recv, send};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 
-fn cluster_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../compat/node-cluster")
-        .canonicalize()
-        .expect("compat/node-cluster exists");
-    node_harness::require_tool("node");
-    node_harness::require_tool("npm");
-    node_harness::ensure_node_modules(&dir);
-    dir
-}
-
-struct Script {
-    _child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-/// `node <script> <args>`, killed when dropped.
-fn spawn(script: &str, args: &[&str]) -> Script {
-    let mut child = tokio::process::Command::new("node")
-        .arg(script)
-        .args(args)
-        .current_dir(cluster_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let stdout = child.stdout.take().expect("stdout");
-    Script {
-        stdin: child.stdin.take(),
-        _child: child,
-        lines: BufReader::new(stdout).lines(),
-    }
-}
-
-impl Script {
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, self.lines.next_line())
-            .await
-            .expect("a line from node in time")
-            .expect("read node's output")
-            .expect("node exited early")
-    }
-
-    async fn write(&mut self, line: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .expect("write to node");
-        stdin.flush().await.expect("flush");
-    }
+/// A script of `compat/node-cluster` (the real 1.5.8 Dispatcher, node and client), killed when dropped.
+fn spawn(script: &str, args: &[&str]) -> NodeScript {
+    NodeScript::spawn("node-cluster", script, args)
 }
 
 fn compat(redis: &RedisServer, namespace: &str) -> RedisConfig {

@@ -6,8 +6,7 @@
 #[path = "../../../compat/node_harness.rs"]
 mod node_harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use node_harness::NodeScript;
 
 use mesa_engine::{ConnectionId, NodeId};
 use mesa_protocol::Frame;
@@ -16,51 +15,16 @@ use mesa_redis::portal::{
 };
 use mesa_testkit::redis::RedisServer;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
-
-fn portal_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../compat/node-portal")
-        .canonicalize()
-        .expect("compat/node-portal exists");
-    node_harness::require_tool("node");
-    node_harness::require_tool("npm");
-    node_harness::ensure_node_modules(&dir);
-    dir
-}
-
-/// `node <script> <args>`, killed when dropped.
-fn spawn(script: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = tokio::process::Command::new("node")
-        .arg(script)
-        .args(args)
-        .current_dir(portal_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let stdout = child.stdout.take().expect("stdout");
-    (child, BufReader::new(stdout).lines())
-}
-
-async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, lines.next_line())
-        .await
-        .expect("a line from node in time")
-        .expect("read node's output")
-        .expect("node exited early")
-}
 
 #[tokio::test]
 async fn a_mesa_1_5_portal_receives_what_our_sender_hands() {
     let server = RedisServer::start();
     let config = PortalConfig::new(server.url(), PortalMode::FireAndForget).namespace("compat");
-    let (mut child, mut lines) = spawn("portal.js", &[&server.url(), "compat", "4"]);
-    let ready = line(&mut lines).await;
+    let mut script = NodeScript::spawn("node-portal", "portal.js", &[&server.url(), "compat", "4"]);
+    let ready = script.line().await;
     assert!(ready.starts_with("PORTAL_READY "), "{ready}");
+    // In the pool is not yet subscribed: wait for its subscription, or the first event reaches nobody.
+    server.wait_for_subscribers("portal_compat", 1);
 
     let sender = PortalSender::connect(&config).await.expect("sender");
     let node = NodeId(5);
@@ -89,7 +53,7 @@ async fn a_mesa_1_5_portal_receives_what_our_sender_hands() {
     }
     let mut received = Vec::new();
     for _ in 0..events.len() {
-        received.push(serde_json::from_str::<Value>(&line(&mut lines).await).expect("JSON"));
+        received.push(serde_json::from_str::<Value>(&script.line().await).expect("JSON"));
     }
     assert_eq!(
         received,
@@ -100,10 +64,7 @@ async fn a_mesa_1_5_portal_receives_what_our_sender_hands() {
             json!({"type": "disconnection", "clientId": "alice"}),
         ]
     );
-    let status = tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, child.wait())
-        .await
-        .expect("portal.js exits")
-        .expect("wait");
+    let status = script.wait().await;
     assert!(status.success(), "{status}");
 }
 
@@ -115,7 +76,7 @@ async fn our_worker_receives_what_a_mesa_1_5_node_publishes() {
     let mut worker = PortalWorker::join(&config, "rust-worker")
         .await
         .expect("join");
-    let (mut child, mut lines) = spawn("node.js", &[&server.url(), "compat"]);
+    let mut script = NodeScript::spawn("node-portal", "node.js", &[&server.url(), "compat"]);
 
     let mut events = Vec::new();
     for _ in 0..4 {
@@ -145,11 +106,8 @@ async fn our_worker_receives_what_a_mesa_1_5_node_publishes() {
         .iter()
         .all(|e| e.connection.is_none() && e.node.is_none()));
 
-    assert_eq!(line(&mut lines).await, "NODE_DONE");
-    let status = tokio::time::timeout(node_harness::SCRIPT_TIMEOUT, child.wait())
-        .await
-        .expect("node.js exits")
-        .expect("wait");
+    assert_eq!(script.line().await, "NODE_DONE");
+    let status = script.wait().await;
     assert!(status.success(), "{status}");
     worker.leave().await.expect("leave");
 }

@@ -66,6 +66,18 @@ pub fn wait_ready(port: u16) {
     }
 }
 
+/// Runs `redis-cli -p <port> <args>` and returns its standard output, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_owned()
+}
+
 /// One `redis-server` process.
 pub struct RedisServer {
     port: u16,
@@ -137,14 +149,28 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> <args>` and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_owned()
+        redis_cli(self.port, args)
+    }
+
+    /// Waits until `channel` has at least `n` subscribers (`PUBSUB NUMSUB`), or panics: a peer that says it
+    /// is ready may still be subscribing, and a publish before that reaches nobody.
+    pub fn wait_for_subscribers(&self, channel: &str, n: u64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let reply = self.cli(&["PUBSUB", "NUMSUB", channel]);
+            let count = reply
+                .lines()
+                .nth(1)
+                .and_then(|c| c.trim().parse::<u64>().ok());
+            if count.is_some_and(|count| count >= n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel} has {reply:?} subscribers, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -275,13 +301,6 @@ impl RedisSentinel {
 
     /// Runs `redis-cli -p <port> <args>` against the Sentinel and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_owned()
+        redis_cli(self.port, args)
     }
 }
