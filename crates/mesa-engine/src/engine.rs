@@ -5,8 +5,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::ids::NodeId;
+use crate::ids::{ConnectionId, NodeId};
 use crate::publication::{EncodedFrame, Publication};
+use crate::sessions::{
+    Claimed, Opened, Release, ResumeRefusal, SessionId, SessionPolicy, StreamGap, StreamRead,
+};
 use crate::target::Delivery;
 
 /// A boxed, sendable future (what the object-safe [`Engine`] methods return).
@@ -47,6 +50,9 @@ pub enum EngineError {
     /// The backend answered something the engine cannot use (a bug or a foreign writer).
     #[error("engine backend error: {0}")]
     Backend(String),
+    /// The engine does not keep streams for resumable sessions ([`Engine::session_policy`] is `None`).
+    #[error("this engine does not keep resumable sessions")]
+    Unsupported,
 }
 
 /// A publication that could not be handed to every node it was for. The origin's own sessions were served
@@ -170,5 +176,73 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<EncodedFrame>, EngineError>> {
         let _ = (user_id, deliver);
         Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// What the engine keeps for resumable sessions, or `None` when it keeps no per-user streams (the
+    /// server then offers no resume, and every send is live only). See [`crate::sessions`].
+    ///
+    /// When it is `Some`, [`Engine::publish`] appends every [`DeliveryClass::Durable`](crate::DeliveryClass)
+    /// send to users to each recipient user's stream first (for a user with a kept resumable session, or
+    /// with no session at all: the offline mailbox), then hands each node one publication per user with
+    /// [`Publication::sequence`] set, in sequence order per user.
+    fn session_policy(&self) -> Option<SessionPolicy> {
+        None
+    }
+
+    /// Records a fresh resumable session of `user_id`, held by `holder`, and says where it starts.
+    fn open_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+    ) -> BoxFuture<'_, Result<Opened, EngineError>> {
+        let _ = (user_id, session, holder);
+        Box::pin(std::future::ready(Err(EngineError::Unsupported)))
+    }
+
+    /// Resumes `session` of `user_id` on `holder`, the client having processed everything up to `after`:
+    /// atomically (only one connection can win a session), checks that the session is kept and that every
+    /// entry after `after` still is, and makes `holder` the session's only connection.
+    fn claim_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        after: u64,
+    ) -> BoxFuture<'_, Result<Result<Claimed, ResumeRefusal>, EngineError>> {
+        let _ = (user_id, session, holder, after);
+        Box::pin(std::future::ready(Err(EngineError::Unsupported)))
+    }
+
+    /// The client of `session` processed everything up to `seq`: entries every kept session of the user
+    /// has acknowledged may go. Must not block (a remote engine writes it in the background); a later
+    /// acknowledgement covers a lost one.
+    fn acknowledge(&self, user_id: &str, session: SessionId, seq: u64) {
+        let _ = (user_id, session, seq);
+    }
+
+    /// The connection `holder` of `session` ended. With [`Release::Keep`] the session can be resumed for
+    /// the session TTL from now; with [`Release::End`] it is forgotten. Ignored when another connection
+    /// has claimed the session since. Must not block.
+    fn release_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        release: Release,
+    ) {
+        let _ = (user_id, session, holder, release);
+    }
+
+    /// Reads up to `limit` entries of `user_id`'s stream after position `after`, oldest first. `Err`
+    /// (inner) when an entry after `after` was evicted: what follows would have a hole.
+    fn read_stream(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Result<StreamRead, StreamGap>, EngineError>> {
+        let _ = (user_id, after, limit);
+        Box::pin(std::future::ready(Err(EngineError::Unsupported)))
     }
 }

@@ -8,6 +8,8 @@
 //! - [`ids`]: [`NodeId`], [`ConnectionId`]; [`target`]: [`Target`], [`Recipients`], [`Delivery`]. Plain data.
 //! - [`publication`]: [`Publication`], [`EncodedFrame`], [`Action`], [`DeliveryClass`].
 //! - [`Engine`], [`LocalNode`] and their errors and reports.
+//! - [`sessions`]: [`SessionId`], [`Retention`], [`SessionPolicy`] and what resumable sessions exchange
+//!   with an engine.
 //! - [`MemoryEngine`]: the nodes of one process (the default for a single node).
 //! - `conformance` (feature `conformance`): the test suite every engine passes.
 
@@ -15,6 +17,7 @@ mod engine;
 pub mod ids;
 mod memory;
 pub mod publication;
+pub mod sessions;
 pub mod target;
 
 #[cfg(feature = "conformance")]
@@ -26,4 +29,8 @@ pub use engine::{
 pub use ids::{ConnectionId, NodeId};
 pub use memory::MemoryEngine;
 pub use publication::{Action, DeliveryClass, EncodedFrame, Publication};
+pub use sessions::{
+    Claimed, Opened, Release, ResumeRefusal, Retention, SessionId, SessionPolicy, StreamEntry,
+    StreamGap, StreamRead,
+};
 pub use target::{Delivery, Recipients, Target};

@@ -97,6 +97,10 @@ pub struct Publication {
     pub action: Action,
     /// Whether a send to users may be stored for the offline ones ([`DeliveryClass::Durable`] unless set).
     pub class: DeliveryClass,
+    /// Set by an engine that keeps per-user streams, on what it hands to nodes: the position of this
+    /// (one-user) durable send in the user's stream, which resumable sessions send as `s`. `None` for
+    /// everything else (what a publisher builds, sends to everyone, volatile sends, disconnects).
+    pub sequence: Option<u64>,
 }
 
 impl Publication {
@@ -107,6 +111,7 @@ impl Publication {
             target,
             action: Action::Send(frame),
             class: DeliveryClass::Durable,
+            sequence: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl Publication {
                 reason: reason.into(),
             },
             class: DeliveryClass::Volatile,
+            sequence: None,
         }
     }
 }

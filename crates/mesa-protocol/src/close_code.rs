@@ -43,13 +43,20 @@ pub enum CloseCode {
     RateLimited,
     /// 4009: the client missed too many heartbeats. Reconnect.
     HeartbeatTimeout,
-    /// 4010: the client read too slowly and its outbound queue filled up. Reconnect.
+    /// 4010: the client read too slowly and its outbound queue filled up. Reconnect (and resume: what
+    /// did not fit is replayed).
     SlowConsumer,
+    /// 4012: the session was resumed on another connection, which now serves it alone. Terminal for this
+    /// connection.
+    SessionTakenOver,
+    /// 4013: the session cannot go on (what it missed is no longer kept; op 9 said why). Reconnect with a
+    /// fresh session, not a resume.
+    SessionInvalidated,
 }
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 18] = [
+    pub const ALL: [CloseCode; 20] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -68,6 +75,8 @@ impl CloseCode {
         CloseCode::RateLimited,
         CloseCode::HeartbeatTimeout,
         CloseCode::SlowConsumer,
+        CloseCode::SessionTakenOver,
+        CloseCode::SessionInvalidated,
     ];
 
     /// The number in the close frame.
@@ -90,6 +99,8 @@ impl CloseCode {
             CloseCode::RateLimited => 4008,
             CloseCode::HeartbeatTimeout => 4009,
             CloseCode::SlowConsumer => 4010,
+            CloseCode::SessionTakenOver => 4012,
+            CloseCode::SessionInvalidated => 4013,
         }
     }
 
@@ -120,6 +131,8 @@ impl CloseCode {
             CloseCode::RateLimited => "rate limited",
             CloseCode::HeartbeatTimeout => "heartbeat timed out",
             CloseCode::SlowConsumer => "outbound queue full: client reads too slowly",
+            CloseCode::SessionTakenOver => "session resumed on another connection",
+            CloseCode::SessionInvalidated => "session invalidated: start a fresh session",
         }
     }
 
@@ -139,6 +152,7 @@ impl CloseCode {
                 | CloseCode::RateLimited
                 | CloseCode::HeartbeatTimeout
                 | CloseCode::SlowConsumer
+                | CloseCode::SessionInvalidated
         )
     }
 }

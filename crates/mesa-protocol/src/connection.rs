@@ -95,15 +95,33 @@ pub enum ConnectionPhase {
 #[non_exhaustive]
 pub enum Inbound {
     /// Op 11: the client answered a heartbeat. Nothing to send.
-    HeartbeatAck,
+    HeartbeatAck {
+        /// The frame's `s`: the last sequence number the client processed (resumable sessions).
+        ack: Option<u64>,
+    },
     /// Op 1 from the client (extension): answer with op 11.
-    HeartbeatRequest,
+    HeartbeatRequest {
+        /// The frame's `s`, as for [`Inbound::HeartbeatAck`].
+        ack: Option<u64>,
+    },
     /// Op 2: run the application's authentication check on `data` (the whole `d`).
     Authenticate {
         /// The credentials as the client sent them.
         data: Value,
         /// Mesa 1.5 `shouldSync` (default `true`): whether stored messages should be redelivered.
         should_sync: bool,
+        /// `d.resumable` (extension, default `false`): the client asks for a resumable session.
+        resumable: bool,
+    },
+    /// Op 6 (extension): run the authentication check on `data` (the whole `d`), then resume `session`
+    /// after `seq`.
+    Resume {
+        /// The credentials as the client sent them (with `session_id` and `seq` in them).
+        data: Value,
+        /// `d.session_id`, unparsed.
+        session: String,
+        /// `d.seq`: the last `s` the client processed.
+        seq: u64,
     },
     /// The client announced the version the server requires.
     VersionAccepted,
@@ -257,9 +275,9 @@ impl ConnectionState {
                     hb.acked = true;
                     hb.attempts = 0;
                 }
-                Inbound::HeartbeatAck
+                Inbound::HeartbeatAck { ack: frame.s }
             }
-            Some(OpCode::Heartbeat) => Inbound::HeartbeatRequest,
+            Some(OpCode::Heartbeat) => Inbound::HeartbeatRequest { ack: frame.s },
             Some(OpCode::Authenticate) => {
                 if let Some(bucket) = self.authentication_attempts.as_mut() {
                     if !bucket.try_take(now) {
@@ -271,9 +289,33 @@ impl ConnectionState {
                     .get("shouldSync")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
+                let resumable = frame
+                    .d
+                    .get("resumable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 Inbound::Authenticate {
                     data: frame.d.into_value(),
                     should_sync,
+                    resumable,
+                }
+            }
+            Some(OpCode::Resume) => {
+                if let Some(bucket) = self.authentication_attempts.as_mut() {
+                    if !bucket.try_take(now) {
+                        return Inbound::Close(self.close_code(CloseCode::RateLimited));
+                    }
+                }
+                let session = frame.d.get("session_id").and_then(Value::as_str);
+                let seq = frame.d.get("seq").and_then(Value::as_u64);
+                match (session, seq) {
+                    (Some(session), Some(seq)) => Inbound::Resume {
+                        session: session.to_string(),
+                        seq,
+                        data: frame.d.into_value(),
+                    },
+                    // A resume without its two fields is a malformed frame.
+                    _ => Inbound::Close(self.close_code(CloseCode::DecodeError)),
                 }
             }
             Some(OpCode::Dispatch) => {
@@ -406,7 +448,7 @@ mod tests {
             );
             assert_eq!(
                 s.on_frame(ack(), ms(t0, beat * 1000 + 10)),
-                Inbound::HeartbeatAck
+                Inbound::HeartbeatAck { ack: None }
             );
         }
     }
@@ -505,7 +547,8 @@ mod tests {
             s.on_frame(auth, t0),
             Inbound::Authenticate {
                 data: json!({"token": "x"}),
-                should_sync: true
+                should_sync: true,
+                resumable: false,
             }
         );
         let auth = Frame::new(
@@ -519,6 +562,44 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn resumable_sessions_and_acknowledgements() {
+        let t0 = Instant::now();
+        let mut s = ConnectionState::new(&rules(), t0);
+        let auth = Frame::new(
+            OpCode::Authenticate,
+            json!({"token": "x", "resumable": true}),
+        );
+        assert!(matches!(
+            s.on_frame(auth, t0),
+            Inbound::Authenticate {
+                resumable: true,
+                ..
+            }
+        ));
+        let resume = Frame::new(
+            OpCode::Resume,
+            json!({"token": "x", "session_id": "ab", "seq": 7}),
+        );
+        assert_eq!(
+            s.on_frame(resume, t0),
+            Inbound::Resume {
+                data: json!({"token": "x", "session_id": "ab", "seq": 7}),
+                session: "ab".into(),
+                seq: 7,
+            }
+        );
+        let mut ack = Frame::new(OpCode::HeartbeatAck, json!({}));
+        ack.s = Some(12);
+        assert_eq!(s.on_frame(ack, t0), Inbound::HeartbeatAck { ack: Some(12) });
+        // A resume without `seq` is malformed.
+        let broken = Frame::new(OpCode::Resume, json!({"session_id": "ab"}));
+        assert_eq!(
+            s.on_frame(broken, t0),
+            Inbound::Close(CloseCode::DecodeError)
+        );
     }
 
     #[test]
@@ -557,7 +638,10 @@ mod tests {
             assert_eq!(s.on_frame(frame, t0), Inbound::Ignored { op });
         }
         let ping = Frame::new(OpCode::Heartbeat, Value::Null);
-        assert_eq!(s.on_frame(ping, t0), Inbound::HeartbeatRequest);
+        assert_eq!(
+            s.on_frame(ping, t0),
+            Inbound::HeartbeatRequest { ack: None }
+        );
     }
 
     #[test]
@@ -581,7 +665,7 @@ mod tests {
                 t0,
             );
             for _ in 0..1000 {
-                assert_eq!(s.on_frame(ack(), t0), Inbound::HeartbeatAck);
+                assert_eq!(s.on_frame(ack(), t0), Inbound::HeartbeatAck { ack: None });
             }
         }
     }
@@ -598,7 +682,10 @@ mod tests {
         };
         let mut s = ConnectionState::new(&limited, t0);
         for _ in 0..5 {
-            assert!(matches!(s.on_frame(ack(), t0), Inbound::HeartbeatAck));
+            assert!(matches!(
+                s.on_frame(ack(), t0),
+                Inbound::HeartbeatAck { ack: None }
+            ));
         }
         assert_eq!(
             s.on_frame(ack(), t0),

@@ -99,6 +99,23 @@ impl Frame {
     }
 }
 
+/// An encoded frame with `"s": seq` added, without decoding it: what a resumable session is sent for a
+/// durable dispatch whose encoding every other recipient shares.
+///
+/// `encoded` must be a frame [`Frame::encode`] wrote with no `s` (a JSON object ending in `}`); anything
+/// else is returned unchanged.
+pub fn with_sequence(encoded: &str, seq: u64) -> String {
+    let Some(body) = encoded.strip_suffix('}') else {
+        return encoded.to_string();
+    };
+    let mut out = String::with_capacity(encoded.len() + 24);
+    out.push_str(body);
+    out.push_str(",\"s\":");
+    out.push_str(&seq.to_string());
+    out.push('}');
+    out
+}
+
 /// Whether arrays and objects in `json` nest deeper than `max`, ignoring brackets inside strings.
 fn nesting_depth_exceeds(json: &[u8], max: usize) -> bool {
     // Fast path for nearly every frame: with no more than `max` opening brackets in all (strings included),
@@ -135,6 +152,16 @@ fn nesting_depth_exceeds(json: &[u8], max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_is_spliced_into_an_encoded_frame() {
+        let frame = Frame::dispatch("X", serde_json::json!({"a": [1, "}"]}));
+        let spliced = with_sequence(&frame.encode(), 42);
+        let decoded = Frame::decode(&spliced).unwrap();
+        assert_eq!(decoded.s, Some(42));
+        assert_eq!(decoded.t.as_deref(), Some("X"));
+        assert_eq!(decoded.d.value(), &serde_json::json!({"a": [1, "}"]}));
+    }
     use serde_json::json;
 
     #[test]

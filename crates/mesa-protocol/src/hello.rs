@@ -31,6 +31,23 @@ pub struct Hello {
     /// The rules in force (see [`rules`]); always written, possibly empty.
     #[serde(default)]
     pub rules: Vec<String>,
+    /// Present when the server offers resumable sessions (op 2 with `resumable: true`, op 6): what it
+    /// keeps. Mesa 1.5 clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c_resume: Option<ResumeOffer>,
+}
+
+/// What a server that offers resumable sessions keeps ([`Hello::c_resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResumeOffer {
+    /// Milliseconds a session can be resumed after its connection ended.
+    pub session_ttl: u64,
+    /// The most messages kept per user for resumes.
+    pub max_messages: u64,
+    /// The most bytes of messages kept per user.
+    pub max_bytes: u64,
+    /// Milliseconds a message is kept at most.
+    pub max_age: u64,
 }
 
 impl Hello {
@@ -53,6 +70,7 @@ mod tests {
             c_reconnect_interval: Some(500),
             c_authentication_timeout: Some(2000),
             rules: vec![rules::SENDS_USER_OBJECT.into()],
+            c_resume: None,
         };
         assert_eq!(
             serde_json::to_string(&hello).unwrap(),

@@ -40,8 +40,8 @@ pub use connection::{
     AttemptLimit, ConnectionPhase, ConnectionRules, ConnectionState, HeartbeatRules, Inbound,
     TimerAction,
 };
-pub use frame::{DecodeError, Frame};
-pub use hello::{rules, Hello};
+pub use frame::{with_sequence, DecodeError, Frame};
+pub use hello::{rules, Hello, ResumeOffer};
 pub use opcode::OpCode;
 pub use payload::Payload;
 pub use rate_limit::{RateLimit, TokenBucket};

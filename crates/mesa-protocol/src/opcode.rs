@@ -2,7 +2,7 @@
 
 /// The operation a frame carries, from its `op` field.
 ///
-/// Opcodes 0, 1, 2, 5, 10, 11 and 22 are Mesa 1.5; 7 and 9 are extensions of this project, chosen to match
+/// Opcodes 0, 1, 2, 5, 10, 11 and 22 are Mesa 1.5; 6, 7 and 9 are extensions of this project, chosen to match
 /// Discord's gateway where the meaning is the same. A frame with any other number still decodes (its
 /// [`Frame::op`](crate::Frame::op) keeps the raw value) and the server ignores it, as Mesa 1.5 does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,10 +17,14 @@ pub enum OpCode {
     Authenticate,
     /// `5`, server-internal (Mesa 1.5 Redis channel): `t: "DISCONNECT_CLIENT"`. Never sent to clients.
     Internal,
+    /// `6`, client → server (extension): resume a session. `d` holds the credentials (as op 2's `d`) plus
+    /// `session_id` and `seq`, the last `s` the client processed.
+    Resume,
     /// `7`, server → client (extension): the server is going away; reconnect (to any node) now.
     Reconnect,
-    /// `9`, server → client (extension): authentication was refused but the connection stays open
-    /// (only when `disconnect_on_fail` is off). `d = {"reason": "…"}`.
+    /// `9`, server → client (extension): a session cannot go on, the connection stays open. Either
+    /// authentication was refused (only when `disconnect_on_fail` is off), or a resume (op 6) was refused
+    /// and the client must start a fresh session with op 2. `d = {"code": "…", "reason": "…"}`.
     InvalidSession,
     /// `10`, server → client: first frame after the upgrade, `d` is a [`Hello`](crate::Hello).
     Hello,
@@ -38,6 +42,7 @@ impl OpCode {
             OpCode::Heartbeat => 1,
             OpCode::Authenticate => 2,
             OpCode::Internal => 5,
+            OpCode::Resume => 6,
             OpCode::Reconnect => 7,
             OpCode::InvalidSession => 9,
             OpCode::Hello => 10,
@@ -53,6 +58,7 @@ impl OpCode {
             1 => OpCode::Heartbeat,
             2 => OpCode::Authenticate,
             5 => OpCode::Internal,
+            6 => OpCode::Resume,
             7 => OpCode::Reconnect,
             9 => OpCode::InvalidSession,
             10 => OpCode::Hello,
@@ -64,7 +70,10 @@ impl OpCode {
 
     /// Whether Mesa 1.5 defines this opcode (as opposed to an extension of this project).
     pub const fn is_mesa_1_5(self) -> bool {
-        !matches!(self, OpCode::Reconnect | OpCode::InvalidSession)
+        !matches!(
+            self,
+            OpCode::Resume | OpCode::Reconnect | OpCode::InvalidSession
+        )
     }
 }
 

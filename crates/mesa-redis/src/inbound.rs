@@ -156,6 +156,7 @@ impl Inbound {
             target,
             action,
             class: DeliveryClass::Durable,
+            sequence: None,
         });
     }
 
@@ -179,6 +180,7 @@ impl Inbound {
             target: incoming.target,
             action: incoming.action,
             class: DeliveryClass::Durable,
+            sequence: None,
         });
     }
 }

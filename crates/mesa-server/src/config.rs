@@ -296,6 +296,7 @@ impl Config {
             c_reconnect_interval: self.reconnect.enabled.then_some(self.reconnect.interval_ms),
             c_authentication_timeout: Some(self.authentication.timeout_ms),
             rules: rule_names,
+            c_resume: None,
         }
     }
 }

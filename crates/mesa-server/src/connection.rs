@@ -536,11 +536,13 @@ where
             Err(error) => return Step::Fail(Box::new(ConnectionError::Decode(error))),
         };
         match self.state.on_frame(frame, Instant::now().into_std()) {
-            Inbound::HeartbeatAck | Inbound::VersionAccepted => Step::Continue,
-            Inbound::HeartbeatRequest => {
+            Inbound::HeartbeatAck { .. } | Inbound::VersionAccepted => Step::Continue,
+            Inbound::HeartbeatRequest { .. } => {
                 Step::Reply(Frame::new(OpCode::HeartbeatAck, json!({})).encode().into())
             }
-            Inbound::Authenticate { data, should_sync } => Step::Authenticate(data, should_sync),
+            Inbound::Authenticate {
+                data, should_sync, ..
+            } => Step::Authenticate(data, should_sync),
             Inbound::Dispatch(frame) => self.dispatch(frame),
             Inbound::Ignored { op } => {
                 tracing::debug!(connection = %self.session.connection_id(), op, "ignored frame");
