@@ -18,6 +18,7 @@ pub mod ids;
 mod memory;
 pub mod publication;
 pub mod sessions;
+mod streams;
 pub mod target;
 
 #[cfg(feature = "conformance")]
