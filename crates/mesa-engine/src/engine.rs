@@ -32,6 +32,11 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Every user id with an authenticated session on this node, with how many sessions: what an engine
     /// rebuilds its presence entries and subscriptions from after losing its backend.
     fn user_sessions(&self) -> Vec<(String, usize)>;
+
+    /// The engine may have missed sequenced publications (it lost and regained its backend, or a buffer
+    /// overflowed): every resumable session re-reads its user's stream from the last position it delivered,
+    /// since no later publication may come to reveal the gap. Must not block.
+    fn resync_streams(&self) {}
 }
 
 /// Why an engine could not take a publication or answer a query.
