@@ -127,7 +127,7 @@ async fn on_dispatch(mesa: &Mesa, client: &Session, frame: Frame) {
 #[cfg(test)]
 fn hello() -> Value {
     let mesa = configure(Mesa::builder()).build();
-    json!({ "op": mesa_server::OpCode::Hello.code(), "d": mesa.config().hello() })
+    json!({ "op": mesa_server::OpCode::Hello.code(), "d": mesa.config().hello(mesa.engine().session_policy()) })
 }
 
 #[cfg(test)]

@@ -44,6 +44,59 @@ pub struct Config {
     /// still handled meanwhile) before the server closes it with 1012. At most half of `shutdown_timeout_ms`
     /// is used, so that the close still fits in the shutdown. Default 500 ms.
     pub shutdown_grace_ms: u64,
+    /// In a graceful shutdown, the window over which op 7 is sent: each connection gets it at its own
+    /// point in the window, so that a node's clients do not all land on the next node in the same second.
+    /// At most half of `shutdown_timeout_ms` is used. Default 0 (all at once).
+    pub shutdown_drain_window_ms: u64,
+    /// The most a client is told to wait (op 7 `retry_after_ms`, each connection its own value from 0 up to
+    /// this) before it reconnects. Default 1000 ms.
+    pub shutdown_retry_jitter_ms: u64,
+    /// Resumable sessions (op 2 `resumable`, op 6).
+    pub resume: ResumeConfig,
+}
+
+/// Resumable sessions: what the default in-memory engine keeps (another engine, such as Redis, has its own
+/// settings; the server offers what its engine keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// Whether clients may ask for resumable sessions. Default `true`.
+    pub enabled: bool,
+    /// The most messages kept per user. Default 1000.
+    pub max_messages: usize,
+    /// The most bytes of messages kept per user. Default 1 MiB.
+    pub max_bytes: usize,
+    /// The longest a message is kept, in milliseconds. Default 900000 (15 minutes).
+    pub max_age_ms: u64,
+    /// How long a session can be resumed after its connection ended, in milliseconds. Default 300000.
+    pub session_ttl_ms: u64,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        let policy = mesa_engine::SessionPolicy::default();
+        ResumeConfig {
+            enabled: true,
+            max_messages: policy.retention.max_messages,
+            max_bytes: policy.retention.max_bytes,
+            max_age_ms: u64::try_from(policy.retention.max_age.as_millis()).unwrap_or(u64::MAX),
+            session_ttl_ms: u64::try_from(policy.session_ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl ResumeConfig {
+    /// The engine policy these settings describe.
+    pub fn policy(&self) -> mesa_engine::SessionPolicy {
+        mesa_engine::SessionPolicy {
+            retention: mesa_engine::Retention {
+                max_messages: self.max_messages.max(1),
+                max_bytes: self.max_bytes.max(1),
+                max_age: std::time::Duration::from_millis(self.max_age_ms.max(1)),
+            },
+            session_ttl: std::time::Duration::from_millis(self.session_ttl_ms.max(1)),
+        }
+    }
 }
 
 /// Which headers of the upgrade request a session keeps for its whole life. A peer chooses how many headers
@@ -84,6 +137,9 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             shutdown_timeout_ms: 5000,
             shutdown_grace_ms: 500,
+            shutdown_drain_window_ms: 0,
+            shutdown_retry_jitter_ms: 1000,
+            resume: ResumeConfig::default(),
         }
     }
 }
@@ -282,7 +338,7 @@ impl Config {
     }
 
     /// The Hello payload this configuration announces.
-    pub fn hello(&self) -> mesa_protocol::Hello {
+    pub fn hello(&self, sessions: Option<mesa_engine::SessionPolicy>) -> mesa_protocol::Hello {
         use mesa_protocol::rules;
         let mut rule_names = Vec::new();
         if self.client.enforce_equal_versions {
@@ -296,7 +352,15 @@ impl Config {
             c_reconnect_interval: self.reconnect.enabled.then_some(self.reconnect.interval_ms),
             c_authentication_timeout: Some(self.authentication.timeout_ms),
             rules: rule_names,
-            c_resume: None,
+            c_resume: sessions.filter(|_| self.resume.enabled).map(|policy| {
+                let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                mesa_protocol::ResumeOffer {
+                    session_ttl: ms(policy.session_ttl),
+                    max_messages: policy.retention.max_messages as u64,
+                    max_bytes: policy.retention.max_bytes as u64,
+                    max_age: ms(policy.retention.max_age),
+                }
+            }),
         }
     }
 }
@@ -314,7 +378,7 @@ mod tests {
         assert_eq!(config.heartbeat.max_attempts, 3);
         assert_eq!(config.reconnect.interval_ms, 5000);
         assert_eq!(config.authentication.timeout_ms, 10_000);
-        let hello = serde_json::to_string(&config.hello()).unwrap();
+        let hello = serde_json::to_string(&config.hello(None)).unwrap();
         assert_eq!(
             hello,
             r#"{"c_heartbeat_interval":10000,"c_reconnect_interval":5000,"c_authentication_timeout":10000,"rules":["sends_user_object"]}"#

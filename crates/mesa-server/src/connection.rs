@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use mesa_protocol::{CloseCode, ConnectionState, Frame, Inbound, OpCode, TimerAction};
+use mesa_engine::{Release, ResumeRefusal, SessionId, Target};
+use mesa_protocol::{
+    with_sequence, CloseCode, ConnectionState, Frame, Inbound, OpCode, TimerAction,
+};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -29,6 +32,7 @@ use crate::error::ConnectionError;
 use crate::events::{guarded, BoxFuture, Disconnection, Panicked};
 use crate::outbox::{CloseRequest, KEPT_SLOTS};
 use crate::registry::IdentityError;
+use crate::resume::{Offered, SessionStream};
 use crate::server::Inner;
 use crate::session::Session;
 use crate::socket::{client_frame_len, BufferedSocket};
@@ -48,6 +52,14 @@ const LARGE_MESSAGE: usize = 4096;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a resumable session waits before it reads its stream again after the engine failed to answer.
+const STREAM_RETRY: Duration = Duration::from_millis(500);
+
+/// Closes after which a resumable session can still be resumed: the connection failed or the server asked
+/// the client to come back (restart, overload, slow consumer, missed heartbeats, rate limit). Every other
+/// server close, and a client's 1000, ends the session.
+const RESUMABLE_CLOSES: [u16; 8] = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010];
 
 /// Why the serve loop ended.
 enum Exit {
@@ -77,9 +89,26 @@ enum Step {
     Exit(Exit),
     Fail(Box<ConnectionError>),
     Reply(Utf8Bytes),
-    /// Op 2's `d`, and its `shouldSync`.
-    Authenticate(serde_json::Value, bool),
+    /// Op 2's `d`, its `shouldSync` and `resumable`.
+    Authenticate(serde_json::Value, bool, bool),
+    /// Op 6 (boxed: rare, and every turn's future holds a `Step`).
+    Resume(Box<ResumeRequest>),
     Dispatch(BoxFuture<()>),
+}
+
+/// Op 6: the credentials, the session id as sent, the last position the client processed.
+struct ResumeRequest {
+    data: serde_json::Value,
+    session: String,
+    seq: u64,
+}
+
+/// How a client authenticates.
+enum Login {
+    /// Op 2.
+    Fresh { should_sync: bool, resumable: bool },
+    /// Op 6.
+    Resume { session: String, seq: u64 },
 }
 
 struct ConnectionTask<S> {
@@ -90,8 +119,11 @@ struct ConnectionTask<S> {
     /// Frames fed to the socket but not yet flushed, counted in `frames_sent` once flushed. (The fields
     /// are sized with care: this struct is boxed once per connection, and 640 B is an allocator class.)
     unflushed: u32,
-    /// After op 7: when to stop waiting for the client to leave by itself.
+    /// After op 7: when to stop waiting for the client to leave by itself; with `reconnect_pending`,
+    /// when to send op 7 (its point in the shutdown's drain window).
     draining_until: Option<Instant>,
+    /// Shutting down, op 7 not sent yet.
+    reconnect_pending: bool,
     /// A write failed or timed out: the socket cannot take more, so closing does not try to write the queue.
     write_failed: bool,
     /// Bytes of the client frames tungstenite returned since the socket was (re)wrapped.
@@ -126,10 +158,21 @@ impl Registration {
         }
     }
 
-    /// Removes the session (no send reaches it after this) and counts the close.
-    fn finish(&mut self, server_code: Option<u16>) {
+    /// Removes the session (no send reaches it after this), releases its resumable session, and counts
+    /// the close.
+    fn finish(&mut self, server_code: Option<u16>, release: Release) {
         if !self.done {
             self.done = true;
+            if let (Some(stream), Some(identity)) =
+                (self.session.stream(), self.session.stored_identity())
+            {
+                self.inner.router.engine().release_session(
+                    &identity.id,
+                    stream.id,
+                    self.session.connection_id(),
+                    release,
+                );
+            }
             let undelivered = self.inner.registry.remove(&self.session);
             self.inner.metrics.frames_undelivered(undelivered);
             self.inner.metrics.connection_closed(server_code);
@@ -139,7 +182,22 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.finish(None);
+        // A panic or a dropped task: the client did not end the session.
+        self.finish(None, Release::Keep);
+    }
+}
+
+/// Whether a connection that ended so leaves its resumable session resumable.
+fn release_for(disconnection: &Disconnection) -> Release {
+    let ended = if disconnection.by_server {
+        !RESUMABLE_CLOSES.contains(&disconnection.code)
+    } else {
+        disconnection.code == CloseCode::Normal.code()
+    };
+    if ended {
+        Release::End
+    } else {
+        Release::Keep
     }
 }
 
@@ -160,6 +218,7 @@ where
         inner,
         unflushed: 0,
         draining_until: None,
+        reconnect_pending: false,
         write_failed: false,
         consumed: 0,
         buffers_grown: false,
@@ -207,7 +266,7 @@ where
             }
         };
         let (disconnection, server_code) = Box::pin(self.finish(exit)).await;
-        registration.finish(server_code);
+        registration.finish(server_code, release_for(&disconnection));
         if Box::pin(inner.hooks.disconnection(&self.session, disconnection))
             .await
             .is_err()
@@ -223,8 +282,16 @@ where
             // wait on the token (one would register under the lock all connections share on every turn, and
             // enlarge every idle connection).
             if self.draining_until.is_none() && inner.shutdown.is_cancelled() {
-                if let Err(exit) = Box::pin(self.start_draining()).await {
-                    return exit;
+                let (window, _) = self.drain_timing();
+                if window.is_zero() {
+                    if let Err(exit) = Box::pin(self.start_draining()).await {
+                        return exit;
+                    }
+                } else {
+                    // This connection's point in the drain window.
+                    let spread = self.spread(0x9E37_79B9_7F4A_7C15) % (window.as_millis() as u64);
+                    self.draining_until = Some(Instant::now() + Duration::from_millis(spread));
+                    self.reconnect_pending = true;
                 }
             }
             let deadline = self.state.next_deadline().map(Instant::from_std);
@@ -261,9 +328,14 @@ where
             let result = match turn {
                 Turn::Timer => {
                     if draining.is_some_and(|until| Instant::now() >= until) {
-                        return Exit::Shutdown;
+                        if !self.reconnect_pending {
+                            return Exit::Shutdown;
+                        }
+                        self.reconnect_pending = false;
+                        Box::pin(self.start_draining()).await
+                    } else {
+                        Box::pin(self.on_deadline()).await
                     }
-                    Box::pin(self.on_deadline()).await
                 }
                 Turn::Outbox => {
                     self.outbox_turns = if socket_first {
@@ -271,8 +343,15 @@ where
                     } else {
                         self.outbox_turns + 1
                     };
-                    self.write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES)
+                    match self
+                        .write_queued(WRITE_BUDGET_FRAMES, WRITE_BUDGET_BYTES)
                         .await
+                    {
+                        Ok(()) if self.session.stream().is_some_and(SessionStream::has_gap) => {
+                            Box::pin(self.catch_up()).await
+                        }
+                        written => written,
+                    }
                 }
                 Turn::Socket(step) => {
                     self.outbox_turns = 0;
@@ -288,14 +367,34 @@ where
     /// Graceful shutdown, step one: everything queued so far, then op 7 ("reconnect elsewhere"). The
     /// connection keeps working until the client leaves or `shutdown_grace_ms` passes.
     async fn start_draining(&mut self) -> Result<(), Exit> {
-        // At most half the shutdown timeout, so that the close and its handshake still fit in it.
-        let config = &self.inner.config;
-        let grace =
-            Duration::from_millis(config.shutdown_grace_ms.min(config.shutdown_timeout_ms / 2));
+        let (_, grace) = self.drain_timing();
         self.draining_until = Some(Instant::now() + grace);
         self.write_queued(usize::MAX, usize::MAX).await?;
-        let reconnect: Utf8Bytes = Frame::new(OpCode::Reconnect, json!({})).encode().into();
+        let jitter = self.inner.config.shutdown_retry_jitter_ms;
+        let retry_after = self.spread(0xD6E8_FEB8_6659_FD93) % jitter.saturating_add(1);
+        let reconnect: Utf8Bytes =
+            Frame::new(OpCode::Reconnect, json!({ "retry_after_ms": retry_after }))
+                .encode()
+                .into();
         self.write(reconnect).await
+    }
+
+    /// The drain window (at most half the shutdown timeout) and the grace after op 7 (at most half of what
+    /// is left), so that the close and its handshake still fit in the shutdown.
+    fn drain_timing(&self) -> (Duration, Duration) {
+        let config = &self.inner.config;
+        let window = config
+            .shutdown_drain_window_ms
+            .min(config.shutdown_timeout_ms / 2);
+        let grace = config
+            .shutdown_grace_ms
+            .min((config.shutdown_timeout_ms - window) / 2);
+        (Duration::from_millis(window), Duration::from_millis(grace))
+    }
+
+    /// A number that spreads this node's connections evenly (consecutive ids scattered by a multiplier).
+    fn spread(&self, multiplier: u64) -> u64 {
+        self.session.connection_id().seq().wrapping_mul(multiplier) >> 16
     }
 
     /// Handles one message from the socket, then up to [`READ_BATCH`] − 1 more that are already buffered,
@@ -489,8 +588,16 @@ where
                 self.unflushed = self.unflushed.saturating_add(1);
                 self.check_written(fed).await
             }
-            Step::Authenticate(data, should_sync) => {
-                Box::pin(self.authenticate(data, should_sync)).await
+            Step::Authenticate(data, should_sync, resumable) => {
+                let login = Login::Fresh {
+                    should_sync,
+                    resumable,
+                };
+                Box::pin(self.authenticate(data, login)).await
+            }
+            Step::Resume(request) => {
+                let ResumeRequest { data, session, seq } = *request;
+                Box::pin(self.authenticate(data, Login::Resume { session, seq })).await
             }
             Step::Dispatch(handled) => guarded(handled).await.map_err(|panicked| {
                 self.inner.metrics.handler_panicked();
@@ -536,13 +643,23 @@ where
             Err(error) => return Step::Fail(Box::new(ConnectionError::Decode(error))),
         };
         match self.state.on_frame(frame, Instant::now().into_std()) {
-            Inbound::HeartbeatAck { .. } | Inbound::VersionAccepted => Step::Continue,
-            Inbound::HeartbeatRequest { .. } => {
+            Inbound::VersionAccepted => Step::Continue,
+            Inbound::HeartbeatAck { ack } => {
+                self.acknowledge(ack);
+                Step::Continue
+            }
+            Inbound::HeartbeatRequest { ack } => {
+                self.acknowledge(ack);
                 Step::Reply(Frame::new(OpCode::HeartbeatAck, json!({})).encode().into())
             }
             Inbound::Authenticate {
-                data, should_sync, ..
-            } => Step::Authenticate(data, should_sync),
+                data,
+                should_sync,
+                resumable,
+            } => Step::Authenticate(data, should_sync, resumable),
+            Inbound::Resume { data, session, seq } => {
+                Step::Resume(Box::new(ResumeRequest { data, session, seq }))
+            }
             Inbound::Dispatch(frame) => self.dispatch(frame),
             Inbound::Ignored { op } => {
                 tracing::debug!(connection = %self.session.connection_id(), op, "ignored frame");
@@ -551,6 +668,22 @@ where
             }
             Inbound::Close(code) => Step::Exit(Exit::close(code)),
             _ => Step::Continue,
+        }
+    }
+
+    /// A client's acknowledgement (`s` of op 11 or op 1) of its resumable session, passed to the engine
+    /// when it moves forward.
+    fn acknowledge(&self, ack: Option<u64>) {
+        let (Some(seq), Some(stream)) = (ack, self.session.stream()) else {
+            return;
+        };
+        if let Some(seq) = stream.acknowledge(seq) {
+            if let Some(identity) = self.session.stored_identity() {
+                self.inner
+                    .router
+                    .engine()
+                    .acknowledge(&identity.id, stream.id, seq);
+            }
         }
     }
 
@@ -578,11 +711,7 @@ where
         exit
     }
 
-    async fn authenticate(
-        &mut self,
-        data: serde_json::Value,
-        should_sync: bool,
-    ) -> Result<(), Exit> {
+    async fn authenticate(&mut self, data: serde_json::Value, login: Login) -> Result<(), Exit> {
         let inner = self.inner.clone();
         let config = &inner.config.authentication;
         let refusal = match &inner.hooks.authenticate {
@@ -590,7 +719,7 @@ where
             Some(check) => {
                 let limit = Duration::from_millis(config.check_timeout_ms.max(1));
                 match timeout(limit, guarded(check(data, self.session.clone()))).await {
-                    Ok(Ok(Ok(identity))) => return self.authenticated(identity, should_sync).await,
+                    Ok(Ok(Ok(identity))) => return self.authenticated(identity, login).await,
                     // The check could not decide: retryable, like a timeout.
                     Ok(Ok(Err(refusal))) if refusal.is_retryable() && config.disconnect_on_fail => {
                         let reason = refusal.reason().to_string();
@@ -616,36 +745,111 @@ where
         // Refused, connection kept: it is no longer who it was (sends to the old user id stop before op 9).
         inner.registry.deauthenticate(&self.session);
         self.state.authentication_refused(Instant::now().into_std());
-        let refused = Frame::new(OpCode::InvalidSession, json!({ "reason": refusal }));
+        let refused = Frame::new(
+            OpCode::InvalidSession,
+            json!({ "code": "authentication_failed", "reason": refusal }),
+        );
         // What the application queued before this op 2 goes first.
         self.feed_queued(usize::MAX, usize::MAX).await?;
         self.write(refused.encode().into()).await
     }
 
-    async fn authenticated(
-        &mut self,
-        identity: crate::Identity,
-        should_sync: bool,
-    ) -> Result<(), Exit> {
+    async fn authenticated(&mut self, identity: crate::Identity, login: Login) -> Result<(), Exit> {
         let inner = self.inner.clone();
         let user = if inner.config.authentication.send_user_object {
             identity.user.clone()
         } else {
             json!({})
         };
+        // A resumable session is opened or claimed before the session can be found by its user id, so that
+        // no durable send falls between the stream and the live path (frames that reach the session before
+        // its start is known are read from the stream after op 22).
+        let opened = match &login {
+            Login::Resume { session, seq } => {
+                match Box::pin(self.claim(&identity.id, session, *seq)).await? {
+                    Some(id) => Some((id, *seq, true)),
+                    None => return Ok(()),
+                }
+            }
+            Login::Fresh {
+                resumable: true, ..
+            } if inner.router.resumable() && self.session.stream().is_none() => {
+                let id = SessionId::random();
+                let engine = inner.router.engine();
+                match engine
+                    .open_session(&identity.id, id, self.session.connection_id())
+                    .await
+                {
+                    Ok(opened) => Some((id, opened.start, false)),
+                    Err(error) => {
+                        tracing::warn!(connection = %self.session.connection_id(), %error, "resumable session not opened");
+                        let code = CloseCode::TryAgainLater;
+                        return Err(Exit::Close(code.code(), "session store unavailable".into()));
+                    }
+                }
+            }
+            Login::Fresh { .. } => None,
+        };
+        if let Some((id, _, _)) = opened {
+            // Set once: a session that is resumable already keeps its stream (it re-authenticated).
+            let _ = self
+                .session
+                .shared
+                .stream
+                .set(Box::new(SessionStream::pending(id)));
+        }
+        let user_id = identity.id.clone();
         match inner.registry.authenticate(&self.session, identity) {
             Ok(()) => {}
-            Err(IdentityError::OtherUser) => {
-                return Err(Exit::close(CloseCode::AlreadyAuthenticated))
+            Err(error) => {
+                if let (Some((id, _, resumed)), Some(_)) = (opened, self.session.stream()) {
+                    let release = if resumed { Release::Keep } else { Release::End };
+                    let connection = self.session.connection_id();
+                    inner
+                        .router
+                        .engine()
+                        .release_session(&user_id, id, connection, release);
+                }
+                return Err(match error {
+                    IdentityError::OtherUser => Exit::close(CloseCode::AlreadyAuthenticated),
+                    IdentityError::Gone => Exit::Dropped,
+                });
             }
-            Err(IdentityError::Gone) => return Err(Exit::Dropped),
         }
         self.state.authenticated();
-        let ack: Utf8Bytes = Frame::new(OpCode::AuthenticationAck, user).encode().into();
+        let d = match (opened, self.session.stream()) {
+            (Some((id, after, resumed)), _) => json!({
+                "user": user,
+                "session_id": id.to_string(),
+                "resumed": resumed,
+                "seq": after,
+            }),
+            // Re-authentication of a resumable session (a refreshed token): it goes on where it is.
+            (None, Some(stream)) => json!({
+                "user": user,
+                "session_id": stream.id.to_string(),
+                "resumed": true,
+                "seq": stream.queued(),
+            }),
+            (None, None) => user,
+        };
+        let ack: Utf8Bytes = Frame::new(OpCode::AuthenticationAck, d).encode().into();
         // What the application queued before this op 2 goes first.
         self.feed_queued(usize::MAX, usize::MAX).await?;
         self.write(ack).await?;
-        self.redeliver(should_sync).await?;
+        match (opened, self.session.stream(), login) {
+            (Some((_, after, _)), Some(stream), _) => {
+                stream.start(after);
+                // The engine's subscriptions for this user are in place before the stream is read: what is
+                // appended after the read then arrives live.
+                if let Err(error) = inner.router.engine().flush().await {
+                    tracing::warn!(connection = %self.session.connection_id(), %error, "engine flush failed before the replay");
+                }
+                Box::pin(self.catch_up()).await?;
+            }
+            (None, None, Login::Fresh { should_sync, .. }) => self.redeliver(should_sync).await?,
+            _ => {}
+        }
         inner
             .hooks
             .authenticated(&self.session)
@@ -654,6 +858,131 @@ where
                 inner.metrics.handler_panicked();
                 Exit::panicked(panicked)
             })
+    }
+
+    /// Op 6, after the authentication check accepted the client as `user_id`: claims the session in the
+    /// engine. `Some(id)` when it is this connection's now; `None` when the resume was refused (op 9 was
+    /// written and the connection waits for op 2).
+    async fn claim(
+        &mut self,
+        user_id: &str,
+        session: &str,
+        seq: u64,
+    ) -> Result<Option<SessionId>, Exit> {
+        let inner = self.inner.clone();
+        if self.session.stream().is_some() || self.state.is_authenticated() {
+            return Err(Exit::close(CloseCode::AlreadyAuthenticated));
+        }
+        let id = match session.parse::<SessionId>() {
+            Ok(id) if inner.router.resumable() => id,
+            _ => return self.refuse_resume(ResumeRefusal::UnknownSession).await,
+        };
+        let engine = inner.router.engine();
+        let connection = self.session.connection_id();
+        match engine.claim_session(user_id, id, connection, seq).await {
+            Ok(Ok(claimed)) => {
+                if let Some(previous) = claimed.previous {
+                    // Only one connection serves a session: the one it was resumed from is closed.
+                    let code = CloseCode::SessionTakenOver;
+                    if let Err(error) = inner
+                        .router
+                        .disconnect(&Target::connection(previous), code.code(), code.reason())
+                        .await
+                    {
+                        tracing::debug!(%previous, %error, "the connection a session was resumed from was not reached");
+                    }
+                }
+                Ok(Some(id))
+            }
+            Ok(Err(refusal)) => self.refuse_resume(refusal).await,
+            Err(error) => {
+                tracing::warn!(connection = %connection, %error, "resume not checked: session store unavailable");
+                let code = CloseCode::TryAgainLater;
+                Err(Exit::Close(code.code(), "session store unavailable".into()))
+            }
+        }
+    }
+
+    /// A refused resume: op 9 with the reason; the connection stays open for a fresh op 2.
+    async fn refuse_resume(&mut self, refusal: ResumeRefusal) -> Result<Option<SessionId>, Exit> {
+        self.state.authentication_refused(Instant::now().into_std());
+        let refused = Frame::new(
+            OpCode::InvalidSession,
+            json!({ "code": refusal.code(), "reason": refusal.to_string() }),
+        );
+        self.feed_queued(usize::MAX, usize::MAX).await?;
+        self.write(refused.encode().into()).await?;
+        Ok(None)
+    }
+
+    /// Fills a resumable session's gap from its user's stream, a page at a time, each page written before
+    /// the next is read (the outbox stays within its bound). Ends when nothing is missing; when what is
+    /// missing is no longer kept, the session is invalidated (op 9, then 4013).
+    async fn catch_up(&mut self) -> Result<(), Exit> {
+        let Some(identity) = self.session.stored_identity() else {
+            return Ok(());
+        };
+        let engine = self.inner.router.engine().clone();
+        let page = (self.inner.config.limits.outbound_queue / 2).clamp(1, 512);
+        loop {
+            let Some(stream) = self.session.stream() else {
+                return Ok(());
+            };
+            let Some(after) = stream.take_gap() else {
+                return Ok(());
+            };
+            let read = match engine.read_stream(&identity.id, after, page).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(gap)) => {
+                    tracing::info!(connection = %self.session.connection_id(), %gap, "session invalidated");
+                    let refusal = ResumeRefusal::RetentionExceeded;
+                    let invalid = Frame::new(
+                        OpCode::InvalidSession,
+                        json!({ "code": refusal.code(), "reason": refusal.to_string() }),
+                    );
+                    self.feed_queued(usize::MAX, usize::MAX).await?;
+                    self.write(invalid.encode().into()).await?;
+                    return Err(Exit::close(CloseCode::SessionInvalidated));
+                }
+                Err(error) => {
+                    tracing::warn!(connection = %self.session.connection_id(), %error, "stream not read; retrying");
+                    let session = self.session.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STREAM_RETRY).await;
+                        if let Some(stream) = session.stream() {
+                            stream.mark_gap();
+                            session.shared.outbox.wake();
+                        }
+                    });
+                    return Ok(());
+                }
+            };
+            let outbox = &self.session.shared.outbox;
+            let mut refused = false;
+            let empty = read.entries.is_empty();
+            for entry in read.entries {
+                let Ok(text) = Utf8Bytes::try_from(entry.frame.as_bytes().clone()) else {
+                    continue;
+                };
+                let offered = stream.offer(entry.seq, outbox, || {
+                    with_sequence(text.as_str(), entry.seq).into()
+                });
+                if let Offered::Refused(_) = offered {
+                    // Full (closing with 4010, resumable) or closed: nothing more goes in.
+                    refused = true;
+                    break;
+                }
+            }
+            // More was appended than this page held. (An empty page cannot make progress: the stream
+            // reported its head but no entry after the position, which only a foreign writer can cause.)
+            if !refused && !empty && read.head > stream.queued() {
+                stream.mark_gap();
+            }
+            self.write_queued(usize::MAX, usize::MAX).await?;
+            if refused {
+                return Ok(());
+            }
+        }
     }
 
     /// Mesa 1.5 sync, after op 22: the messages the engine kept for this user while offline, numbered

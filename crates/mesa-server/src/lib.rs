@@ -10,7 +10,8 @@
 //! goes through a type-erased weak handle, so there is no circle):
 //! - [`ids`]: [`NodeId`] and [`ConnectionId`] (node + counter, unique across nodes); [`target`]: who a send
 //!   is for ([`Target`]) and what became of it ([`Delivery`]). Plain data, from `mesa-engine`.
-//! - `outbox`: a session's bounded outbound queue (frames and bytes).
+//! - `outbox`: a session's bounded outbound queue (frames and bytes); `resume`: a resumable session's place
+//!   in its user's stream, the gate every sequenced frame passes into the outbox.
 //! - [`session`]: [`Session`], the handle the application holds for one client, and its [`SessionState`].
 //! - `registry`: the one owner of sessions, their identities and the user index; local fan-out.
 //! - `router`: the one routing layer every send goes through: encode once, hand to the [`Engine`]
@@ -64,6 +65,7 @@ pub mod metrics;
 mod origin;
 mod outbox;
 mod registry;
+mod resume;
 mod router;
 pub mod server;
 pub mod service;
@@ -78,7 +80,7 @@ pub use mesa_engine::{
     ConnectionId, Engine, EngineError, Health, MemoryEngine, NodeId, NodeStatus, Presence,
     PublishError,
 };
-pub use mesa_engine::{Delivery, Recipients, Target};
+pub use mesa_engine::{Delivery, Recipients, Retention, SessionId, SessionPolicy, Target};
 pub use mesa_protocol::{CloseCode, Frame, OpCode};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use server::{Mesa, MesaBuilder};

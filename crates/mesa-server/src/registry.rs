@@ -12,6 +12,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::SendError;
 use crate::ids::ConnectionId;
+use crate::outbox::PushError;
+use crate::resume::Offered;
 use crate::session::{Identity, Session, StoredIdentity};
 use crate::target::{Delivery, Recipients, Target};
 
@@ -274,6 +276,55 @@ impl Registry {
             }
         });
         delivery
+    }
+
+    /// Queues a durable frame at position `seq` of `user_id`'s stream: resumable sessions get it with `s`
+    /// through their stream gate (in order, once), the others as it is.
+    pub(crate) fn deliver_sequenced(&self, text: &Utf8Bytes, user_id: &str, seq: u64) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut sequenced: Option<Utf8Bytes> = None;
+        let index = self.read();
+        let Some(sessions) = index.users.get(user_id) else {
+            return delivery;
+        };
+        sessions.for_each(|session| {
+            let result = match session.stream() {
+                None => session.send_encoded(text.clone()),
+                Some(stream) => {
+                    let offered = stream.offer(seq, &session.shared.outbox, || {
+                        sequenced
+                            .get_or_insert_with(|| {
+                                mesa_protocol::with_sequence(text.as_str(), seq).into()
+                            })
+                            .clone()
+                    });
+                    match offered {
+                        Offered::Queued => Ok(()),
+                        // Not lost: the connection task fills the gap from the stream.
+                        Offered::Duplicate | Offered::Gap => return,
+                        Offered::Refused(PushError::Full) => Err(SendError::QueueFull),
+                        Offered::Refused(PushError::Closed) => Err(SendError::Closed),
+                    }
+                }
+            };
+            match result {
+                Ok(()) => delivery.queued += 1,
+                Err(SendError::QueueFull) => delivery.slow_consumers += 1,
+                Err(_) => {}
+            }
+        });
+        delivery
+    }
+
+    /// Has every resumable session re-read its stream (the engine may have lost sequenced frames).
+    pub(crate) fn resync_streams(&self) {
+        let index = self.read();
+        for session in index.sessions.values() {
+            if let Some(stream) = session.stream() {
+                stream.mark_gap();
+                session.shared.outbox.wake();
+            }
+        }
     }
 
     /// Calls `f` once for every session `target` names (each session at most once).

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use mesa_engine::{
-    Action, Delivery, DeliveryClass, Engine, LocalNode, NodeId, Publication, Target,
+    Action, Delivery, DeliveryClass, Engine, LocalNode, NodeId, Publication, Recipients, Target,
 };
 use mesa_protocol::Frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -35,8 +35,15 @@ impl LocalNode for Node {
                 let Ok(text) = Utf8Bytes::try_from(frame.as_bytes().clone()) else {
                     return Delivery::default();
                 };
-                self.registry
-                    .deliver(&text, &publication.target, self.authenticated_only)
+                match (publication.sequence, &publication.target.recipients) {
+                    // An engine hands sequenced publications for one user each.
+                    (Some(seq), Recipients::Users(ids)) if ids.len() == 1 => {
+                        self.registry.deliver_sequenced(&text, &ids[0], seq)
+                    }
+                    _ => self
+                        .registry
+                        .deliver(&text, &publication.target, self.authenticated_only),
+                }
             }
             Action::Disconnect { code, reason } => {
                 let mut delivery = Delivery::default();
@@ -61,21 +68,37 @@ impl LocalNode for Node {
     fn user_sessions(&self) -> Vec<(String, usize)> {
         self.registry.user_sessions()
     }
+
+    fn resync_streams(&self) {
+        self.registry.resync_streams();
+    }
 }
 
 /// Encodes and routes sends. Owned by the server; cheap to share.
 pub(crate) struct Router {
     node: NodeId,
     engine: Arc<dyn Engine>,
+    /// The server offers resumable sessions.
+    resumable: bool,
 }
 
 impl Router {
-    pub(crate) fn new(node: NodeId, engine: Arc<dyn Engine>) -> Router {
-        Router { node, engine }
+    /// `resumable`: the server offers resumable sessions (its engine keeps per-user streams).
+    pub(crate) fn new(node: NodeId, engine: Arc<dyn Engine>, resumable: bool) -> Router {
+        Router {
+            node,
+            engine,
+            resumable,
+        }
     }
 
     pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Whether the server offers resumable sessions.
+    pub(crate) fn resumable(&self) -> bool {
+        self.resumable
     }
 
     /// Encodes `frame` once and has the engine queue the same bytes on every session `target` names.
@@ -83,10 +106,18 @@ impl Router {
     /// The frame's `o` (Mesa 1.5 message options) is read here and never sent: `o.sync: false` makes the
     /// send [`DeliveryClass::Volatile`] (an engine that keeps messages for offline users skips it).
     pub(crate) async fn send(&self, frame: &Frame, target: &Target) -> Result<Delivery, SendError> {
+        // A durable send to users gets its `s` per resumable session, from the user's stream: one the
+        // application set would appear twice.
+        let numbered = frame.s.is_some()
+            && self.resumable
+            && matches!(target.recipients, Recipients::Users(_));
         let (class, encoded) = match &frame.o {
-            None => (DeliveryClass::Durable, frame.encode()),
-            Some(options) => {
-                let sync = options.get("sync").and_then(serde_json::Value::as_bool);
+            None if !numbered => (DeliveryClass::Durable, frame.encode()),
+            options => {
+                let sync = options
+                    .as_ref()
+                    .and_then(|options| options.get("sync"))
+                    .and_then(serde_json::Value::as_bool);
                 let class = if sync == Some(false) {
                     DeliveryClass::Volatile
                 } else {
@@ -94,6 +125,9 @@ impl Router {
                 };
                 let mut bare = frame.clone();
                 bare.o = None;
+                if numbered && class == DeliveryClass::Durable {
+                    bare.s = None;
+                }
                 (class, bare.encode())
             }
         };

@@ -492,9 +492,19 @@ impl MesaBuilder {
     /// The server.
     pub fn build(self) -> Mesa {
         let config = self.config;
+        let node_id = self.node_id.unwrap_or_else(NodeId::random);
+        let engine = self.engine.unwrap_or_else(|| {
+            let engine = if config.resume.enabled {
+                MemoryEngine::with_sessions(config.resume.policy())
+            } else {
+                MemoryEngine::without_sessions()
+            };
+            Arc::new(engine) as Arc<dyn Engine>
+        });
+        let sessions = engine.session_policy().filter(|_| config.resume.enabled);
         let hello = Frame::new(
             OpCode::Hello,
-            serde_json::to_value(config.hello()).unwrap_or(Value::Null),
+            serde_json::to_value(config.hello(sessions)).unwrap_or(Value::Null),
         );
         let max = config.limits.max_message_size.max(1);
         let ws_config = WebSocketConfig::default()
@@ -502,10 +512,6 @@ impl MesaBuilder {
             .write_buffer_size(WRITE_BATCH_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let node_id = self.node_id.unwrap_or_else(NodeId::random);
-        let engine = self
-            .engine
-            .unwrap_or_else(|| Arc::new(MemoryEngine::new()) as Arc<dyn Engine>);
         let registry = Arc::new(Registry::new(node_id, engine.clone()));
         let node = Arc::new(Node {
             id: node_id,
@@ -514,7 +520,7 @@ impl MesaBuilder {
         });
         // The engine holds the node (attached here, detached at the end of shutdown).
         engine.attach(node);
-        let router = Router::new(node_id, engine);
+        let router = Router::new(node_id, engine, sessions.is_some());
         Mesa {
             inner: Arc::new(Inner {
                 rules: config.connection_rules(),

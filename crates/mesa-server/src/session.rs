@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use http::HeaderMap;
 use mesa_protocol::{CloseCode, Frame};
@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::error::SendError;
 use crate::ids::ConnectionId;
 use crate::outbox::{Outbox, OutboxPhase, PushError};
+use crate::resume::SessionStream;
 
 /// Who a session authenticated as: the application's user id and user object.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +149,8 @@ pub(crate) struct SessionShared {
     /// Written only by the registry, under its lock, together with the user index.
     pub(crate) identity: RwLock<Option<Arc<StoredIdentity>>>,
     pub(crate) outbox: Outbox,
+    /// Set once, when the session becomes resumable (boxed: most sessions never are).
+    pub(crate) stream: OnceLock<Box<SessionStream>>,
     /// The server (`crate::server::Inner`), type-erased; see the module docs.
     pub(crate) server: Weak<dyn Any + Send + Sync>,
 }
@@ -177,9 +180,20 @@ impl Session {
                 headers,
                 identity: RwLock::new(None),
                 outbox,
+                stream: OnceLock::new(),
                 server,
             }),
         }
+    }
+
+    /// The resumable session's id (what the client resumes with), or `None` when the client did not ask
+    /// for a resumable session or the server offers none.
+    pub fn session_id(&self) -> Option<mesa_engine::SessionId> {
+        self.stream().map(|stream| stream.id)
+    }
+
+    pub(crate) fn stream(&self) -> Option<&SessionStream> {
+        self.shared.stream.get().map(|stream| &**stream)
     }
 
     /// The id of this session's connection, unique across nodes.

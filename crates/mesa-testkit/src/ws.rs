@@ -150,6 +150,22 @@ pub async fn recv(ws: &mut Ws) -> Value {
     serde_json::from_str(&text).expect("json")
 }
 
+/// An op 7 frame with its per-connection `retry_after_ms` checked (a number, at most 60 s) and taken out,
+/// so that tests can compare frames exactly; any other frame as it is.
+pub fn without_retry_hint(mut frame: Value) -> Value {
+    if frame["op"] == 7 {
+        let hint = frame["d"]["retry_after_ms"].as_u64();
+        assert!(
+            hint.is_some_and(|ms| ms <= 60_000),
+            "op 7 without a retry hint: {frame}"
+        );
+        if let Some(d) = frame["d"].as_object_mut() {
+            d.remove("retry_after_ms");
+        }
+    }
+    frame
+}
+
 /// Answers a heartbeat with op 11, as the Mesa clients do.
 async fn answer_heartbeat(ws: &mut Ws) {
     send(ws, json!({"op": 11, "d": {}})).await;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 pub use mesa_testkit::ws::{
     assert_echo_works, connect, connect_hello, expect_close, expect_silence, recv, recv_raw, send,
-    Close, Ws, WsTarget,
+    without_retry_hint, Close, Ws, WsTarget,
 };
 
 /// The `mesa-conformance` process, killed on drop.
