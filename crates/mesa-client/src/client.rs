@@ -21,7 +21,8 @@ pub enum Lifecycle {
     Connecting,
     /// The WebSocket is open; waiting for the Hello (op 10).
     AwaitingHello,
-    /// Hello received, credentials sent (op 2), waiting for op 22. Sends stay queued. Also the state of a
+    /// Hello received, credentials sent (op 2, or op 6 to resume a session), waiting for op 22. Sends stay
+    /// queued. Also the state of a
     /// connection whose credentials the server refused with op 9 (the connection stays open): sends stay
     /// queued until [`Client::authenticate`] succeeds.
     Authenticating,

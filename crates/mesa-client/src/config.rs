@@ -57,6 +57,7 @@ pub struct ClientBuilder {
     max_message_size: usize,
     client_version: Option<String>,
     send_rate: Option<RateLimit>,
+    resume_sessions: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
     dial: Option<Dial>,
 }
@@ -94,6 +95,7 @@ impl fmt::Debug for ClientBuilder {
             .field("linger", &self.linger)
             .field("client_version", &self.client_version)
             .field("send_rate", &self.send_rate)
+            .field("resume_sessions", &self.resume_sessions)
             .field("custom_tls", &self.tls.is_some())
             .field("custom_dial", &self.dial.is_some())
             .finish_non_exhaustive()
@@ -123,6 +125,7 @@ impl ClientBuilder {
             max_message_size: 16 << 20,
             client_version: None,
             send_rate: Some(DEFAULT_SEND_RATE),
+            resume_sessions: true,
             tls: None,
             dial: None,
         }
@@ -276,6 +279,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether the client asks for a resumable session when the server's Hello offers one (`c_resume`).
+    /// Default `true`.
+    ///
+    /// On such a server the client authenticates with op 2 `d.resumable: true` (the credentials must be a
+    /// JSON object), remembers the session id and the last sequence number (`s`) it handed to the
+    /// application, and after a drop or a restart resumes with op 6 instead of op 2: the server replays what
+    /// the session missed, and the client drops duplicates. It acknowledges what it processed (op 11 with
+    /// `s`) so the server can trim. [`Event::SessionStarted`](crate::Event::SessionStarted) and
+    /// [`Event::SessionResumed`](crate::Event::SessionResumed) say which happened on each connection; a
+    /// started session that replaces a lost one says why it was lost, so the application can refetch its
+    /// state. See the crate docs, "Resumable sessions".
+    ///
+    /// `false`, or a server whose Hello has no `c_resume` (Mesa 1.5): Mesa 1.5 frames exactly (op 2 with
+    /// the credentials as given, op 11 without `s`), and dispatches are handed over as they come.
+    pub fn resume_sessions(mut self, resume: bool) -> Self {
+        self.resume_sessions = resume;
+        self
+    }
+
     /// The rustls configuration for `wss://` URLs (custom roots, client certificates). Default: the
     /// webpki (Mozilla) roots with the ring provider.
     pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
@@ -389,6 +411,7 @@ impl ClientBuilder {
             max_message_size: self.max_message_size,
             client_version: self.client_version,
             send_rate: self.send_rate.filter(RateLimit::is_enabled),
+            resume_sessions: self.resume_sessions,
         })
     }
 }
@@ -432,6 +455,7 @@ pub(crate) struct Config {
     max_message_size: usize,
     pub(crate) client_version: Option<String>,
     pub(crate) send_rate: Option<RateLimit>,
+    pub(crate) resume_sessions: bool,
 }
 
 impl Config {

@@ -22,6 +22,13 @@
 //! hear about. Only one op 2 is in flight per connection; a connection the server authenticated with other
 //! credentials is replaced ([`SessionEnd::SwitchCredentials`]) rather than sent a second identity.
 //!
+//! Resumable sessions (when the Hello offers `c_resume` and [`Config::resume_sessions`]): the session
+//! ([`ResumeState`]: id, last `s` handed to the application, last `s` acknowledged) belongs to the task and
+//! outlives connections. [`Attempt`] says what the op in flight asked for (Mesa 1.5 op 2, fresh op 2,
+//! op 6). A close ends it ([`Driver::forget_session`]) only when the server is known to have ended it;
+//! when in doubt the client resumes and the server's op 9 sends it back to a fresh op 2. Dispatches with
+//! `s` are checked against `last` only on a connection serving the session (`session_live`).
+//!
 //! When the last handle goes, the task lingers (`linger_until`) while frames are still queued: the same
 //! phases run until the queue is empty (its receiver then yields `None`), or the linger deadline passes.
 
@@ -43,7 +50,10 @@ use crate::backoff::Backoff;
 use crate::client::{Client, Command, Lifecycle, Shared};
 use crate::config::{Config, Credentials};
 use crate::error::{AuthenticateError, ConnectError, ConnectErrorKind};
-use crate::event::{Connected, ConnectionFailed, Disconnected, Event, EventQueue, Events};
+use crate::event::{
+    Connected, ConnectionFailed, Disconnected, Event, EventQueue, Events, InvalidationReason,
+    SessionInvalidated, SessionResumed, SessionStarted,
+};
 use crate::liveness::{Liveness, LivenessAction, Probe};
 use crate::transport::{self, Socket};
 
@@ -51,6 +61,11 @@ use crate::transport::{self, Socket};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands waiting for the task (connect, authenticate, disconnect); senders wait when it is full.
 const COMMAND_CAPACITY: usize = 32;
+/// Unsolicited acknowledgements (op 11 with `s`) go out at most this often while dispatches arrive, and
+/// once this long after the last one.
+const ACK_DEBOUNCE: Duration = Duration::from_millis(100);
+/// The op 9 `code` of refused credentials (any other code answering op 6 refuses the session only).
+const AUTHENTICATION_FAILED: &str = "authentication_failed";
 
 type AuthReply = oneshot::Sender<Result<Value, AuthenticateError>>;
 type ConnectReply = oneshot::Sender<Result<(), ConnectError>>;
@@ -85,6 +100,8 @@ pub(crate) fn spawn(runtime: &Handle, config: Config, auto_connect: bool) -> (Cl
         auth_waiters: Vec::new(),
         connect_waiters: Vec::new(),
         connected_before: false,
+        session: None,
+        invalidated: None,
     };
     runtime.spawn(driver.run(auto_connect));
     (client, events_rx)
@@ -114,6 +131,8 @@ enum SessionEnd {
     HelloTimeout,
     /// The server broke the protocol (first frame not a Hello).
     Protocol(String),
+    /// A dispatch of the resumable session skipped sequence numbers: close, then resume from the last one.
+    SequenceGap { expected: u64, got: u64 },
     /// No op 22 within the authentication timeout.
     AuthTimeout,
     /// [`Client::disconnect`].
@@ -125,10 +144,34 @@ enum SessionEnd {
     HandlesDropped,
 }
 
-/// Credentials sent (op 2) on a connection, and the calls waiting for the server's answer to them.
+/// Credentials sent (op 2 or op 6) on a connection, and the calls waiting for the server's answer to them.
 struct PendingAuth {
     credentials: Credentials,
+    attempt: Attempt,
     waiters: Vec<AuthReply>,
+}
+
+/// What the frame carrying the credentials asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Mesa 1.5 op 2: no session (the server offers none, resumption is off, or the connection already
+    /// holds one).
+    Plain,
+    /// Op 2 with `resumable: true`: a fresh session.
+    Fresh,
+    /// Op 6: resume the client's [`ResumeState`].
+    Resume,
+}
+
+/// The client's resumable session, kept across connections.
+struct ResumeState {
+    id: String,
+    /// The last `s` handed to the application.
+    last: u64,
+    /// The last `s` the server was told the client processed (op 11 `s`, or the `seq` of a resume).
+    acked: u64,
+    /// The credentials that opened it: only they resume it.
+    credentials: Credentials,
 }
 
 /// One open WebSocket and its per-connection state.
@@ -144,6 +187,14 @@ struct Connection {
     in_flight: Option<PendingAuth>,
     /// The credentials the server accepted (op 22) on this connection: the identity it holds for it.
     authenticated_as: Option<Credentials>,
+    /// The Hello offered resumable sessions and the client uses them.
+    resume_offered: bool,
+    /// This connection serves the client's [`ResumeState`] (op 22 opened or resumed it).
+    session_live: bool,
+    /// When the next unsolicited acknowledgement is due (dispatches were processed since the last one).
+    ack_at: Option<Instant>,
+    /// op 7's `retry_after_ms`: the least wait before the next connection.
+    retry_after: Option<Duration>,
     write_timeout: Duration,
     /// The client's estimate of the server's inbound rate limit (`None`: no pacing).
     pace: Option<TokenBucket>,
@@ -163,7 +214,7 @@ impl Connection {
         let pace = (self.phase == Lifecycle::Ready)
             .then_some(self.pace_until)
             .flatten();
-        [hello, self.auth_deadline, liveness, pace]
+        [hello, self.auth_deadline, liveness, pace, self.ack_at]
             .into_iter()
             .flatten()
             .min()
@@ -256,6 +307,10 @@ struct Driver {
     connected_before: bool,
     /// Set when the last handle was dropped with frames still queued: the task stops at this instant.
     linger_until: Option<Instant>,
+    /// The resumable session, while it can be resumed.
+    session: Option<ResumeState>,
+    /// The session lost since the last one started: reported with the next [`Event::SessionStarted`].
+    invalidated: Option<SessionInvalidated>,
 }
 
 impl Driver {
@@ -308,6 +363,8 @@ impl Driver {
 
     /// Stops for good (until `connect()`): the lifecycle is `Closed` before the caller of `disconnect()` hears back.
     fn stop(&mut self, reply: oneshot::Sender<()>) -> Next {
+        // The close with 1000 ends the session on the server (and with no connection, the user wants out).
+        self.forget_session(InvalidationReason::Disconnected);
         self.set(Lifecycle::Closed);
         self.fail_auth_waiters(&AuthenticateError::Closed);
         self.fail_connect_waiters(&ConnectError::new(ConnectErrorKind::Closed));
@@ -497,6 +554,10 @@ impl Driver {
             auth_deadline: None,
             in_flight: None,
             authenticated_as: None,
+            resume_offered: false,
+            session_live: false,
+            ack_at: None,
+            retry_after: None,
             write_timeout: self.config.write_timeout,
             pace: self
                 .config
@@ -636,24 +697,24 @@ impl Driver {
         }
         match frame.opcode() {
             Some(OpCode::Heartbeat) => {
-                let ack = Frame::new(OpCode::HeartbeatAck, json!({}));
+                let mut ack = Frame::new(OpCode::HeartbeatAck, json!({}));
+                // In a resumable session every answer acknowledges (Mesa 1.5: never an `s`).
+                if let Some(session) = self.session.as_mut().filter(|_| conn.session_live) {
+                    ack.s = Some(session.last);
+                    session.acked = session.last;
+                    conn.ack_at = None;
+                }
                 conn.write_frame(&ack).await.err()
             }
-            Some(OpCode::Dispatch) => {
-                self.events.push(Event::Message(frame));
-                None
-            }
+            Some(OpCode::Dispatch) => self.on_dispatch(conn, frame),
             Some(OpCode::AuthenticationAck) => {
                 self.on_authenticated(conn, frame.d.into_value()).await
             }
             Some(OpCode::InvalidSession) => {
-                let reason = frame
-                    .d
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("authentication refused")
-                    .to_string();
-                self.on_refused(conn, reason).await
+                let d = frame.d.into_value();
+                let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_string);
+                let reason = text("reason").unwrap_or_else(|| "authentication refused".into());
+                self.on_refused(conn, text("code"), reason).await
             }
             Some(OpCode::Hello) => {
                 // A second Hello: adopt its timings.
@@ -663,7 +724,12 @@ impl Driver {
                 None
             }
             Some(OpCode::Reconnect) => {
-                tracing::debug!("server going away (op 7); waiting for its close");
+                conn.retry_after = frame
+                    .d
+                    .get("retry_after_ms")
+                    .and_then(Value::as_u64)
+                    .map(Duration::from_millis);
+                tracing::debug!(retry_after = ?conn.retry_after, "server going away (op 7); waiting for its close");
                 None
             }
             _ => {
@@ -673,9 +739,61 @@ impl Driver {
         }
     }
 
+    /// A dispatch: handed to the application, except in a resumable session a duplicate (dropped) or one
+    /// after a gap (the connection is closed, and the session resumed from the last one handed over).
+    fn on_dispatch(&mut self, conn: &mut Connection, frame: Frame) -> Option<SessionEnd> {
+        if let (Some(s), Some(session)) =
+            (frame.s, self.session.as_mut().filter(|_| conn.session_live))
+        {
+            if s <= session.last {
+                tracing::debug!(s, last = session.last, "dropped a duplicate dispatch");
+                return None;
+            }
+            let expected = session.last.saturating_add(1);
+            if s > expected {
+                tracing::warn!(expected, got = s, "sequence gap: resuming");
+                return Some(SessionEnd::SequenceGap { expected, got: s });
+            }
+            session.last = s;
+            // Trailing-edge debounce: the first dispatch after an acknowledgement arms the timer.
+            if conn.ack_at.is_none() {
+                conn.ack_at = Some(Instant::now() + ACK_DEBOUNCE);
+            }
+        }
+        self.events.push(Event::Message(frame));
+        None
+    }
+
+    /// The unsolicited acknowledgement is due: op 11 with the last `s` handed over, if it is new.
+    async fn acknowledge(&mut self, conn: &mut Connection) -> Option<SessionEnd> {
+        conn.ack_at = None;
+        let session = self.session.as_mut().filter(|_| conn.session_live)?;
+        if session.last <= session.acked {
+            return None;
+        }
+        let mut ack = Frame::new(OpCode::HeartbeatAck, json!({}));
+        ack.s = Some(session.last);
+        session.acked = session.last;
+        conn.write_frame(&ack).await.err()
+    }
+
+    /// Forgets the resumable session (it cannot be resumed any more); the next session that starts
+    /// reports it as invalidated.
+    fn forget_session(&mut self, reason: InvalidationReason) {
+        if let Some(lost) = self.session.take() {
+            tracing::debug!(session = %lost.id, last = lost.last, ?reason, "session lost");
+            self.invalidated = Some(SessionInvalidated {
+                session_id: lost.id,
+                last_seq: lost.last,
+                reason,
+            });
+        }
+    }
+
     /// Applies a Hello's timings to the connection and the backoff.
     fn configure(&mut self, conn: &mut Connection, hello: &Hello) {
         let now = Instant::now().into_std();
+        conn.resume_offered = self.config.resume_sessions && hello.c_resume.is_some();
         let ms = |value: Option<u64>| value.filter(|&v| v > 0).map(Duration::from_millis);
         self.backoff
             .set_base(ms(hello.c_reconnect_interval).unwrap_or(self.config.reconnect_interval));
@@ -758,19 +876,65 @@ impl Driver {
         conn: &mut Connection,
         credentials: Credentials,
     ) -> Option<SessionEnd> {
-        let frame = Frame::new(OpCode::Authenticate, credentials.0.clone());
+        let (attempt, frame) = self.credentials_frame(conn, &credentials);
         // A failed write never reached the server: its callers wait for the next connection.
         if let Err(end) = conn.write_frame(&frame).await {
             return Some(end);
         }
         conn.in_flight = Some(PendingAuth {
             credentials,
+            attempt,
             waiters: std::mem::take(&mut self.auth_waiters),
         });
         conn.auth_deadline = Some(Instant::now() + conn.auth_timeout);
         conn.phase = Lifecycle::Authenticating;
         self.set(Lifecycle::Authenticating);
         None
+    }
+
+    /// The frame that authenticates with `credentials` on this connection: op 6 for the client's session
+    /// when the server offers resumption, op 2 `resumable: true` without one, Mesa 1.5's op 2 otherwise
+    /// (also for credentials that are not a JSON object, which cannot carry the extra fields, and on a
+    /// connection that already holds a session).
+    fn credentials_frame(
+        &mut self,
+        conn: &Connection,
+        credentials: &Credentials,
+    ) -> (Attempt, Frame) {
+        let plain = || {
+            (
+                Attempt::Plain,
+                Frame::new(OpCode::Authenticate, credentials.0.clone()),
+            )
+        };
+        let mut d = match &credentials.0 {
+            Value::Object(map) if conn.resume_offered && !conn.session_live => map.clone(),
+            _ => return plain(),
+        };
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|session| session.credentials != *credentials)
+        {
+            self.forget_session(InvalidationReason::CredentialsChanged);
+        }
+        match &self.session {
+            Some(session) => {
+                d.insert("session_id".into(), json!(session.id));
+                d.insert("seq".into(), json!(session.last));
+                (
+                    Attempt::Resume,
+                    Frame::new(OpCode::Resume, Value::Object(d)),
+                )
+            }
+            None => {
+                d.insert("resumable".into(), json!(true));
+                (
+                    Attempt::Fresh,
+                    Frame::new(OpCode::Authenticate, Value::Object(d)),
+                )
+            }
+        }
     }
 
     /// The connection is healthy: flush the queue from now on, and start the backoff over.
@@ -789,23 +953,129 @@ impl Driver {
             return None;
         };
         conn.auth_deadline = None;
+        let (user, session_event) = match answered.attempt {
+            Attempt::Plain if conn.session_live => (session_user(user), None),
+            Attempt::Plain => (user, None),
+            Attempt::Fresh | Attempt::Resume => {
+                self.on_session_answer(conn, answered.attempt, &answered.credentials, user)
+            }
+        };
         for waiter in answered.waiters {
             let _ = waiter.send(Ok(user.clone()));
         }
         conn.authenticated_as = Some(answered.credentials);
         self.events.push(Event::Authenticated(user));
+        if let Some(event) = session_event {
+            self.events.push(event);
+        }
         self.advance_auth(conn).await
+    }
+
+    /// Op 22 answering op 6 or a resumable op 2 (`d = {user, session_id, resumed, seq}`): adopts the
+    /// session and returns the user object and the session event.
+    fn on_session_answer(
+        &mut self,
+        conn: &mut Connection,
+        attempt: Attempt,
+        credentials: &Credentials,
+        d: Value,
+    ) -> (Value, Option<Event>) {
+        let session_id = d.get("session_id").and_then(Value::as_str);
+        let seq = d.get("seq").and_then(Value::as_u64);
+        let resumed = d.get("resumed").and_then(Value::as_bool) == Some(true);
+        let (Some(session_id), Some(seq)) = (session_id, seq) else {
+            // The server opened no session after all: Mesa 1.5 semantics on this connection.
+            tracing::warn!("op 22 without a session id: no resumable session on this connection");
+            if attempt == Attempt::Resume {
+                self.forget_session(not_resumed());
+            }
+            return (d, None);
+        };
+        let session_id = session_id.to_string();
+        conn.session_live = true;
+        conn.ack_at = None;
+        let event = match self.session.as_mut() {
+            Some(session) if attempt == Attempt::Resume && resumed => {
+                if seq != session.last {
+                    tracing::warn!(
+                        seq,
+                        last = session.last,
+                        "resumed at another position than asked"
+                    );
+                }
+                session.id.clone_from(&session_id);
+                // The resume itself acknowledged `last` (the server's cursor moves to it).
+                session.acked = session.last;
+                Event::SessionResumed(SessionResumed {
+                    session_id,
+                    resumed_after: session.last,
+                })
+            }
+            _ => {
+                if attempt == Attempt::Resume {
+                    self.forget_session(not_resumed());
+                }
+                self.session = Some(ResumeState {
+                    id: session_id.clone(),
+                    last: seq,
+                    acked: seq,
+                    credentials: credentials.clone(),
+                });
+                Event::SessionStarted(SessionStarted {
+                    session_id,
+                    seq,
+                    invalidated: self.invalidated.take(),
+                })
+            }
+        };
+        (session_user(d), Some(event))
     }
 
     /// Op 9: the op 2 in flight was refused and the connection stays open. Refused credentials are
     /// forgotten; the queue stays held until a later op 22.
-    async fn on_refused(&mut self, conn: &mut Connection, reason: String) -> Option<SessionEnd> {
+    ///
+    /// In a resumable session op 9 may refuse the session instead (a `code` other than
+    /// `authentication_failed`): in answer to op 6 the client starts a fresh session (op 2) on the same
+    /// connection; mid-session (the server closes with 4013 next) the session is forgotten.
+    async fn on_refused(
+        &mut self,
+        conn: &mut Connection,
+        code: Option<String>,
+        reason: String,
+    ) -> Option<SessionEnd> {
+        let session_refused = code.as_deref().is_some_and(|c| c != AUTHENTICATION_FAILED);
+        let refusal = || InvalidationReason::Refused {
+            code: code
+                .clone()
+                .unwrap_or_else(|| AUTHENTICATION_FAILED.to_string()),
+            reason: reason.clone(),
+        };
         let Some(refused) = conn.in_flight.take() else {
+            if conn.session_live && session_refused {
+                conn.session_live = false;
+                conn.ack_at = None;
+                self.forget_session(refusal());
+                return None;
+            }
             tracing::debug!("op 9 without an op 2 in flight: reported, nothing else");
             self.events.push(Event::AuthenticationRefused { reason });
             return None;
         };
         conn.auth_deadline = None;
+        if refused.attempt == Attempt::Resume {
+            // Any op 9 ends the session, whatever it refused.
+            self.forget_session(refusal());
+            if session_refused {
+                // The credentials were not refused: they go again, in a fresh op 2, and their callers
+                // wait for that answer (ahead of later calls).
+                if self.credentials.as_ref() == Some(&refused.credentials) {
+                    self.auth_waiters.splice(0..0, refused.waiters);
+                } else {
+                    answer(Some(refused), &AuthenticateError::Superseded);
+                }
+                return self.advance_auth(conn).await;
+            }
+        }
         if self.credentials.as_ref() == Some(&refused.credentials) {
             self.credentials = None;
         }
@@ -827,6 +1097,9 @@ impl Driver {
         }
         if conn.auth_deadline.is_some_and(|at| now >= at) {
             return Some(SessionEnd::AuthTimeout);
+        }
+        if conn.ack_at.is_some_and(|at| now >= at) {
+            return self.acknowledge(conn).await;
         }
         match conn.liveness.as_mut()?.poll(now.into_std())? {
             LivenessAction::Dead { silent_for } => Some(SessionEnd::Silent { silent_for }),
@@ -875,6 +1148,7 @@ impl Driver {
             }
             SessionEnd::SwitchCredentials => {
                 // Asked for by authenticate(): reconnect at once, whatever the reconnection settings.
+                self.forget_session(InvalidationReason::CredentialsChanged);
                 let reason = "switching to new credentials";
                 conn.close(CloseCode::Normal.code(), reason).await;
                 tracing::debug!("reconnecting to authenticate with new credentials");
@@ -887,7 +1161,19 @@ impl Driver {
                 return Next::Connect { automatic: true };
             }
             SessionEnd::ServerClosed { code, reason } => {
+                if !session_survives(code) {
+                    self.forget_session(InvalidationReason::ServerClosed {
+                        code,
+                        reason: reason.clone(),
+                    });
+                }
                 (code, reason, None, can_reconnect_code(code))
+            }
+            SessionEnd::SequenceGap { expected, got } => {
+                // Not 1000: that would end the session; the next connection resumes from `expected - 1`.
+                conn.close(crate::SEQUENCE_GAP_CLOSE, "sequence gap").await;
+                let reason = format!("sequence gap: expected s = {expected}, got {got}");
+                (crate::SEQUENCE_GAP_CLOSE, reason, None, true)
             }
             SessionEnd::Dropped { reason } => (1006, reason, None, true),
             // The peer is presumed gone: no closing handshake to wait for.
@@ -953,7 +1239,9 @@ impl Driver {
                 reason: reason.clone(),
             });
         }
-        let delay = reconnect.then(|| self.backoff.next_delay());
+        // After op 7, at least its `retry_after_ms`, plus the usual jittered delay.
+        let retry_after = conn.retry_after.unwrap_or_default();
+        let delay = reconnect.then(|| retry_after + self.backoff.next_delay());
         tracing::debug!(code, %reason, ?delay, "connection ended");
         if hello_received {
             self.events.push(Event::Disconnected(Disconnected {
@@ -976,6 +1264,33 @@ impl Driver {
             Some(delay) => Next::Wait(delay),
             None => Next::Idle(Lifecycle::Closed),
         }
+    }
+}
+
+/// Whether the server keeps a resumable session after closing its connection with `code`: the codes the
+/// protocol lists, and a connection that dropped (no close frame, or one without a code).
+fn session_survives(code: u16) -> bool {
+    matches!(
+        code,
+        1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 4008 | 4009 | 4010
+    )
+}
+
+/// The user object of op 22 in a resumable session (`d.user`; `{}` when absent).
+fn session_user(d: Value) -> Value {
+    match d {
+        Value::Object(mut map) if map.contains_key("session_id") => {
+            map.remove("user").unwrap_or_else(|| json!({}))
+        }
+        other => other,
+    }
+}
+
+/// A resume the server answered with a fresh session (or none).
+fn not_resumed() -> InvalidationReason {
+    InvalidationReason::Refused {
+        code: "not_resumed".into(),
+        reason: "the server answered the resume with a new session".into(),
     }
 }
 

@@ -20,7 +20,8 @@ pub enum Event {
     /// A connection opened and its Hello arrived (before authentication).
     Connected(Connected),
     /// The server accepted the credentials (op 22); carries the user object (`{}` when the server does not
-    /// send it). Queued sends are flushed right after this, unless a newer
+    /// send it; in a resumable session op 22's `d.user`, followed by [`Event::SessionStarted`] or
+    /// [`Event::SessionResumed`]). Queued sends are flushed right after this, unless a newer
     /// [`Client::authenticate`](crate::Client::authenticate) call asked for other credentials meanwhile.
     Authenticated(Value),
     /// The server refused the credentials with op 9 and kept the connection open (servers with
@@ -32,12 +33,87 @@ pub enum Event {
         /// The server's reason.
         reason: String,
     },
-    /// A dispatch (op 0) from the server.
+    /// A resumable session started on this connection (op 22 `resumed: false`), right after
+    /// [`Event::Authenticated`]: nothing from before is replayed. When it replaces a session the client
+    /// had (a refused resume, a session the server or the client ended), `invalidated` says which and why:
+    /// messages may have been missed, so the application should refetch its state. Only on servers whose
+    /// Hello offers `c_resume` (see [`ClientBuilder::resume_sessions`](crate::ClientBuilder::resume_sessions)).
+    SessionStarted(SessionStarted),
+    /// The session was resumed on this connection (op 6 accepted), right after [`Event::Authenticated`]:
+    /// the messages it missed follow, each exactly once and in order, then live ones. Nothing was lost.
+    SessionResumed(SessionResumed),
+    /// A dispatch (op 0) from the server. In a resumable session, durable dispatches carry `s`
+    /// (consecutive; duplicates of a replay are dropped before they get here); dispatches without `s`
+    /// (volatile, broadcast) are handed over as they come.
     Message(Frame),
     /// A connection that had reached [`Event::Connected`] ended.
     Disconnected(Disconnected),
     /// A connection attempt failed before its Hello arrived.
     ConnectionFailed(ConnectionFailed),
+}
+
+/// A fresh resumable session. See [`Event::SessionStarted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStarted {
+    /// The server's id of the session (32 lowercase hex digits).
+    pub session_id: String,
+    /// The stream position the session starts after: its dispatches carry `s` = `seq + 1`, `seq + 2`, …
+    /// (first the messages no device of the user had acknowledged, then live ones).
+    pub seq: u64,
+    /// The session this one replaces, when the client had one and lost it.
+    pub invalidated: Option<SessionInvalidated>,
+}
+
+/// A resumed session. See [`Event::SessionResumed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionResumed {
+    /// The id of the session (the same as before the drop).
+    pub session_id: String,
+    /// The last `s` the application was handed before the drop: the replay starts at `resumed_after + 1`.
+    pub resumed_after: u64,
+}
+
+/// A session the client lost: it cannot be resumed, and what it would have replayed is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInvalidated {
+    /// The lost session's id.
+    pub session_id: String,
+    /// The last `s` the application was handed in it.
+    pub last_seq: u64,
+    /// Why it was lost.
+    pub reason: InvalidationReason,
+}
+
+/// Why a session was lost. See [`SessionInvalidated`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidationReason {
+    /// The server refused it with op 9: the answer to the resume (`code` `"session_unknown"`: never
+    /// opened, ended or expired; `"retention_exceeded"`: what it missed is no longer kept;
+    /// `"sequence_ahead"`), or mid-session (then closed with 4013). Also `"not_resumed"` when the server
+    /// answered a resume with a fresh session, and `"authentication_failed"` when the credentials of the
+    /// resume were refused.
+    Refused {
+        /// op 9's `code`.
+        code: String,
+        /// op 9's `reason`.
+        reason: String,
+    },
+    /// The server closed the connection with a code that ends sessions (anything but 1001, 1011, 1012,
+    /// 1013, 4008, 4009, 4010 and a drop), for example 4012 (resumed elsewhere), 4013 or 1008.
+    ServerClosed {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// The client ended it: [`Client::disconnect`](crate::Client::disconnect) (close 1000).
+    Disconnected,
+    /// The client switched to other credentials (the session belonged to the previous ones).
+    CredentialsChanged,
 }
 
 /// A connection opened. See [`Event::Connected`].
@@ -59,7 +135,9 @@ pub struct Connected {
 pub struct Disconnected {
     /// The close code: the server's close frame, 1006 when the connection dropped without one (including
     /// when the client declared a silent server dead), or the code the client closed with (1000 for
-    /// [`Client::disconnect`](crate::Client::disconnect), 4006 for an authentication timeout).
+    /// [`Client::disconnect`](crate::Client::disconnect), 4006 for an authentication timeout,
+    /// [`SEQUENCE_GAP_CLOSE`](crate::SEQUENCE_GAP_CLOSE) (4000) for a gap in a resumable session's
+    /// sequence numbers).
     pub code: u16,
     /// The close reason, or what went wrong.
     pub reason: String,

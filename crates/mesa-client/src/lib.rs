@@ -91,6 +91,31 @@
 //! queue does not get the client closed with 4008 and lose the frames already written. Delivery is at most once: a frame written to a socket that then turns out to be
 //! dead is not sent again, since the protocol has no acknowledgements to tell whether it arrived.
 //!
+//! **Resumable sessions.** When the server's Hello offers `c_resume` (and [`ClientBuilder::resume_sessions`]
+//! is on, the default), the client authenticates with op 2 `d.resumable: true` and holds a session: its id
+//! (from op 22) and the last sequence number `s` it handed to the application as an [`Event::Message`].
+//! After a drop or a close that keeps the session (1001, 1011, 1012, 1013, 4008, 4009, 4010, or no close
+//! frame; also the client's own closes other than 1000) it reconnects with op 6 `{<credentials>,
+//! session_id, seq}` instead of op 2, and reports [`Event::SessionResumed`]: the server replays the missed
+//! dispatches, each handed over exactly once and in order. Op 9 refusing the resume (`session_unknown`,
+//! `retention_exceeded`, `sequence_ahead`) makes it send a fresh op 2 on the same connection and report
+//! [`Event::SessionStarted`] with [`SessionInvalidated`] saying what was lost and why: refetch the
+//! application's state then. A close that ends the session (1000, 4013 after op 9, 4006, …) makes the
+//! next connection start a fresh one (4012, resumed on another connection, and the other terminal codes do
+//! not reconnect); [`Client::disconnect`] and other credentials end it too.
+//!
+//! In a session a dispatch with `s` at or below the last one is a duplicate and is dropped; one beyond the
+//! next expected number is a gap (it should never happen): the client closes with
+//! [`SEQUENCE_GAP_CLOSE`] (4000, "sequence gap") and resumes from the last one it handed over.
+//! Dispatches without `s` (volatile, broadcast) are handed over untouched. Every op 11 answering op 1
+//! carries `"s": <last>`, and after dispatches the client sends an unsolicited op 11 with `s` (at most
+//! every 100 ms while they arrive, and once 100 ms after the last), never when nothing new was handed
+//! over, so the server can trim what it keeps. Op 7 with `retry_after_ms` makes the next connection wait
+//! that long plus the usual jittered delay. "Handed over" means queued on [`Events`]: an application that
+//! must not lose a message across a crash of its own process needs its own persistence.
+//! Without `c_resume` (Mesa 1.5 servers) the client sends exactly Mesa 1.5 frames, and `s` on dispatches
+//! (Mesa 1.5 redelivery) is passed through unchecked.
+//!
 //! **Events.** [`Events`] is a bounded [`Stream`](futures_util::Stream). If the application stops
 //! reading it, the client stops reading the socket and stops reconnecting once `event_capacity` events wait;
 //! it never drops an event while the stream is alive, also when the task stops: the stream ends only after
@@ -109,9 +134,17 @@ pub use backoff::{Backoff, Jitter};
 pub use client::{Client, Lifecycle};
 pub use config::{ClientBuilder, DEFAULT_LINGER, DEFAULT_SEND_RATE};
 pub use error::{AuthenticateError, ConnectError, ConnectErrorKind, SendError};
-pub use event::{Connected, ConnectionFailed, Disconnected, Event, Events};
+pub use event::{
+    Connected, ConnectionFailed, Disconnected, Event, Events, InvalidationReason,
+    SessionInvalidated, SessionResumed, SessionStarted,
+};
 pub use liveness::{Liveness, LivenessAction, Probe};
 pub use mesa_protocol::{Frame, Hello, OpCode, RateLimit};
+/// The close code the client sends when the dispatches of a resumable session skip a sequence number
+/// (reason `"sequence gap"`); it then resumes from the last one it handed over. Not 1000, which would end
+/// the session.
+pub const SEQUENCE_GAP_CLOSE: u16 = 4000;
+
 /// The rustls version [`ClientBuilder::tls_config`] takes.
 pub use rustls;
 
