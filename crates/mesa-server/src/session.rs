@@ -265,6 +265,12 @@ impl Session {
     /// `limits.outbound_queue_bytes`) refuses it with [`SendError::QueueFull`] and closes the session with
     /// 4010 after the frames already queued; a closing or closed session refuses it with [`SendError::Closed`].
     pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        // `o` (Mesa 1.5 message options) is for the server; it is never sent to a client.
+        if frame.o.is_some() {
+            let mut bare = frame.clone();
+            bare.o = None;
+            return self.send_encoded(bare.encode().into());
+        }
         self.send_encoded(frame.encode().into())
     }
 

@@ -249,11 +249,10 @@ impl Peer {
     }
 }
 
-/// What [`assert_conforms`] saw: frames per direction and opcode, and the known divergences it let pass.
+/// What [`assert_conforms`] saw: frames per direction and opcode.
 #[derive(Debug, Default)]
 struct Tally {
     frames: BTreeMap<(&'static str, u64), usize>,
-    divergences: Vec<String>,
 }
 
 impl Tally {
@@ -266,39 +265,9 @@ impl Tally {
     }
 }
 
-/// Frames the server sends today that contradict `docs/protocol.md`, and the patch that makes such a frame
-/// what the document says. [`assert_conforms`] accepts a frame through it only if the patched frame
-/// conforms, and reports it. Remove an entry when the server sends the documented form;
-/// `MESA_SCHEMA_STRICT=1` accepts none.
-///
-/// - op 9 and op 7: the resumable-session wire (`code`, `retry_after_ms`) is documented ahead of the server.
-/// - `o` on a dispatch: `Session::send` writes the frame's `o` to the client (sends through the engine
-///   strip it); protocol.md says `o` never reaches a client.
-fn known_divergence(frame: &Value) -> Option<(&'static str, Value)> {
-    let mut patched = frame.clone();
-    match frame["op"].as_u64()? {
-        0 if frame.get("o").is_some() => {
-            if let Some(object) = patched.as_object_mut() {
-                object.remove("o");
-            }
-            Some(("dispatch with o (Session::send)", patched))
-        }
-        9 if frame["d"].get("code").is_none() => {
-            patched["d"]["code"] = json!("authentication_failed");
-            Some(("op 9 without d.code", patched))
-        }
-        7 if frame["d"].get("retry_after_ms").is_none() => {
-            patched["d"]["retry_after_ms"] = json!(0);
-            Some(("op 7 without d.retry_after_ms", patched))
-        }
-        _ => None,
-    }
-}
-
 /// Checks every frame the peers recorded against the schema (see the [module docs](self)); panics with
 /// every non-conforming frame. Returns what it counted, for the caller to assert coverage.
 fn assert_conforms(schema: &Schema, peers: &[&Peer]) -> Tally {
-    let strict = std::env::var("MESA_SCHEMA_STRICT").is_ok_and(|v| v == "1");
     let mut tally = Tally::default();
     let mut failures = Vec::new();
     for peer in peers {
@@ -313,24 +282,12 @@ fn assert_conforms(schema: &Schema, peers: &[&Peer]) -> Tally {
             if errors.is_empty() {
                 continue;
             }
-            let divergence = (!strict && *direction == Direction::Received)
-                .then(|| known_divergence(frame))
-                .flatten()
-                .filter(|(_, patched)| schema.check(*direction, patched).is_empty());
-            match divergence {
-                Some((what, _)) => tally
-                    .divergences
-                    .push(format!("{} #{index}: {what}: {frame}", peer.name)),
-                None => failures.push(format!(
-                    "{} #{index} ({key}) {frame}\n    {}",
-                    peer.name,
-                    errors.join("\n    ")
-                )),
-            }
+            failures.push(format!(
+                "{} #{index} ({key}) {frame}\n    {}",
+                peer.name,
+                errors.join("\n    ")
+            ));
         }
-    }
-    for note in &tally.divergences {
-        eprintln!("server frame contradicts docs/protocol.md (known, let pass): {note}");
     }
     assert!(
         failures.is_empty(),
@@ -465,11 +422,8 @@ async fn the_frames_a_server_sends_conform_to_the_schema() {
         alice.send(frame).await;
     }
     for n in 0..ECHOES {
-        let mut echo = alice.recv().await;
-        // Known divergence (see `known_divergence`): the echo handler's `Session::send` keeps `o`.
-        if let Some(object) = echo.as_object_mut() {
-            object.remove("o");
-        }
+        // `o` is the server's: the echo handler's `Session::send` never writes it to the client.
+        let echo = alice.recv().await;
         assert_eq!(
             echo,
             json!({"op": 0, "d": numbered("echo", n), "t": "ECHO"}),
@@ -586,6 +540,54 @@ async fn hello_and_acknowledgement_variants_conform() {
     let tally = assert_conforms(&schema, &[&dora, &late]);
     assert_eq!(tally.count(Direction::Received, 10), 2);
     assert_eq!(tally.count(Direction::Received, 0), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resumable_session_frames_conform() {
+    let schema = Schema::load();
+    let server = start(echo_server()).await;
+    let mut eve = Peer::connect(&server, "eve").await;
+    assert!(eve.received(10)[0]["d"]["c_resume"].is_object());
+    eve.send(json!({"op": 2, "d": {"token": "user:eve", "resumable": true}}))
+        .await;
+    let opened = eve.recv().await;
+    schema.assert_def("ResumableAuthentication", &opened["d"]);
+    let session = opened["d"]["session_id"].as_str().expect("id").to_string();
+    for n in 0..5 {
+        let frame = Frame::dispatch("NOTE", numbered("send", n));
+        server.mesa.send_to(["eve"], &frame).await.expect("send");
+    }
+    for n in 0..3u64 {
+        let frame = eve.recv().await;
+        assert_eq!(frame["s"], json!(n + 1), "{frame}");
+    }
+    eve.send(json!({"op": 11, "d": {}, "s": 3})).await;
+    eve.send(json!({"op": 1, "s": 3})).await;
+    assert_eq!(eve.recv().await["op"], 0);
+    assert_eq!(eve.recv().await["op"], 0);
+    assert_eq!(eve.recv().await, json!({"op": 11, "d": {}}));
+    let mut again = Peer::connect(&server, "eve-again").await;
+    again
+        .send(json!({"op": 6, "d": {"token": "user:eve", "session_id": session, "seq": 3}}))
+        .await;
+    let resumed = again.recv().await;
+    schema.assert_def("ResumableAuthentication", &resumed["d"]);
+    assert_eq!(resumed["d"]["resumed"], true);
+    let replayed: Vec<Value> = vec![again.recv().await, again.recv().await];
+    assert_eq!(replayed[0]["s"], 4);
+    assert_eq!(replayed[1]["s"], 5);
+    let (code, _) = eve.expect_close().await;
+    assert_eq!(code, 4012, "the old connection is taken over");
+    let mut stranger = Peer::connect(&server, "stranger").await;
+    stranger
+        .send(json!({"op": 6, "d": {"token": "user:zed", "session_id": session, "seq": 0}}))
+        .await;
+    let refused = stranger.recv().await;
+    assert_eq!(refused["d"]["code"], "session_unknown");
+    let tally = assert_conforms(&schema, &[&eve, &again, &stranger]);
+    assert_eq!(tally.count(Direction::Received, 9), 1);
+    assert_eq!(tally.count(Direction::Sent, 6), 2);
     server.stop().await;
 }
 
