@@ -19,6 +19,12 @@ async fn zero_config_serve_sends_hello_with_mesa_defaults() {
             "c_reconnect_interval": 5000,
             "c_authentication_timeout": 10000,
             "rules": ["sends_user_object"],
+            "c_resume": {
+                "session_ttl": 300000,
+                "max_messages": 1000,
+                "max_bytes": 1048576,
+                "max_age": 900000,
+            },
         }})
     );
     // No authentication configured: the server says so instead of staying quiet.
