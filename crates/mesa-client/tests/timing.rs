@@ -151,7 +151,12 @@ async fn backoff_after_a_server_restart_starts_from_the_advertised_interval() {
         .build()
         .expect("build");
     let server = || {
-        with_token_auth(Mesa::builder())
+        // No op 7 retry hint: the delays below are the client's own backoff.
+        let config = mesa_server::Config {
+            shutdown_retry_jitter_ms: 0,
+            ..mesa_server::Config::default()
+        };
+        with_token_auth(Mesa::builder().config(config))
             .reconnect_interval(2 * SECOND)
             .build()
     };
