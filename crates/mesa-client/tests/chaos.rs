@@ -41,6 +41,8 @@ const OUTBOUND_QUEUE: usize = 32;
 const PAUSE_BURST: u64 = 300;
 /// How long a pause stops server-to-client forwarding.
 const PAUSE: Duration = Duration::from_millis(1500);
+/// How long a half cut keeps the server side of the connection open.
+const HALF_OPEN_HOLD: Duration = Duration::from_secs(3);
 /// How long the end of the test waits for every user's last message.
 const CATCH_UP: Duration = Duration::from_secs(12);
 /// Events kept per client for the failure report.
@@ -246,6 +248,9 @@ struct Proxy {
     url: String,
     /// Bumped to cut the current connection (both sides dropped at once).
     cut: watch::Sender<u64>,
+    /// Bumped to cut only the client side: the server side stays open (half-open, silent) for a while, so
+    /// the client's resume on another connection takes the session over (4012 to the old one).
+    half_cut: watch::Sender<u64>,
     /// While true, nothing is read from the server side (its queue fills up: 4010).
     paused: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -256,6 +261,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let url = format!("ws://{}/", listener.local_addr().expect("addr"));
         let (cut, cut_rx) = watch::channel(0u64);
+        let (half_cut, half_cut_rx) = watch::channel(0u64);
         let (paused, paused_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut rng = Rng::new(seed);
@@ -270,6 +276,7 @@ impl Proxy {
                     down,
                     node.addr,
                     cut_rx.clone(),
+                    half_cut_rx.clone(),
                     paused_rx.clone(),
                 )));
             }
@@ -280,6 +287,7 @@ impl Proxy {
         Proxy {
             url,
             cut,
+            half_cut,
             paused,
             task,
         }
@@ -287,6 +295,10 @@ impl Proxy {
 
     fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn half_cut(&self) {
+        self.half_cut.send_modify(|n| *n += 1);
     }
 
     fn pause(&self, on: bool) {
@@ -298,9 +310,11 @@ async fn pipe(
     down: TcpStream,
     node: SocketAddr,
     mut cut: watch::Receiver<u64>,
+    mut half_cut: watch::Receiver<u64>,
     paused: watch::Receiver<bool>,
 ) {
     cut.mark_unchanged();
+    half_cut.mark_unchanged();
     let Ok(socket) = TcpSocket::new_v4() else {
         return;
     };
@@ -332,10 +346,19 @@ async fn pipe(
             }
         }
     };
-    tokio::select! {
-        _ = to_server => {}
-        () = to_client => {}
-        _ = cut.changed() => {}
+    let half = tokio::select! {
+        _ = to_server => false,
+        () = to_client => false,
+        _ = cut.changed() => false,
+        _ = half_cut.changed() => true,
+    };
+    if half {
+        drop(down_read);
+        drop(down_write);
+        // The server side stays open and silent (nothing read, nothing written) until the server gives
+        // up on it (heartbeat) or the hold ends.
+        let _ = tokio::time::timeout(HALF_OPEN_HOLD, cut.changed()).await;
+        drop((up_read, up_write));
     }
 }
 
@@ -535,6 +558,7 @@ impl Sender {
 #[derive(Default)]
 struct Chaos {
     cuts: u64,
+    half_cuts: u64,
     pauses: u64,
     kills: u64,
     drains: u64,
@@ -614,13 +638,14 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
     let mut next_cut = started + rng.millis(50, 250);
     let mut next_pause = started + rng.millis(300, 1500);
     let mut unpause: Vec<(Instant, usize)> = Vec::new();
-    let mut server_4010 = 0u64;
-    let count_4010 = |mesa: &Mesa| -> u64 {
+    // Server-side closes with 4010 (slow consumer) and 4012 (taken over), summed over node lives.
+    let (mut server_4010, mut server_4012) = (0u64, 0u64);
+    let count = |mesa: &Mesa, wanted: u16| -> u64 {
         mesa.metrics()
             .snapshot()
             .server_closes
             .iter()
-            .filter(|(code, _)| *code == 4010)
+            .filter(|(code, _)| *code == wanted)
             .map(|(_, n)| n)
             .sum()
     };
@@ -629,8 +654,13 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
         let now = Instant::now();
         if now >= next_cut {
             let u = rng.below(users);
-            clients[u].proxy.cut();
-            chaos.cuts += 1;
+            if rng.below(4) == 0 {
+                clients[u].proxy.half_cut();
+                chaos.half_cuts += 1;
+            } else {
+                clients[u].proxy.cut();
+                chaos.cuts += 1;
+            }
             next_cut = now + rng.millis(30, 250);
         }
         if now >= next_pause {
@@ -653,7 +683,8 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
         });
         if now >= next_kill {
             if let Some(up) = lock(&book.0)[1].clone() {
-                server_4010 += count_4010(&up.mesa);
+                server_4010 += count(&up.mesa, 4010);
+                server_4012 += count(&up.mesa, 4012);
             }
             book.set(1, None);
             nodes.kill(1).await;
@@ -669,7 +700,8 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
             // and the clients go on; cuts and pauses resume after it.
             nodes.drain(2).await;
             if let Some(up) = draining {
-                server_4010 += count_4010(&up.mesa);
+                server_4010 += count(&up.mesa, 4010);
+                server_4012 += count(&up.mesa, 4012);
             }
             chaos.drains += 1;
             println!("node 2 drained in {:?}", before.elapsed());
@@ -722,7 +754,8 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..nodes.count() {
         if let Some(up) = lock(&book.0)[i].clone() {
-            server_4010 += count_4010(&up.mesa);
+            server_4010 += count(&up.mesa, 4010);
+            server_4012 += count(&up.mesa, 4012);
         }
     }
 
@@ -769,8 +802,8 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
     println!(
         "chaos seed {seed}: {users} users, {:?} of chaos; sent {total_sent}, delivered {}, resumed {}, \
          sessions started {}, invalid sessions {} (allowed loss {}, redelivered {}), duplicates {}, gaps {} \
-         ({} missing), misrouted {}, unsequenced {}; cuts {}, pauses {}, 4010s {} at clients / {} at \
-         surviving nodes, disconnects {}; node kills {}, drains {}",
+         ({} missing), misrouted {}, unsequenced {}; cuts {} (+ {} half-open), pauses {}, 4010s {} at clients / {} at \
+         nodes, takeovers (4012) {}, disconnects {}; node kills {}, drains {}",
         chaos_for,
         totals.delivered,
         totals.resumed,
@@ -784,9 +817,11 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
         totals.misrouted,
         totals.unsequenced,
         chaos.cuts,
+        chaos.half_cuts,
         chaos.pauses,
         totals.closes_4010,
         server_4010,
+        server_4012,
         totals.disconnects,
         chaos.kills,
         chaos.drains
