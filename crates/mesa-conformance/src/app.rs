@@ -143,6 +143,12 @@ mod tests {
                 "c_reconnect_interval": 500,
                 "c_authentication_timeout": 2000,
                 "rules": ["sends_user_object"],
+                "c_resume": {
+                    "session_ttl": 300000,
+                    "max_messages": 1000,
+                    "max_bytes": 1048576,
+                    "max_age": 900000,
+                },
             }})
         );
     }
