@@ -21,6 +21,12 @@ async fn hello_announces_the_conformance_settings() {
             "c_reconnect_interval": 500,
             "c_authentication_timeout": 2000,
             "rules": ["sends_user_object"],
+            "c_resume": {
+                "session_ttl": 300000,
+                "max_messages": 1000,
+                "max_bytes": 1048576,
+                "max_age": 900000,
+            },
         }})
     );
 }
