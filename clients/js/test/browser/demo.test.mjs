@@ -75,7 +75,9 @@ test('gateway killed and restarted on the same port: both pages reconnect, re-au
   await kill(gateway);
   await ada.waitForFunction(() => window.demo.client.state === 'reconnecting');
   await bob.waitForFunction(() => window.demo.client.state === 'reconnecting');
-  assert.match(await ada.textContent('#state'), /reconnecting in \d+\.\d s/);
+  // The badge flips between "reconnecting in …" (waiting) and "reconnecting (attempt n)…" (trying a refused
+  // port) every few hundred ms, so wait for the waiting text rather than read it once.
+  await ada.waitForFunction(() => /reconnecting in \d+\.\d s/.test(document.querySelector('#state').textContent));
   await screenshot(ada, 'chat-3-reconnecting');
   // Sent while the gateway is down: queued, and flushed only after re-authentication (an unauthenticated
   // CHAT would be refused with DEMO_ERROR instead of relayed, so its echo proves the order).
@@ -125,7 +127,7 @@ test('a gateway that goes silent (SIGSTOP) is detected within the heartbeat inte
     // The next attempt hangs: the stopped process's kernel accepts the TCP connection, nothing answers the
     // upgrade (given up after connectTimeout).
     await ada.waitForFunction(() => window.demo.client.state === 'connecting' && window.demo.client.attempt > 0);
-    assert.match(await ada.textContent('#state'), /reconnecting \(attempt \d+\)/);
+    await ada.waitForFunction(() => /reconnecting \(attempt \d+\)/.test(document.querySelector('#state').textContent));
     await screenshot(ada, 'chat-6-connecting');
   } finally {
     process.kill(gateway.pid, 'SIGCONT');
