@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesa_redis::{Dispatcher, RedisConfig, RedisEngine, RedisMetricsSnapshot};
+use mesa_server::SessionPolicy;
 use mesa_server::{Delivery, Engine, EngineError};
 
 use crate::api::EngineMetrics;
@@ -41,6 +42,7 @@ fn redis_config(
 /// the engine cannot use; an unreachable Redis makes it start degraded and retry.
 pub(crate) async fn join(
     cluster: &ClusterConfig,
+    sessions: Option<SessionPolicy>,
 ) -> Result<(Arc<dyn Engine>, EngineMetrics), EngineError> {
     let url = cluster
         .redis_url
@@ -48,7 +50,8 @@ pub(crate) async fn join(
         .map(|url| url.expose())
         .unwrap_or_default();
     let config = redis_config(url, &cluster.namespace, cluster.mesa15_compat)?
-        .with_node_ttl(Duration::from_millis(cluster.node_ttl_ms));
+        .with_node_ttl(Duration::from_millis(cluster.node_ttl_ms))
+        .with_sessions(sessions);
     let engine = RedisEngine::connect(config)?;
     let for_metrics = engine.clone();
     let metrics = EngineMetrics(Box::new(move |out| render(for_metrics.metrics(), out)));
@@ -62,7 +65,10 @@ pub(crate) async fn dispatch(dispatch: &Dispatch) -> Result<Delivery, DispatchEr
         &dispatch.namespace,
         dispatch.mesa15_compat,
     )
-    .map_err(|problem| DispatchError::Invalid(format!("--redis-url: {problem}")))?;
+    .map_err(|problem| DispatchError::Invalid(format!("--redis-url: {problem}")))?
+    // Sends to users are appended to their streams, within the default bounds (those of a gateway whose
+    // `[server.resume]` keeps its defaults).
+    .with_sessions((!dispatch.mesa15_compat).then(SessionPolicy::default));
     let sent = async {
         let dispatcher = Dispatcher::connect(config).map_err(|problem| match problem {
             EngineError::Unavailable(_) | EngineError::Overloaded(_) => {

@@ -88,7 +88,11 @@ pub(crate) async fn run(config: ServeConfig) -> Result<(), ServeError> {
     );
     let mut engine_metrics = None;
     if let Some(cluster) = &config.cluster {
-        let joined = join_cluster(cluster).await?;
+        // The streams behind resumable sessions are kept in Redis when clustered (not in Mesa 1.5
+        // compatibility mode, where 1.5 clients keep 1.5's sync).
+        let resume = &config.server.resume;
+        let sessions = (resume.enabled && !cluster.mesa15_compat).then(|| resume.policy());
+        let joined = join_cluster(cluster, sessions).await?;
         builder = builder.engine(joined.engine);
         if let Some(id) = cluster.node_id() {
             builder = builder.node_id(id);
@@ -192,8 +196,11 @@ pub(crate) struct Joined {
 /// Starts the Redis engine of `[cluster]`. It does not wait for Redis: an unreachable Redis at start leaves the
 /// node degraded (and serving its own clients) until Redis answers; only an unusable configuration fails.
 #[cfg(feature = "redis")]
-async fn join_cluster(cluster: &ClusterConfig) -> Result<Joined, ServeError> {
-    match crate::cluster::join(cluster).await {
+async fn join_cluster(
+    cluster: &ClusterConfig,
+    sessions: Option<mesa_server::SessionPolicy>,
+) -> Result<Joined, ServeError> {
+    match crate::cluster::join(cluster, sessions).await {
         Ok((engine, metrics)) => Ok(Joined { engine, metrics }),
         Err(problem) => Err(ConfigError::invalid(format!("cluster: {problem}")).into()),
     }
@@ -202,7 +209,10 @@ async fn join_cluster(cluster: &ClusterConfig) -> Result<Joined, ServeError> {
 /// Without Redis support, `[cluster]` cannot be honoured: refused rather than running alone while the
 /// operator believes the nodes share their clients.
 #[cfg(not(feature = "redis"))]
-async fn join_cluster(_cluster: &ClusterConfig) -> Result<Joined, ServeError> {
+async fn join_cluster(
+    _cluster: &ClusterConfig,
+    _sessions: Option<mesa_server::SessionPolicy>,
+) -> Result<Joined, ServeError> {
     Err(ConfigError::invalid(
         "cluster.redis_url (or redis_url, --redis-url, MESA_REDIS_URL) is set, but this mesa was built without \
          Redis support (cargo feature `redis`): remove it to run a single node in memory, or rebuild with \

@@ -60,16 +60,16 @@ impl Conn {
     /// Runs `cmds` in order and returns their replies in order (a command Redis refused has a
     /// `Value::ServerError` in its place). One pipeline on a server; in a Cluster one pipeline per slot
     /// group (a key's hash tag, or the key), run side by side: commands on one key keep their order.
-    /// Every command's first argument must be its key or channel.
+    /// Every command's first argument must be its key or channel (for `EVAL`/`EVALSHA`: its first key).
     pub(crate) async fn run(&self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
         match self.clone() {
             Conn::Single(mut c) => pipeline(&mut c, &cmds).await,
             Conn::Cluster(c) => {
                 let mut groups: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
                 for (at, cmd) in cmds.iter().enumerate() {
-                    let key = match cmd.args_iter().nth(1) {
-                        Some(redis::Arg::Simple(key)) => slot_group(key).to_vec(),
-                        _ => Vec::new(),
+                    let key = match routing_key(cmd) {
+                        Some(key) => slot_group(key).to_vec(),
+                        None => Vec::new(),
                     };
                     groups.entry(key).or_default().push(at);
                 }
@@ -136,6 +136,24 @@ impl Conn {
                 futures_util::future::try_join_all(runs).await.map(|_| ())
             }
         }
+    }
+}
+
+/// The key (or channel) a command is routed by: its first argument, or a script call's first key.
+fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter();
+    let name = match args.next()? {
+        redis::Arg::Simple(name) => name,
+        _ => return None,
+    };
+    let at = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        2
+    } else {
+        0
+    };
+    match args.nth(at)? {
+        redis::Arg::Simple(key) => Some(key),
+        _ => None,
     }
 }
 

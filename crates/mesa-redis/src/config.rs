@@ -1,5 +1,6 @@
 //! What the engine connects to and how it behaves: [`RedisConfig`], [`Topology`], and their validation.
 
+use mesa_engine::SessionPolicy;
 use std::fmt;
 use std::time::Duration;
 
@@ -147,6 +148,12 @@ pub struct RedisConfig {
     /// kept in `undelivered_messages` and redelivered when they authenticate (1.5's sync). Every node of a
     /// namespace needs the same setting. Not with a Redis Cluster (1.5 does not run on one). Default false.
     pub mesa15_compat: bool,
+    /// Keep a stream per user in Redis for resumable sessions and the offline mailbox, within this policy
+    /// (`docs/delivery.md`): durable sends to users are appended and published in one script, and a session
+    /// can be resumed on any node. `None`: nothing is kept, every send is live only, and the gateway offers
+    /// no resume. Every node and Dispatcher of a namespace needs the same policy. Not with
+    /// `mesa15_compat` (Mesa 1.5 clients keep 1.5's own sync). Default `None`.
+    pub sessions: Option<SessionPolicy>,
 }
 
 impl RedisConfig {
@@ -163,6 +170,7 @@ impl RedisConfig {
             probe_interval: Duration::from_secs(3),
             publish_queue: 65536,
             mesa15_compat: false,
+            sessions: None,
         }
     }
 
@@ -269,6 +277,13 @@ impl RedisConfig {
         self
     }
 
+    /// The same configuration keeping resumable sessions within `policy` (or not, with `None`; see
+    /// [`RedisConfig::sessions`]).
+    pub fn with_sessions(mut self, policy: Option<SessionPolicy>) -> RedisConfig {
+        self.sessions = policy;
+        self
+    }
+
     /// Whether the engine uses sharded pub/sub (Cluster).
     pub fn is_cluster(&self) -> bool {
         matches!(self.topology, Topology::Cluster { .. })
@@ -316,6 +331,25 @@ impl RedisConfig {
                 what: "mesa15_compat",
                 reason: "Mesa 1.5's formats need one Redis server (standalone or Sentinel), not a Cluster",
             });
+        }
+        if let Some(policy) = &self.sessions {
+            if self.mesa15_compat {
+                return Err(ConfigError::Value {
+                    what: "sessions",
+                    reason: "resumable sessions are not kept in Mesa 1.5 compatibility mode (1.5 clients use 1.5's sync)",
+                });
+            }
+            let retention = &policy.retention;
+            if retention.max_messages == 0
+                || retention.max_bytes == 0
+                || retention.max_age.is_zero()
+                || policy.session_ttl.is_zero()
+            {
+                return Err(ConfigError::Value {
+                    what: "sessions",
+                    reason: "every retention bound and the session TTL must be more than zero",
+                });
+            }
         }
         if self.publish_queue == 0 {
             return Err(ConfigError::Value {

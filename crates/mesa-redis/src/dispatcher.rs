@@ -11,10 +11,12 @@ use redis::RedisResult;
 
 use crate::backend::PushHandler;
 use crate::config::RedisConfig;
+use crate::gateway::config_streams;
 use crate::link::{Connections, Hooks, Link};
 use crate::metrics::RedisMetricsSnapshot;
 use crate::publisher::Publisher;
 use crate::routing;
+use crate::streams::Streams;
 
 /// What a [`Dispatcher`] can send: a frame (encoded once here) or an already encoded one.
 pub trait Dispatchable {
@@ -80,6 +82,8 @@ impl Dispatchable for EncodedFrame {
 pub struct Dispatcher {
     link: Arc<Link>,
     publisher: Publisher,
+    /// With [`RedisConfig::sessions`]: durable sends to users are appended to their streams.
+    streams: Option<Streams>,
 }
 
 struct NoSubscriptions;
@@ -108,9 +112,11 @@ impl Dispatcher {
         }
         let link = Link::new(config);
         tokio::spawn(link.clone().supervise(Arc::new(NoSubscriptions)));
+        let streams = config_streams(&link.config);
         Ok(Dispatcher {
             publisher: Publisher::start(link.clone()),
             link,
+            streams,
         })
     }
 
@@ -147,6 +153,7 @@ impl Dispatcher {
             None,
             |_| false,
             self.link.config.mesa15_compat,
+            self.streams.as_ref(),
         );
         let pending = route.map(|route| self.publisher.submit(route.sends));
         async move {

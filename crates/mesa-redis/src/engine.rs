@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use mesa_engine::{
-    BoxFuture, Delivery, EncodedFrame, Engine, EngineError, Health, LocalNode, NodeId, NodeStatus,
-    Presence, Publication, PublishError,
+    BoxFuture, Claimed, ConnectionId, Delivery, EncodedFrame, Engine, EngineError, Health,
+    LocalNode, NodeId, NodeStatus, Opened, Presence, Publication, PublishError, Release,
+    ResumeRefusal, SessionId, SessionPolicy, StreamGap, StreamRead,
 };
 
 use crate::config::RedisConfig;
@@ -127,5 +128,62 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'_, Result<Vec<EncodedFrame>, EngineError>> {
         let user = user_id.to_owned();
         Box::pin(async move { self.gateway.take_stored(&user, deliver).await })
+    }
+
+    /// [`RedisConfig::sessions`]: the policy the streams in Redis are kept within, if any.
+    fn session_policy(&self) -> Option<SessionPolicy> {
+        self.gateway.streams.as_ref().map(|streams| streams.policy)
+    }
+
+    fn open_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+    ) -> BoxFuture<'_, Result<Opened, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move { self.gateway.open_session(&user, session, holder).await })
+    }
+
+    fn claim_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        after: u64,
+    ) -> BoxFuture<'_, Result<Result<Claimed, ResumeRefusal>, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move {
+            self.gateway
+                .claim_session(&user, session, holder, after)
+                .await
+        })
+    }
+
+    /// Queued behind the publications, not waited for.
+    fn acknowledge(&self, user_id: &str, session: SessionId, seq: u64) {
+        self.gateway.acknowledge(user_id, session, seq);
+    }
+
+    /// Queued behind the publications, not waited for.
+    fn release_session(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        release: Release,
+    ) {
+        self.gateway
+            .release_session(user_id, session, holder, release);
+    }
+
+    fn read_stream(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Result<StreamRead, StreamGap>, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move { self.gateway.read_stream(&user, after, limit).await })
     }
 }

@@ -5,8 +5,9 @@
 //! 1     1                                   version
 //! 2     kind: 1 send, 2 disconnect, 3 probe
 //! 3     target: 0 everyone, 1 the channel's user, 2 one connection
-//! 4     flags: bit 0 = origin node present
+//! 4     flags: bit 0 = origin node present, bit 1 = written by the stream script
 //! [8]   origin node id (u64, big endian)    if flag bit 0
+//! [8]   sequence in the user's stream (u64, big endian; 0: not kept)   if flag bit 1
 //! [16]  connection: node u64, seq u64       if target 2
 //! 4     exclusions: count u32, then each: length u32 + UTF-8 user id
 //! send:        the frame's bytes, to the end (what `LocalNode::deliver` gets, not copied)
@@ -16,6 +17,12 @@
 //!
 //! Only what the receiver needs: a user's channel names the user, so a send to users carries no id list;
 //! exclusions travel with sends to everyone and to one connection. Decoding checks every length.
+//!
+//! A durable send to a user whose stream Redis keeps is published by the stream script itself
+//! (`crate::streams`), right after it appended the frame: the script writes the header this module makes
+//! ([`encode_stream_head`]), then the sequence, the empty exclusion list and the frame. Such envelopes are
+//! delivered by every node holding the user, the origin too (it did not serve them itself), so that each
+//! node sees one user's sequence in the order the script numbered it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mesa_engine::{Action, ConnectionId, EncodedFrame, NodeId};
@@ -32,6 +39,7 @@ const TARGET_CHANNEL_USER: u8 = 1;
 const TARGET_CONNECTION: u8 = 2;
 
 const FLAG_ORIGIN: u8 = 1;
+const FLAG_STREAM: u8 = 2;
 
 /// Who an envelope is for, as far as the header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +71,10 @@ pub(crate) enum Envelope {
         target: WireTarget,
         /// What to do (a send's frame is a slice of the received payload).
         action: Action,
+        /// Published by the stream script (see the module docs): the origin did not serve it itself.
+        via_stream: bool,
+        /// Its position in the user's stream, if it was kept there.
+        sequence: Option<u64>,
     },
     /// A node's check that its own subscription still receives.
     Probe {
@@ -142,6 +154,18 @@ pub(crate) fn encode(origin: Option<NodeId>, target: &WireTarget, action: &Actio
     out.freeze()
 }
 
+/// The header of a send the stream script publishes, up to where the script appends the sequence, the
+/// empty exclusion list (`u32` 0) and the frame.
+pub(crate) fn encode_stream_head(origin: Option<NodeId>) -> Bytes {
+    let mut out = BytesMut::with_capacity(16);
+    let flags = FLAG_STREAM | if origin.is_some() { FLAG_ORIGIN } else { 0 };
+    out.put_slice(&[MAGIC, VERSION, KIND_SEND, TARGET_CHANNEL_USER, flags]);
+    if let Some(origin) = origin {
+        out.put_u64(origin.0);
+    }
+    out.freeze()
+}
+
 /// Encodes a probe from `origin`.
 pub(crate) fn encode_probe(origin: NodeId, nonce: u64) -> Bytes {
     let mut out = BytesMut::with_capacity(24);
@@ -187,6 +211,12 @@ pub(crate) fn decode(mut payload: Bytes) -> Result<Envelope, EnvelopeError> {
     let (kind, target_byte, flags) = (payload.get_u8(), payload.get_u8(), payload.get_u8());
     let origin = if flags & FLAG_ORIGIN != 0 {
         Some(NodeId(get_u64(&mut payload)?))
+    } else {
+        None
+    };
+    let via_stream = flags & FLAG_STREAM != 0;
+    let sequence = if via_stream {
+        Some(get_u64(&mut payload)?).filter(|seq| *seq > 0)
     } else {
         None
     };
@@ -241,6 +271,8 @@ pub(crate) fn decode(mut payload: Bytes) -> Result<Envelope, EnvelopeError> {
         origin,
         target,
         action,
+        via_stream,
+        sequence,
     })
 }
 
@@ -255,9 +287,41 @@ mod tests {
             Ok(Envelope::Publication {
                 origin,
                 target,
-                action
+                action,
+                via_stream: false,
+                sequence: None,
             })
         );
+    }
+
+    /// What the stream script writes: the head, the sequence, no exclusions, the frame.
+    fn stream_envelope(origin: Option<NodeId>, seq: u64, frame: &str) -> Bytes {
+        let mut out = BytesMut::from(&encode_stream_head(origin)[..]);
+        out.put_u64(seq);
+        out.put_u32(0);
+        out.put_slice(frame.as_bytes());
+        out.freeze()
+    }
+
+    #[test]
+    fn stream_envelopes_carry_their_sequence() {
+        let frame = r#"{"op":0,"d":1}"#;
+        for (origin, seq, sequence) in [(Some(NodeId(3)), 7, Some(7)), (None, 0, None)] {
+            assert_eq!(
+                decode(stream_envelope(origin, seq, frame)),
+                Ok(Envelope::Publication {
+                    origin,
+                    target: WireTarget::ChannelUser,
+                    action: Action::Send(EncodedFrame::from(frame)),
+                    via_stream: true,
+                    sequence,
+                })
+            );
+        }
+        let good = stream_envelope(Some(NodeId(1)), 9, "{}");
+        for len in 0..good.len() - 2 {
+            assert!(decode(good.slice(..len)).is_err(), "length {len}");
+        }
     }
 
     #[test]

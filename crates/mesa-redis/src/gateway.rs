@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mesa_engine::{
-    BoxFuture, Delivery, EncodedFrame, EngineError, LocalNode, NodeId, NodeStatus, Presence,
-    Publication, PublishError,
+    BoxFuture, Claimed, ConnectionId, Delivery, EncodedFrame, EngineError, LocalNode, NodeId,
+    NodeStatus, Opened, Presence, Publication, PublishError, Release, ResumeRefusal, SessionId,
+    StreamGap, StreamRead,
 };
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::{watch, Notify};
@@ -29,6 +30,7 @@ use crate::presence;
 use crate::publisher::Publisher;
 use crate::routing;
 use crate::sessions::Sessions;
+use crate::streams::Streams;
 
 /// What the current subscriber connection is subscribed to.
 #[derive(Default)]
@@ -91,6 +93,8 @@ pub(crate) struct Gateway {
     probe_nonce: AtomicU64,
     /// Mesa 1.5 compatibility: this node's connections as last added to `connected_clients_count`.
     counted: AtomicI64,
+    /// Per-user streams and resumable sessions, when configured.
+    pub(crate) streams: Option<Streams>,
 }
 
 impl Gateway {
@@ -107,6 +111,7 @@ impl Gateway {
             subscribed: tokio::sync::Mutex::default(),
             probe_nonce: AtomicU64::new(0),
             counted: AtomicI64::new(0),
+            streams: config_streams(&link.config),
         });
         tokio::spawn(link.supervise(gateway.clone()));
         tokio::spawn(gateway.clone().sync_loop());
@@ -177,6 +182,7 @@ impl Gateway {
                 this,
                 |user| sessions.count(user) > 0,
                 self.mesa15(),
+                self.streams.as_ref(),
             )
         };
         let route = match route {
@@ -284,6 +290,90 @@ impl Gateway {
                 tracing::warn!(%error, "dropped stored messages that are not a JSON array");
                 Ok(Vec::new())
             }
+        }
+    }
+
+    fn streams(&self) -> Result<&Streams, EngineError> {
+        self.streams.as_ref().ok_or(EngineError::Unsupported)
+    }
+
+    pub(crate) async fn open_session(
+        &self,
+        user: &str,
+        session: SessionId,
+        holder: ConnectionId,
+    ) -> Result<Opened, EngineError> {
+        let streams = self.streams()?;
+        let c = self.connections().await?;
+        let work = streams.open(&c.commands, &self.link.keys, user, session, holder);
+        within(self.config().publish_timeout, work)
+            .await
+            .map_err(engine_error)
+    }
+
+    pub(crate) async fn claim_session(
+        &self,
+        user: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        after: u64,
+    ) -> Result<Result<Claimed, ResumeRefusal>, EngineError> {
+        let streams = self.streams()?;
+        let c = self.connections().await?;
+        let work = streams.claim(&c.commands, &self.link.keys, user, session, holder, after);
+        within(self.config().publish_timeout, work)
+            .await
+            .map_err(engine_error)
+    }
+
+    pub(crate) async fn read_stream(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<StreamRead, StreamGap>, EngineError> {
+        let streams = self.streams()?;
+        let c = self.connections().await?;
+        let work = streams.read(&c.commands, &self.link.keys, user, after, limit);
+        within(self.config().publish_timeout, work)
+            .await
+            .map_err(engine_error)
+    }
+
+    /// Queues a stream script that nobody waits for (an acknowledgement, a release) behind the
+    /// publications: a lost one is covered by a later acknowledgement, or by the session TTL.
+    pub(crate) fn fire(&self, call: crate::streams::ScriptCall, what: &'static str) {
+        let pending = self
+            .publisher
+            .submit(crate::routing::Sends::Scripts(vec![call]));
+        tokio::spawn(async move {
+            if let Err(error) = pending.await {
+                tracing::debug!(%error, "{what} not written to Redis");
+            }
+        });
+    }
+
+    pub(crate) fn acknowledge(&self, user: &str, session: SessionId, seq: u64) {
+        if let Some(streams) = &self.streams {
+            self.fire(
+                streams.acknowledge(&self.link.keys, user, session, seq),
+                "acknowledgement",
+            );
+        }
+    }
+
+    pub(crate) fn release_session(
+        &self,
+        user: &str,
+        session: SessionId,
+        holder: ConnectionId,
+        release: Release,
+    ) {
+        if let Some(streams) = &self.streams {
+            self.fire(
+                streams.release(&self.link.keys, user, session, holder, release),
+                "session release",
+            );
         }
     }
 
@@ -517,9 +607,38 @@ impl Gateway {
             self.mesa15(),
         );
         match within(config.publish_timeout, work).await {
-            Ok(0) => {}
-            Ok(n) => self.link.metrics.dead_nodes_removed(n as u64),
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                self.link.metrics.dead_nodes_removed(removed.len() as u64);
+                self.release_dead_sessions(&c, &removed).await;
+            }
             Err(error) => tracing::debug!(%error, "dead-node cleanup failed; retried later"),
+        }
+    }
+
+    /// The resumable sessions that connections of dead nodes held are released (kept for the session TTL),
+    /// so that they expire if nobody resumes them. Best effort: a session left held can still be resumed
+    /// (claimed) and its stream stays within the retention bounds.
+    async fn release_dead_sessions(&self, c: &Connections, removed: &[(NodeId, Vec<String>)]) {
+        let Some(streams) = &self.streams else {
+            return;
+        };
+        let keys = &self.link.keys;
+        let calls: Vec<_> = removed
+            .iter()
+            .flat_map(|(node, users)| {
+                users
+                    .iter()
+                    .map(|user| streams.release_node(keys, user, *node))
+            })
+            .collect();
+        for chunk in calls.chunks(512) {
+            let cmds = chunk.iter().map(|call| call.eval()).collect();
+            let limit = self.config().publish_timeout;
+            if let Err(error) = within(limit, c.commands.run(cmds)).await {
+                tracing::warn!(%error, "sessions held on a dead node not released; they stay resumable");
+                return;
+            }
         }
     }
 
@@ -567,6 +686,13 @@ impl Gateway {
             self.link.lost(c.generation, failure);
         }
     }
+}
+
+/// The streams a configuration asks for.
+pub(crate) fn config_streams(config: &RedisConfig) -> Option<Streams> {
+    config
+        .sessions
+        .map(|policy| Streams::new(policy, config.is_cluster()))
 }
 
 fn engine_error(error: PassError) -> EngineError {
@@ -617,5 +743,12 @@ impl Hooks for Gateway {
     fn current(&self) {
         self.sessions().rebuild();
         self.wake.notify_one();
+        // What was published while the subscriber was away never arrives: resumable sessions re-read their
+        // streams from the last position they queued.
+        if self.streams.is_some() {
+            if let Some((_, node)) = self.inbound.node() {
+                node.resync_streams();
+            }
+        }
     }
 }

@@ -115,7 +115,7 @@ impl Inbound {
         let Some((this, node)) = self.node() else {
             return;
         };
-        let (origin, target, action) = match envelope {
+        let (origin, target, action, via_stream, sequence) = match envelope {
             Envelope::Probe { origin, nonce } => {
                 if origin == this {
                     self.probes.send_if_modified(|seen| {
@@ -130,11 +130,14 @@ impl Inbound {
                 origin,
                 target,
                 action,
-            } => (origin, target, action),
+                via_stream,
+                sequence,
+            } => (origin, target, action, via_stream, sequence),
         };
         self.link.metrics.received();
-        if self.is_closed() || origin == Some(this) {
-            // The origin served its own sessions before publishing.
+        if self.is_closed() || (origin == Some(this) && !via_stream) {
+            // The origin served its own sessions before publishing (except what the stream script
+            // published: that reaches every node from Redis, in the stream's order).
             return;
         }
         let target = match (target, kind) {
@@ -156,7 +159,7 @@ impl Inbound {
             target,
             action,
             class: DeliveryClass::Durable,
-            sequence: None,
+            sequence,
         });
     }
 

@@ -84,6 +84,21 @@ impl Keys {
         format!("{}p:{{{user}}}", self.prefix)
     }
 
+    /// `mesa:<ns>:st:{<user>}`: the user's stream of durable frames (a Redis Stream; see `crate::streams`).
+    pub fn stream(&self, user: &str) -> String {
+        format!("{}st:{{{user}}}", self.prefix)
+    }
+
+    /// `mesa:<ns>:sm:{<user>}`: hash of the user's stream positions (`head`, `bytes`, `marker`).
+    pub fn stream_meta(&self, user: &str) -> String {
+        format!("{}sm:{{{user}}}", self.prefix)
+    }
+
+    /// `mesa:<ns>:ss:{<user>}`: hash of the user's resumable sessions, field = session id.
+    pub fn stream_sessions(&self, user: &str) -> String {
+        format!("{}ss:{{{user}}}", self.prefix)
+    }
+
     /// `mesa:<ns>:nu:{<node>}`: set of the user ids with a session on one node (what a dead node's cleanup
     /// reads).
     pub fn node_users(&self, node: NodeId) -> String {
@@ -154,6 +169,13 @@ mod tests {
             slot_group(keys.nodes().as_bytes()),
             slot_group(keys.node_info().as_bytes())
         );
+        for key in [
+            keys.stream("bob"),
+            keys.stream_meta("bob"),
+            keys.stream_sessions("bob"),
+        ] {
+            assert_eq!(slot_group(key.as_bytes()), b"bob");
+        }
         assert_eq!(slot_group(b"mesa:chat:all"), b"mesa:chat:all");
         assert_eq!(slot_group(b"a{}b"), b"a{}b");
     }

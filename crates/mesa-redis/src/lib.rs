@@ -51,6 +51,7 @@ mod presence;
 mod publisher;
 mod routing;
 mod sessions;
+mod streams;
 
 pub use config::{ConfigError, RedisConfig, Topology, DEFAULT_NAMESPACE};
 pub use dispatcher::{Dispatchable, Dispatcher};

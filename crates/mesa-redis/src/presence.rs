@@ -127,15 +127,15 @@ pub(crate) async fn heartbeat(
 
 /// Removes nodes whose liveness is older than `ttl` (not `this`), their fields in the presence hash of
 /// every user in their user set, and that set (with `mesa15`, also their users from `connected_clients`
-/// when no node holds them any more, and their connections from `connected_clients_count`). Returns how
-/// many nodes were removed.
+/// when no node holds them any more, and their connections from `connected_clients_count`). Returns the
+/// nodes removed, each with the users it held.
 pub(crate) async fn reap(
     conn: &Conn,
     keys: &Keys,
     ttl: Duration,
     this: NodeId,
     mesa15: bool,
-) -> RedisResult<usize> {
+) -> RedisResult<Vec<(NodeId, Vec<String>)>> {
     let mut call = REAP.key(keys.nodes());
     call.key(keys.node_info())
         .arg(millis(ttl))
@@ -146,6 +146,7 @@ pub(crate) async fn reap(
         .chunks_exact(2)
         .map(|pair| (&pair[0], pair[1].parse().unwrap_or(0)))
         .collect();
+    let mut removed = Vec::with_capacity(dead.len());
     for &(hex, connections) in &dead {
         let Ok(node) = hex.parse::<NodeId>() else {
             continue;
@@ -161,8 +162,9 @@ pub(crate) async fn reap(
         }
         conn.run(cmds).await?;
         tracing::info!(node = %hex, users = users.len(), "removed a dead node's presence");
+        removed.push((node, users));
     }
-    Ok(dead.len())
+    Ok(removed)
 }
 
 /// The live nodes, ordered by id.

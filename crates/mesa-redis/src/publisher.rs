@@ -155,9 +155,15 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
                 channels.iter().map(|c| conn.publish(c, payload)).collect()
             }
             Sends::Commands(cmds) => cmds.clone(),
+            Sends::Scripts(calls) => calls.iter().map(|c| c.evalsha()).collect(),
         })
         .collect();
-    match tokio::time::timeout_at(deadline, conn.run(cmds)).await {
+    let sent = async {
+        let mut replies = conn.run(cmds).await?;
+        rerun_missing_scripts(conn, &live, &mut replies).await?;
+        Ok::<_, redis::RedisError>(replies)
+    };
+    match tokio::time::timeout_at(deadline, sent).await {
         Ok(Ok(replies)) => {
             let mut replies = replies.into_iter();
             for job in live {
@@ -182,6 +188,36 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
             )),
         ),
     }
+}
+
+/// Script calls Redis refused with NOSCRIPT (it restarted or failed over since it last ran them) did not
+/// run: they are run again, in their order, as `EVAL` (which caches the script for the next ones).
+async fn rerun_missing_scripts(
+    conn: &crate::backend::Conn,
+    jobs: &[Job],
+    replies: &mut [Value],
+) -> redis::RedisResult<()> {
+    let mut at = 0;
+    let mut missing = Vec::new();
+    for job in jobs {
+        if let Sends::Scripts(calls) = &job.sends {
+            for (i, call) in calls.iter().enumerate() {
+                if matches!(replies.get(at + i), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT")
+                {
+                    missing.push((at + i, call.eval()));
+                }
+            }
+        }
+        at += job.sends.len();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let (places, cmds): (Vec<usize>, Vec<redis::Cmd>) = missing.into_iter().unzip();
+    for (place, reply) in places.into_iter().zip(conn.run(cmds).await?) {
+        replies[place] = reply;
+    }
+    Ok(())
 }
 
 /// PUBLISH replies: subscriber counts, or why Redis refused.

@@ -2,12 +2,13 @@
 //! Pure: the same for a gateway node and for a [`Dispatcher`](crate::Dispatcher) (which is no node).
 
 use bytes::Bytes;
-use mesa_engine::{EngineError, NodeId, Publication, Recipients};
+use mesa_engine::{Action, DeliveryClass, EngineError, NodeId, Publication, Recipients, Target};
 use redis::Cmd;
 
 use crate::envelope::{self, WireTarget};
 use crate::keys::Keys;
 use crate::mesa15;
+use crate::streams::{ScriptCall, Streams};
 
 /// What to hand Redis for one publication.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub(crate) enum Sends {
     },
     /// Commands in Mesa 1.5's formats (compatibility mode), each answering a subscriber count.
     Commands(Vec<Cmd>),
+    /// Stream scripts (append and publish, one per user), each answering a subscriber count.
+    Scripts(Vec<ScriptCall>),
 }
 
 impl Sends {
@@ -29,6 +32,7 @@ impl Sends {
         match self {
             Sends::Publish { channels, .. } => channels.len(),
             Sends::Commands(cmds) => cmds.len(),
+            Sends::Scripts(calls) => calls.len(),
         }
     }
 
@@ -53,14 +57,53 @@ pub(crate) struct Route {
 /// Routes `publication` from `this_node` (`None`: a Dispatcher). `holds` says whether this node has a
 /// session of a user (so is subscribed to that user's channel). With `mesa15`, sends to users and to
 /// everyone take Mesa 1.5's `ws` channel instead (every node, ours included, reads it); sends to one
-/// connection keep the node channel. Fails only on a frame Mesa 1.5's format cannot carry.
+/// connection keep the node channel. With `streams`, a durable send to users goes through each user's
+/// stream script (appended, then published by Redis), and the origin does not serve it itself: it
+/// receives it on the user's channel like every other node, in the stream's order. Fails only on a frame
+/// Mesa 1.5's format cannot carry.
 pub(crate) fn route(
     keys: &Keys,
     publication: &Publication,
     this_node: Option<NodeId>,
     holds: impl Fn(&str) -> bool,
     mesa15: bool,
+    streams: Option<&Streams>,
 ) -> Result<Route, EngineError> {
+    if let (
+        Some(streams),
+        Publication {
+            action: Action::Send(frame),
+            class: DeliveryClass::Durable,
+            target:
+                Target {
+                    recipients: Recipients::Users(ids),
+                    excluding,
+                },
+            origin,
+            ..
+        },
+    ) = (streams, publication)
+    {
+        let head = envelope::encode_stream_head(*origin);
+        let mut seen = std::collections::HashSet::new();
+        let users: Vec<&String> = ids
+            .iter()
+            .filter(|id| !excluding.contains(id) && seen.insert(id.as_str()))
+            .collect();
+        return Ok(Route {
+            local: false,
+            mine: users
+                .iter()
+                .map(|u| this_node.is_some() && holds(u))
+                .collect(),
+            sends: Sends::Scripts(
+                users
+                    .iter()
+                    .map(|user| streams.append(keys, user, frame, &head))
+                    .collect(),
+            ),
+        });
+    }
     let local = this_node.is_some() && publication.origin == this_node;
     if mesa15 {
         let held = |user: &str| this_node.is_some() && holds(user);
@@ -136,13 +179,13 @@ mod tests {
         this_node: Option<NodeId>,
         holds: impl Fn(&str) -> bool,
     ) -> Route {
-        super::route(keys, publication, this_node, holds, false).expect("routed")
+        super::route(keys, publication, this_node, holds, false, None).expect("routed")
     }
 
     fn channels(route: &Route) -> &[String] {
         match &route.sends {
             Sends::Publish { channels, .. } => channels,
-            Sends::Commands(_) => panic!("native channels expected"),
+            Sends::Commands(_) | Sends::Scripts(_) => panic!("native channels expected"),
         }
     }
 

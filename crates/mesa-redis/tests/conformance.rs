@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use mesa_engine::conformance::run_all;
+use mesa_engine::conformance::{run_all, run_sessions};
 use mesa_engine::Engine;
 use mesa_redis::{RedisConfig, RedisEngine};
 use mesa_testkit::redis::{RedisCluster, RedisServer};
@@ -35,10 +35,58 @@ async fn run_suite(base: RedisConfig) {
     }
 }
 
+/// The session cases: three engines keeping streams in Redis within the case's policy.
+async fn run_session_suite(base: RedisConfig) {
+    let mut case = 0;
+    let mut previous: Vec<Arc<RedisEngine>> = Vec::new();
+    run_sessions(|policy| {
+        case += 1;
+        for engine in previous.drain(..) {
+            engine.abort();
+        }
+        let config = base
+            .clone()
+            .with_namespace(common::namespace(&format!("sessions{case}x")))
+            .with_sessions(Some(policy));
+        previous = (0..3).map(|_| common::engine(&config)).collect();
+        let engines: Vec<Arc<dyn Engine>> = previous
+            .iter()
+            .map(|e| e.clone() as Arc<dyn Engine>)
+            .collect();
+        std::future::ready(engines)
+    })
+    .await;
+    for engine in previous {
+        engine.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_on_standalone_redis() {
     let redis = RedisServer::start();
     run_suite(common::config(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_passes_on_standalone_redis_keeping_streams() {
+    let redis = RedisServer::start();
+    run_suite(common::config(&redis.url()).with_sessions(Some(Default::default()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_suite_passes_on_standalone_redis() {
+    let redis = RedisServer::start();
+    run_session_suite(common::config(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_suite_passes_on_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster started");
+    let mut config = RedisConfig::cluster(cluster.urls());
+    common::fast(&mut config);
+    run_session_suite(config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
