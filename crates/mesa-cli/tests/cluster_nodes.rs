@@ -226,7 +226,7 @@ async fn wait_for_health(mesa: &MesaProcess, status: &str) -> Value {
 }
 
 /// Redis killed mid-test: `/healthz` says degraded with the reason, a cross-node send is refused with 503
-/// (never dropped silently) while local clients are still served, and once Redis is back the nodes recover by
+/// (never dropped silently): a durable one whole, a volatile one after local clients were served, and once Redis is back the nodes recover by
 /// themselves: healthy, presence rebuilt, and numbered sends across nodes arrive every one, once, in order.
 #[tokio::test]
 async fn a_redis_outage_shows_on_healthz_and_the_cluster_recovers_by_itself() {
@@ -257,10 +257,23 @@ async fn a_redis_outage_shows_on_healthz_and_the_cluster_recovers_by_itself() {
         degraded["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{degraded}"
     );
+    // A durable send to users is stored in the users' streams first: with Redis down it is refused whole
+    // (nothing queued, so the caller's retry delivers it once).
     let refused = http()
         .post(nodes[0].http_url("/api/send"))
         .bearer_auth(KEY)
-        .json(&json!({"message": {"op": 0, "t": "DURING", "d": {}}, "recipients": ["ann", "bob"]}))
+        .json(&json!({"message": {"op": 0, "t": "DURABLE", "d": {}}, "recipients": ["ann", "bob"]}))
+        .send()
+        .await
+        .expect("POST /api/send");
+    assert_eq!(refused.status().as_u16(), 503);
+    let answer: Value = refused.json().await.expect("JSON");
+    assert_eq!(answer["queued"], 0, "nothing half-delivered: {answer}");
+    // A volatile one (Mesa 1.5's `o.sync: false`) is live only: ann, on the node itself, is served.
+    let refused = http()
+        .post(nodes[0].http_url("/api/send"))
+        .bearer_auth(KEY)
+        .json(&json!({"message": {"op": 0, "t": "DURING", "d": {}, "o": {"sync": false}}, "recipients": ["ann", "bob"]}))
         .send()
         .await
         .expect("POST /api/send");
@@ -270,7 +283,7 @@ async fn a_redis_outage_shows_on_healthz_and_the_cluster_recovers_by_itself() {
         answer["queued"], 1,
         "ann, on the node itself, was served: {answer}"
     );
-    assert_eq!(recv(&mut ann).await["t"], "DURING");
+    assert_eq!(recv(&mut ann).await["t"], "DURING", "and not the refused durable send");
 
     redis.restart();
     for mesa in &nodes {
