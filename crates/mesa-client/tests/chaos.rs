@@ -25,7 +25,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mesa_client::{Client, Event, Events};
 use mesa_server::config::ResumeConfig;
-use mesa_server::{Config, Frame, MemoryEngine, Mesa, SessionPolicy};
+use mesa_redis::{RedisConfig, RedisEngine};
+use mesa_server::{Config, Engine, Frame, MemoryEngine, Mesa, SessionPolicy};
+use mesa_testkit::redis::RedisServer;
 use mesa_testkit::server::with_token_auth;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,14 +131,66 @@ fn node_config() -> Config {
 /// The in-memory variant: nodes of this process sharing one [`MemoryEngine`], each on its own runtime.
 struct MemoryNodes {
     engine: MemoryEngine,
-    running: Vec<Option<MemoryNode>>,
+    running: Vec<Option<RunningNode>>,
 }
 
-struct MemoryNode {
+/// One node, on its own runtime.
+struct RunningNode {
     up: NodeUp,
     runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serve: JoinHandle<std::io::Result<()>>,
+}
+
+fn node_runtime(i: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("node-{i}"))
+        .enable_all()
+        .build()
+        .expect("node runtime")
+}
+
+impl RunningNode {
+    /// Serves a node with `engine` on `runtime`, on a fresh port of 127.0.0.1.
+    fn serve(runtime: tokio::runtime::Runtime, engine: Arc<dyn Engine>) -> RunningNode {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let mesa = with_token_auth(Mesa::builder())
+            .config(node_config())
+            .engine(engine)
+            .build();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = mesa.clone();
+        let serve = runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            server
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        RunningNode {
+            up: NodeUp { addr, mesa },
+            runtime,
+            stop: Some(stop),
+            serve,
+        }
+    }
+
+    /// Graceful shutdown: op 7 paced over the drain window, then 1012.
+    async fn drain(mut self, i: usize) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let done = tokio::time::timeout(Duration::from_secs(10), &mut self.serve).await;
+        assert!(
+            done.is_ok(),
+            "node {i} did not finish its graceful shutdown"
+        );
+        self.runtime.shutdown_background();
+    }
 }
 
 impl MemoryNodes {
@@ -155,52 +209,16 @@ impl Nodes for MemoryNodes {
 
     async fn start(&mut self, i: usize) -> NodeUp {
         assert!(self.running[i].is_none(), "node {i} is already up");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("node-{i}"))
-            .enable_all()
-            .build()
-            .expect("node runtime");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let mesa = with_token_auth(Mesa::builder())
-            .config(node_config())
-            .engine(Arc::new(self.engine.clone()))
-            .build();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = mesa.clone();
-        let serve = runtime.spawn(async move {
-            let listener = TcpListener::from_std(listener)?;
-            server
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        let up = NodeUp { addr, mesa };
-        self.running[i] = Some(MemoryNode {
-            up: up.clone(),
-            runtime,
-            stop: Some(stop),
-            serve,
-        });
+        let node = RunningNode::serve(node_runtime(i), Arc::new(self.engine.clone()));
+        let up = node.up.clone();
+        self.running[i] = Some(node);
         up
     }
 
     async fn drain(&mut self, i: usize) {
-        let Some(mut node) = self.running[i].take() else {
-            return;
-        };
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
+        if let Some(node) = self.running[i].take() {
+            node.drain(i).await;
         }
-        let done = tokio::time::timeout(Duration::from_secs(10), &mut node.serve).await;
-        assert!(
-            done.is_ok(),
-            "node {i} did not finish its graceful shutdown"
-        );
-        node.runtime.shutdown_background();
     }
 
     async fn kill(&mut self, i: usize) {
@@ -213,6 +231,67 @@ impl Nodes for MemoryNodes {
         // The engine notices the death (a remote engine by the node's expiry): no more routing to it.
         let engine = node.up.mesa.engine().clone();
         engine.detach(node.up.mesa.node_id()).await;
+    }
+}
+
+/// The Redis variant: each node with its own [`RedisEngine`] (on the node's runtime) on one real
+/// `redis-server` this test starts; streams and sessions live in Redis, so a session outlives its node. A
+/// kill aborts the engine without a goodbye: the other nodes reap the dead node after its TTL and release
+/// the sessions it held.
+struct RedisNodes {
+    config: RedisConfig,
+    running: Vec<Option<(RunningNode, Arc<RedisEngine>)>>,
+}
+
+impl RedisNodes {
+    fn new(count: usize, url: &str, policy: SessionPolicy) -> RedisNodes {
+        let mut config = RedisConfig::from_url(url)
+            .expect("a Redis URL")
+            .with_namespace("chaos")
+            .with_node_ttl(Duration::from_millis(1500))
+            .with_sessions(Some(policy));
+        config.reconnect_min = Duration::from_millis(50);
+        config.reconnect_max = Duration::from_millis(300);
+        RedisNodes {
+            config,
+            running: (0..count).map(|_| None).collect(),
+        }
+    }
+}
+
+impl Nodes for RedisNodes {
+    fn count(&self) -> usize {
+        self.running.len()
+    }
+
+    async fn start(&mut self, i: usize) -> NodeUp {
+        assert!(self.running[i].is_none(), "node {i} is already up");
+        let runtime = node_runtime(i);
+        let config = self.config.clone();
+        // The engine's tasks belong to the node: started on its runtime.
+        let engine = runtime
+            .spawn(async move { RedisEngine::connect(config) })
+            .await
+            .expect("engine task")
+            .expect("a valid Redis configuration");
+        let node = RunningNode::serve(runtime, engine.clone());
+        let up = node.up.clone();
+        self.running[i] = Some((node, engine));
+        up
+    }
+
+    async fn drain(&mut self, i: usize) {
+        if let Some((node, _engine)) = self.running[i].take() {
+            node.drain(i).await;
+        }
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let Some((node, engine)) = self.running[i].take() else {
+            return;
+        };
+        engine.abort();
+        node.runtime.shutdown_background();
     }
 }
 
@@ -869,6 +948,25 @@ async fn chaos_in_memory_cluster_loses_and_duplicates_nothing() {
     let nodes = MemoryNodes::new(3, node_config().resume.policy());
     let chaos_for = Duration::from_secs(secs);
     // The hard deadline: chaos, catch-up and teardown.
+    let limit = chaos_for + CATCH_UP + Duration::from_secs(30);
+    tokio::time::timeout(limit, run_chaos(nodes, users, chaos_for, seed))
+        .await
+        .expect("the chaos test passed its hard deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_redis_cluster_loses_and_duplicates_nothing() {
+    let secs = env_u64("MESA_CHAOS_SECS").unwrap_or(15);
+    let users = env_u64("MESA_CHAOS_USERS").unwrap_or(30) as usize;
+    let seed = env_u64("MESA_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("MESA_CHAOS_SEED={seed}");
+    let redis = RedisServer::start();
+    let nodes = RedisNodes::new(3, &redis.url(), node_config().resume.policy());
+    let chaos_for = Duration::from_secs(secs);
     let limit = chaos_for + CATCH_UP + Duration::from_secs(30);
     tokio::time::timeout(limit, run_chaos(nodes, users, chaos_for, seed))
         .await
