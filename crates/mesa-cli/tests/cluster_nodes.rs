@@ -283,7 +283,11 @@ async fn a_redis_outage_shows_on_healthz_and_the_cluster_recovers_by_itself() {
         answer["queued"], 1,
         "ann, on the node itself, was served: {answer}"
     );
-    assert_eq!(recv(&mut ann).await["t"], "DURING", "and not the refused durable send");
+    assert_eq!(
+        recv(&mut ann).await["t"],
+        "DURING",
+        "and not the refused durable send"
+    );
 
     redis.restart();
     for mesa in &nodes {

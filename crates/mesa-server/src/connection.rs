@@ -959,8 +959,18 @@ where
             };
             let outbox = &self.session.shared.outbox;
             let mut refused = false;
+            let mut cut_short = false;
             let empty = read.entries.is_empty();
+            // A page fills at most half the outbox's byte bound before it is written, so that a replay of
+            // large frames does not overflow it (the rest is read again from where this page stopped).
+            let budget = (self.inner.config.limits.outbound_queue_bytes / 2).max(1);
+            let mut bytes = 0usize;
             for entry in read.entries {
+                if bytes > 0 && bytes + entry.frame.len() > budget {
+                    cut_short = true;
+                    break;
+                }
+                bytes += entry.frame.len();
                 let Ok(text) = Utf8Bytes::try_from(entry.frame.as_bytes().clone()) else {
                     continue;
                 };
@@ -975,7 +985,7 @@ where
             }
             // More was appended than this page held. (An empty page cannot make progress: the stream
             // reported its head but no entry after the position, which only a foreign writer can cause.)
-            if !refused && !empty && read.head > stream.queued() {
+            if !refused && !empty && (cut_short || read.head > stream.queued()) {
                 stream.mark_gap();
             }
             self.write_queued(usize::MAX, usize::MAX).await?;
