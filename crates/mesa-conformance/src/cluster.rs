@@ -10,10 +10,16 @@ use mesa_server::Engine;
 /// formats on, so that 1.5 nodes and Dispatchers on that Redis reach the app's clients and the other way
 /// round. Fails only on a URL the engine cannot use (the message never holds the URL, which may hold a
 /// password); an unreachable Redis makes it start degraded and retry.
-pub(crate) async fn engine(url: &str) -> Result<Arc<dyn Engine>, String> {
-    let config = RedisConfig::from_url(url)
-        .map_err(|problem| format!("REDIS_URL: {problem}"))?
-        .with_mesa15_compat(true);
+///
+/// With `streams`, Mesa 1.5's formats are off and per-user streams are kept in Redis instead (resumable
+/// sessions on any node, with the default `SessionPolicy`): what the resume benchmarks across nodes need.
+pub(crate) async fn engine(url: &str, streams: bool) -> Result<Arc<dyn Engine>, String> {
+    let config = RedisConfig::from_url(url).map_err(|problem| format!("REDIS_URL: {problem}"))?;
+    let config = if streams {
+        config.with_sessions(Some(mesa_server::SessionPolicy::default()))
+    } else {
+        config.with_mesa15_compat(true)
+    };
     config
         .validate()
         .map_err(|problem| format!("REDIS_URL: {problem}"))?;

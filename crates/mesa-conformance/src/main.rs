@@ -13,6 +13,8 @@
 //!   Mesa 1.5 (`@cryb/mesa` 1.5.8) nodes included, and a 1.5 `Dispatcher` (no namespace) reaches the app's
 //!   clients; a `SEND_TO` to a user who is connected nowhere is kept and redelivered when that user
 //!   authenticates (op 22, then the kept messages numbered `s` = 1, 2, …; none with `shouldSync: false`).
+//!   With `REDIS_STREAMS=1` the compatibility mode is off and per-user streams are kept in Redis instead:
+//!   resumable sessions (op 6) on any node, as in memory.
 //!   A Redis Cluster URL (`redis+cluster://`) or an invalid URL exits with status 2. Without the feature it
 //!   is ignored with one log line. `RUST_LOG` filters the log on stderr (default `info`).
 //! - **Hello** (op 10): `{"c_heartbeat_interval":1000,"c_reconnect_interval":500,"c_authentication_timeout":2000,
@@ -119,8 +121,12 @@ async fn main() -> ExitCode {
 async fn engine_from_env() -> Result<Option<std::sync::Arc<dyn mesa_server::Engine>>, String> {
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            let engine = cluster::engine(&url).await?;
-            tracing::info!("REDIS_URL is set: joining the other nodes on Redis");
+            let streams = std::env::var("REDIS_STREAMS").is_ok_and(|v| v == "1");
+            let engine = cluster::engine(&url, streams).await?;
+            tracing::info!(
+                streams,
+                "REDIS_URL is set: joining the other nodes on Redis"
+            );
             Ok(Some(engine))
         }
         _ => Ok(None),
