@@ -11,23 +11,32 @@ use mesa_engine::Engine;
 use mesa_redis::{RedisConfig, RedisEngine};
 use mesa_testkit::redis::{RedisCluster, RedisServer};
 
+/// Three nodes (engines) of `config` for one case; the previous case's engines are aborted first.
+fn next_cluster(
+    config: &RedisConfig,
+    previous: &mut Vec<Arc<RedisEngine>>,
+) -> std::future::Ready<Vec<Arc<dyn Engine>>> {
+    for engine in previous.drain(..) {
+        engine.abort();
+    }
+    *previous = (0..3).map(|_| common::engine(config)).collect();
+    std::future::ready(
+        previous
+            .iter()
+            .map(|e| e.clone() as Arc<dyn Engine>)
+            .collect(),
+    )
+}
+
 async fn run_suite(base: RedisConfig) {
     let mut case = 0;
-    let mut previous: Vec<Arc<RedisEngine>> = Vec::new();
+    let mut previous = Vec::new();
     run_all(|| {
         case += 1;
-        for engine in previous.drain(..) {
-            engine.abort();
-        }
         let config = base
             .clone()
             .with_namespace(common::namespace(&format!("conformance{case}x")));
-        previous = (0..3).map(|_| common::engine(&config)).collect();
-        let engines: Vec<Arc<dyn Engine>> = previous
-            .iter()
-            .map(|e| e.clone() as Arc<dyn Engine>)
-            .collect();
-        std::future::ready(engines)
+        next_cluster(&config, &mut previous)
     })
     .await;
     for engine in previous {
@@ -38,22 +47,14 @@ async fn run_suite(base: RedisConfig) {
 /// The session cases: three engines keeping streams in Redis within the case's policy.
 async fn run_session_suite(base: RedisConfig) {
     let mut case = 0;
-    let mut previous: Vec<Arc<RedisEngine>> = Vec::new();
+    let mut previous = Vec::new();
     run_sessions(|policy| {
         case += 1;
-        for engine in previous.drain(..) {
-            engine.abort();
-        }
         let config = base
             .clone()
             .with_namespace(common::namespace(&format!("sessions{case}x")))
             .with_sessions(Some(policy));
-        previous = (0..3).map(|_| common::engine(&config)).collect();
-        let engines: Vec<Arc<dyn Engine>> = previous
-            .iter()
-            .map(|e| e.clone() as Arc<dyn Engine>)
-            .collect();
-        std::future::ready(engines)
+        next_cluster(&config, &mut previous)
     })
     .await;
     for engine in previous {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use mesa_redis::{Dispatcher, RedisConfig, RedisEngine};
 use mesa_server::{Frame, Mesa, SessionPolicy, Target};
 use mesa_testkit::redis::RedisServer;
+use mesa_testkit::resume::*;
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
 use serde_json::{json, Value};
@@ -30,65 +31,12 @@ async fn node(config: &RedisConfig, outbound_queue: usize) -> (TestServer, Arc<R
     (start(builder).await, engine)
 }
 
-/// A fresh resumable session: the socket, the session id, the position it starts after.
-async fn open(server: &TestServer, user: &str) -> (Ws, String, u64) {
-    let (mut ws, hello) = connect_hello(server).await;
-    assert!(hello["d"]["c_resume"]["session_ttl"].is_u64(), "{hello}");
-    let d = authenticate(
-        &mut ws,
-        json!({"token": format!("user:{user}"), "resumable": true}),
-    )
-    .await;
-    assert_eq!(d["resumed"], false, "{d}");
-    let id = d["session_id"].as_str().expect("session id").to_string();
-    (ws, id, d["seq"].as_u64().expect("seq"))
-}
-
-async fn resume(server: &TestServer, user: &str, session: &str, seq: u64) -> (Ws, Value) {
-    let (mut ws, _) = connect_hello(server).await;
-    send(
-        &mut ws,
-        json!({"op": 6, "d": {"token": format!("user:{user}"), "session_id": session, "seq": seq}}),
-    )
-    .await;
-    let answer = recv(&mut ws).await;
-    (ws, answer)
-}
-
-fn numbered(i: u64) -> Frame {
-    Frame::dispatch("N", json!({ "i": i }))
-}
-
 async fn send_numbered(mesa: &Mesa, user: &str, range: std::ops::RangeInclusive<u64>) {
     for i in range {
         mesa.send(&numbered(i), &Target::users([user]))
             .await
             .expect("Redis took the send");
     }
-}
-
-/// Reads dispatches until `count` have arrived: (s, i) pairs.
-async fn read_numbered(ws: &mut Ws, count: usize) -> Vec<(u64, u64)> {
-    let mut seen = Vec::with_capacity(count);
-    while seen.len() < count {
-        let frame = recv(ws).await;
-        assert_eq!(frame["op"], 0, "{frame}");
-        seen.push((
-            frame["s"].as_u64().expect("durable dispatches carry s"),
-            frame["d"]["i"].as_u64().expect("i"),
-        ));
-    }
-    seen
-}
-
-fn assert_exactly_once_in_order(seen: &[(u64, u64)], first_s: u64, first_i: u64, count: u64) {
-    let expected: Vec<(u64, u64)> = (0..count).map(|k| (first_s + k, first_i + k)).collect();
-    assert_eq!(
-        seen,
-        expected.as_slice(),
-        "sent {count}, got {}",
-        seen.len()
-    );
 }
 
 fn redis_cli(redis: &RedisServer, args: &[&str]) {
@@ -179,17 +127,7 @@ async fn a_slow_consumer_closed_with_4010_resumes_on_another_node_without_loss()
         "closed with {} {}",
         close.code, close.reason
     );
-    let before: Vec<(u64, u64)> = close
-        .before
-        .iter()
-        .filter(|f| f["op"] == 0)
-        .map(|f| {
-            (
-                f["s"].as_u64().unwrap_or(0),
-                f["d"]["i"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
+    let before = numbered_before(&close);
     let got = before.len() as u64;
     assert_exactly_once_in_order(&before, 1, 1, got);
     let (mut ws, answer) = resume(&b, "slow", &id, got).await;

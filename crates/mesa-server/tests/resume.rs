@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mesa_server::config::ResumeConfig;
 use mesa_server::{Config, Frame, Target};
+use mesa_testkit::resume::*;
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
 use serde_json::{json, Value};
@@ -20,62 +21,6 @@ fn config(resume: ResumeConfig) -> Config {
 
 fn resumable_server(resume: ResumeConfig) -> mesa_server::MesaBuilder {
     echo_server().config(config(resume))
-}
-
-/// A fresh resumable session: returns the socket, the session id and the position it starts after.
-async fn open(server: &TestServer, user: &str) -> (Ws, String, u64) {
-    let (mut ws, hello) = connect_hello(server).await;
-    assert!(hello["d"]["c_resume"]["session_ttl"].is_u64(), "{hello}");
-    let d = authenticate(
-        &mut ws,
-        json!({"token": format!("user:{user}"), "resumable": true}),
-    )
-    .await;
-    assert_eq!(d["resumed"], false, "{d}");
-    assert_eq!(d["user"], json!({"id": user}));
-    let id = d["session_id"].as_str().expect("session id").to_string();
-    assert_eq!(id.len(), 32);
-    (ws, id, d["seq"].as_u64().expect("seq"))
-}
-
-/// Sends op 6; returns the socket and the answer (op 22 or op 9).
-async fn resume(server: &TestServer, user: &str, session: &str, seq: u64) -> (Ws, Value) {
-    let (mut ws, _) = connect_hello(server).await;
-    send(
-        &mut ws,
-        json!({"op": 6, "d": {"token": format!("user:{user}"), "session_id": session, "seq": seq}}),
-    )
-    .await;
-    let answer = recv(&mut ws).await;
-    (ws, answer)
-}
-
-fn numbered(i: u64) -> Frame {
-    Frame::dispatch("N", json!({ "i": i }))
-}
-
-/// Reads dispatches until `count` have arrived; returns (s, i) pairs.
-async fn read_numbered(ws: &mut Ws, count: usize) -> Vec<(u64, u64)> {
-    let mut seen = Vec::with_capacity(count);
-    while seen.len() < count {
-        let frame = recv(ws).await;
-        assert_eq!(frame["op"], 0, "{frame}");
-        seen.push((
-            frame["s"].as_u64().expect("durable dispatches carry s"),
-            frame["d"]["i"].as_u64().expect("i"),
-        ));
-    }
-    seen
-}
-
-fn assert_exactly_once_in_order(seen: &[(u64, u64)], first_s: u64, first_i: u64, count: u64) {
-    let expected: Vec<(u64, u64)> = (0..count).map(|k| (first_s + k, first_i + k)).collect();
-    assert_eq!(
-        seen,
-        expected.as_slice(),
-        "sent {count}, got {}",
-        seen.len()
-    );
 }
 
 #[tokio::test]
@@ -136,17 +81,7 @@ async fn a_slow_consumer_is_closed_with_4010_then_resumes_without_loss() {
     }
     let close = expect_close(&mut ws).await;
     assert_eq!(close.code, 4010);
-    let before: Vec<(u64, u64)> = close
-        .before
-        .iter()
-        .filter(|f| f["op"] == 0)
-        .map(|f| {
-            (
-                f["s"].as_u64().unwrap_or(0),
-                f["d"]["i"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
+    let before = numbered_before(&close);
     let got = before.len() as u64;
     assert_exactly_once_in_order(&before, 1, 1, got);
     let (mut ws, answer) = resume(&server, "slow", &id, got).await;

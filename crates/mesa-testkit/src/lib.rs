@@ -6,6 +6,8 @@
 //!   op 11, silence, close frames).
 //! - [`server`]: an in-process `mesa-server` on `127.0.0.1:0` with token authentication (`user:<id>`) and an
 //!   echo handler.
+//! - [`resume`]: resumable sessions from the raw client (op 2 `resumable`, op 6) and exactly-once-in-order
+//!   checks of numbered dispatches.
 //! - [`process`]: child processes (a server binary) behind a guard that kills them on drop, free ports and the
 //!   `listening on <addr>` log line.
 //! - [`redis`]: real `redis-server` processes on free ports that a test can kill and restart, a local
@@ -16,5 +18,6 @@
 
 pub mod process;
 pub mod redis;
+pub mod resume;
 pub mod server;
 pub mod ws;
