@@ -13,7 +13,7 @@ use mesa_testkit::redis::RedisServer;
 use mesa_testkit::resume::*;
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The configuration every node and Dispatcher of a test shares (one namespace per test).
 fn shared(redis: &RedisServer, namespace: &str) -> RedisConfig {
