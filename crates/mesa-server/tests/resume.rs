@@ -8,7 +8,7 @@ use mesa_server::{Config, Frame, Target};
 use mesa_testkit::resume::*;
 use mesa_testkit::server::*;
 use mesa_testkit::ws::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
