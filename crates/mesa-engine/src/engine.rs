@@ -239,6 +239,21 @@ pub trait Engine: Send + Sync + 'static {
         let _ = (user_id, session, holder, release);
     }
 
+    /// [`Engine::read_stream`] for `session`, which reads on behalf of that session: also `Err` (inner) when
+    /// the engine no longer records the session (its backend lost it, e.g. a Redis that restarted empty),
+    /// since the stream may then have restarted below the session's position. The default reads without
+    /// that check (an engine that cannot lose a live session's record).
+    fn read_session_stream(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Result<StreamRead, StreamGap>, EngineError>> {
+        let _ = session;
+        self.read_stream(user_id, after, limit)
+    }
+
     /// Reads up to `limit` entries of `user_id`'s stream after position `after`, oldest first. `Err`
     /// (inner) when an entry after `after` was evicted: what follows would have a hole.
     fn read_stream(

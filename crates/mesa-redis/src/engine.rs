@@ -184,6 +184,22 @@ impl Engine for RedisEngine {
         limit: usize,
     ) -> BoxFuture<'_, Result<Result<StreamRead, StreamGap>, EngineError>> {
         let user = user_id.to_owned();
-        Box::pin(async move { self.gateway.read_stream(&user, after, limit).await })
+        Box::pin(async move { self.gateway.read_stream(&user, None, after, limit).await })
+    }
+
+    /// In the same script as the read: a session Redis no longer records (it restarted empty) is a gap.
+    fn read_session_stream(
+        &self,
+        user_id: &str,
+        session: SessionId,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Result<StreamRead, StreamGap>, EngineError>> {
+        let user = user_id.to_owned();
+        Box::pin(async move {
+            self.gateway
+                .read_stream(&user, Some(session), after, limit)
+                .await
+        })
     }
 }

@@ -218,7 +218,8 @@ impl Gateway {
         })
     }
 
-    /// Waits until every session change so far (and a fresh heartbeat) is in Redis.
+    /// Waits until every session change so far (and a fresh heartbeat) is in Redis, and with streams every
+    /// acknowledgement and release queued so far.
     pub(crate) async fn flush(&self) -> Result<(), EngineError> {
         if self.inbound.is_closed() {
             return Ok(());
@@ -231,7 +232,17 @@ impl Gateway {
             .await
             .map(|r| r.map(|_| ()));
         match waited {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // Acknowledgements and releases queued before this call are written too: a command
+                // behind them in the one ordered queue comes back only after they did.
+                if self.streams.is_some() {
+                    let barrier = self
+                        .publisher
+                        .submit(crate::routing::Sends::Commands(vec![redis::cmd("PING")]));
+                    let _ = barrier.await;
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(EngineError::Closed),
             Err(_) => Err(EngineError::Unavailable(format!(
                 "session changes not confirmed by Redis within {limit:?} ({})",
@@ -329,12 +340,13 @@ impl Gateway {
     pub(crate) async fn read_stream(
         &self,
         user: &str,
+        session: Option<SessionId>,
         after: u64,
         limit: usize,
     ) -> Result<Result<StreamRead, StreamGap>, EngineError> {
         let streams = self.streams()?;
         let c = self.connections().await?;
-        let work = streams.read(&c.commands, &self.link.keys, user, after, limit);
+        let work = streams.read(&c.commands, &self.link.keys, user, session, after, limit);
         within(self.config().publish_timeout, work)
             .await
             .map_err(engine_error)

@@ -226,6 +226,8 @@ fn counts(replies: Vec<Value>) -> Result<Vec<i64>, EngineError> {
         .into_iter()
         .map(|reply| match reply {
             Value::Int(n) => Ok(n),
+            // The PING of a flush barrier: no subscribers.
+            Value::SimpleString(_) | Value::Okay => Ok(0),
             Value::ServerError(e) => Err(EngineError::Backend(e.to_string())),
             other => Err(EngineError::Backend(format!(
                 "unexpected PUBLISH reply {other:?}"

@@ -243,9 +243,9 @@ settle(sess)
 return 0
 ";
 
-/// ARGV: +after, limit. Returns `{head, 1, seq, frame, seq, frame, …}` (up to `limit` entries after
-/// `after`), or `{oldest, 0}` when an entry after `after` is no longer kept, or the stream is behind
-/// `after` (it was lost: Redis restarted empty).
+/// ARGV: +after, limit, session (or empty). Returns `{head, 1, seq, frame, seq, frame, …}` (up to `limit`
+/// entries after `after`), or `{oldest, 0}` when an entry after `after` is no longer kept, the stream is
+/// behind `after`, or the session reading is no longer recorded (Redis lost it: restarted empty).
 const READ: &str = r"
 local sess = sessions()
 evict_aged()
@@ -253,6 +253,7 @@ settle(sess)
 local h, after = head(), tonumber(ARGV[5])
 local first = oldest(h)
 if after > h or (after < h and after + 1 < first) then return {first, 0} end
+if ARGV[7] ~= '' and sess[ARGV[7]] == nil then return {first, 0} end
 local out = {h, 1}
 local page = redis.call('XRANGE', ST, (after + 1) .. '-0', '+', 'COUNT', tonumber(ARGV[6]))
 for _, entry in ipairs(page) do
@@ -513,18 +514,25 @@ impl Streams {
         )
     }
 
+    /// Reads after `after`, for `session` if given (then a session Redis no longer records is a gap).
     pub(crate) async fn read(
         &self,
         conn: &Conn,
         keys: &Keys,
         user: &str,
+        session: Option<SessionId>,
         after: u64,
         limit: usize,
     ) -> RedisResult<Result<StreamRead, StreamGap>> {
+        let session = session.map(|id| id.to_string()).unwrap_or_default();
         let call = self.user(keys, user).call(
             &READ_LUA,
             Vec::new(),
-            vec![number(after), number(limit.max(1) as u64)],
+            vec![
+                number(after),
+                number(limit.max(1) as u64),
+                Bytes::from(session),
+            ],
         );
         let reply: Vec<Value> = redis::from_redis_value(call.run(conn).await?)?;
         let mut items = reply.into_iter();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesa_redis::{Dispatcher, RedisConfig, RedisEngine};
-use mesa_server::{Frame, Mesa, SessionPolicy, Target};
+use mesa_server::{Engine, Frame, Mesa, SessionPolicy, Target};
 use mesa_testkit::redis::RedisServer;
 use mesa_testkit::resume::*;
 use mesa_testkit::server::*;
@@ -200,4 +200,40 @@ async fn the_offline_mailbox_is_kept_in_redis_and_reaches_every_device_of_the_us
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_restarts_empty_invalidates_live_sessions_explicitly() {
+    let mut redis = RedisServer::start();
+    let config = shared(&redis, "restart");
+    let (a, engine) = node(&config, 4096).await;
+    let (mut ws, id, _) = open(&a, "erin").await;
+    send_numbered(&a.mesa, "erin", 1..=5).await;
+    assert_exactly_once_in_order(&read_numbered(&mut ws, 5).await, 1, 1, 5);
+    // Redis forgets everything; the node reconnects by itself and every resumable session re-reads its
+    // stream: erin's session is gone, which she is told (she would refetch her state), not left waiting
+    // on positions that will never come.
+    redis.restart();
+    let invalid = loop {
+        let frame = recv_raw(&mut ws).await;
+        if frame["op"] == 1 {
+            send(&mut ws, json!({"op": 11, "s": 5})).await;
+            continue;
+        }
+        break frame;
+    };
+    assert_eq!(invalid["op"], 9, "{invalid}");
+    assert_eq!(invalid["d"]["code"], "retention_exceeded", "{invalid}");
+    let close = expect_close(&mut ws).await;
+    assert_eq!(close.code, 4013);
+    assert!(engine.health().is_healthy());
+    // A resume of the lost session is refused; a fresh one works.
+    let (mut ws, answer) = resume(&a, "erin", &id, 5).await;
+    assert_eq!(answer["op"], 9, "{answer}");
+    assert_eq!(answer["d"]["code"], "session_unknown");
+    let d = authenticate(&mut ws, json!({"token": "user:erin", "resumable": true})).await;
+    assert_eq!(d["resumed"], false);
+    send_numbered(&a.mesa, "erin", 6..=8).await;
+    assert_exactly_once_in_order(&read_numbered(&mut ws, 3).await, 1, 6, 3);
+    a.stop().await;
 }

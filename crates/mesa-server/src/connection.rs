@@ -931,7 +931,10 @@ where
             let Some(after) = stream.take_gap() else {
                 return Ok(());
             };
-            let read = match engine.read_stream(&identity.id, after, page).await {
+            let read = match engine
+                .read_session_stream(&identity.id, stream.id, after, page)
+                .await
+            {
                 Ok(Ok(read)) => read,
                 Ok(Err(gap)) => {
                     tracing::info!(connection = %self.session.connection_id(), %gap, "session invalidated");
