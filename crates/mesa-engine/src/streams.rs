@@ -21,10 +21,75 @@ struct Entry {
 struct Record {
     /// The last position acknowledged (or the session's start).
     cursor: u64,
-    /// The connection serving the session, while one does.
-    holder: Option<ConnectionId>,
-    /// When a released session is forgotten.
-    expires: Option<Instant>,
+    hold: Hold,
+}
+
+/// Whether a session is served (one enum rather than two options: every idle session carries it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// By this connection.
+    Held(ConnectionId),
+    /// By none since its release; forgotten at this instant.
+    Released(Instant),
+}
+
+impl Record {
+    fn holder(&self) -> Option<ConnectionId> {
+        match self.hold {
+            Hold::Held(connection) => Some(connection),
+            Hold::Released(_) => None,
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        matches!(self.hold, Hold::Released(at) if now >= at)
+    }
+}
+
+/// A user's sessions: a few at most (one per device), so a vector searched in order, which costs one
+/// small allocation where a hash table would cost four times as much per idle user.
+#[derive(Default)]
+struct SessionTable(Vec<(SessionId, Record)>);
+
+impl SessionTable {
+    fn get_mut(&mut self, id: &SessionId) -> Option<&mut Record> {
+        self.0.iter_mut().find(|(k, _)| k == id).map(|(_, r)| r)
+    }
+
+    fn insert(&mut self, id: SessionId, record: Record) {
+        match self.get_mut(&id) {
+            Some(slot) => *slot = record,
+            None => {
+                self.0.push((id, record));
+                self.0.shrink_to_fit();
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &SessionId) {
+        self.0.retain(|(k, _)| k != id);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Record) -> bool) {
+        self.0.retain(|(_, r)| keep(r));
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Record> {
+        self.0.iter().map(|(_, r)| r)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    fn contains_key(&self, id: &SessionId) -> bool {
+        self.0.iter().any(|(k, _)| k == id)
+    }
 }
 
 /// One user's stream and sessions.
@@ -35,7 +100,7 @@ pub(crate) struct UserStream {
     head: u64,
     /// The highest position any session of the user acknowledged.
     read_marker: u64,
-    sessions: HashMap<SessionId, Record>,
+    sessions: SessionTable,
 }
 
 impl UserStream {
@@ -78,7 +143,7 @@ impl UserStream {
     fn expire(&mut self, policy: &SessionPolicy, now: Instant) {
         let before = self.sessions.len();
         self.sessions
-            .retain(|_, record| record.expires.is_none_or(|at| now < at));
+            .retain(|record| !record.expired(now));
         while let Some(front) = self.entries.front() {
             if now.saturating_duration_since(front.at) < policy.retention.max_age {
                 break;
@@ -122,8 +187,7 @@ impl UserStream {
             session,
             Record {
                 cursor: start,
-                holder: Some(holder),
-                expires: None,
+                hold: Hold::Held(holder),
             },
         );
         Opened { start }
@@ -144,9 +208,8 @@ impl UserStream {
             .get_mut(&session)
             .ok_or(ResumeRefusal::UnknownSession)?;
         check_resume(after, oldest, head)?;
-        let previous = record.holder.filter(|old| *old != holder);
-        record.holder = Some(holder);
-        record.expires = None;
+        let previous = record.holder().filter(|old| *old != holder);
+        record.hold = Hold::Held(holder);
         record.cursor = record.cursor.max(after);
         self.read_marker = self.read_marker.max(record.cursor);
         Ok(Claimed { previous })
@@ -180,13 +243,12 @@ impl UserStream {
         let Some(record) = self.sessions.get_mut(&session) else {
             return;
         };
-        if record.holder != Some(holder) {
+        if record.holder() != Some(holder) {
             return;
         }
         match release {
             Release::Keep => {
-                record.holder = None;
-                record.expires = Some(now + policy.session_ttl);
+                record.hold = Hold::Released(now + policy.session_ttl);
             }
             Release::End => {
                 self.sessions.remove(&session);
@@ -326,6 +388,12 @@ mod tests {
 
     fn conn(n: u64) -> ConnectionId {
         ConnectionId::new(NodeId(1), n)
+    }
+
+    #[test]
+    fn an_idle_session_record_stays_small() {
+        // Every idle resumable connection carries one (the idle budget is 4 KiB per connection in all).
+        assert!(std::mem::size_of::<(SessionId, Record)>() <= 48);
     }
 
     #[test]
