@@ -84,6 +84,15 @@ pub struct CommonArgs {
     /// Connections opened at once while ramping up.
     #[arg(long, default_value_t = 200)]
     pub ramp_concurrency: usize,
+    /// Authenticate with resumable sessions (op 2 `resumable: true`; the server's Hello must offer
+    /// `c_resume`): every sequenced dispatch's `s` is checked (gaps and duplicates counted) and
+    /// acknowledged.
+    #[arg(long)]
+    pub resumable: bool,
+    /// With --resumable: besides every heartbeat answer, acknowledge this long after the first dispatch
+    /// not yet acknowledged (as mesa-client does); 0 = in heartbeat answers only.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub ack_interval: Duration,
 }
 
 /// Node B and Redis, for the cluster variants of the scenarios (two nodes on one Redis). Without `--url-b` a
