@@ -190,33 +190,70 @@ impl DispatchFormat {
     }
 }
 
+/// How `targeted` hands its sends to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// Straight to Redis, as an application backend (`--redis-url`, `--dispatch`; two nodes).
+    Redis,
+    /// Through a sender connection on node A, as the conformance contract's `SEND_TO` dispatch (one node
+    /// or two).
+    Client,
+}
+
+impl Via {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Redis => "redis",
+            Via::Client => "client",
+        }
+    }
+}
+
 /// `targeted` settings.
 #[derive(Debug, Clone, Args)]
 pub struct TargetedArgs {
     /// Shared settings; `--url` is node A, which holds the recipients.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Node B (`--url-b` required) and Redis.
+    /// Node B (`--url-b`: required with `--via redis`) and Redis.
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Recipients: users connected to node A, one connection each; sends go to them in turn.
     #[arg(long, short = 'r', default_value_t = 1000)]
     pub recipients: usize,
-    /// Idle users connected to node B (default: as many as recipients); none of them is ever a recipient.
+    /// Idle users connected to node B (default: as many as recipients with `--url-b`, none without); none
+    /// of them is ever a recipient.
     #[arg(long)]
     pub idle_b: Option<usize>,
-    /// The Redis both nodes use (the generator sends through it, as an application backend would).
+    /// How the sends reach the gateway: through Redis (as an application backend) or through a client
+    /// connection's `SEND_TO` dispatches.
+    #[arg(long, value_enum, default_value_t = Via::Redis)]
+    pub via: Via,
+    /// The Redis both nodes use (`--via redis`: the generator sends through it, as an application backend
+    /// would).
     #[arg(long)]
-    pub redis_url: String,
+    pub redis_url: Option<String>,
     /// How the sends are handed to Redis: as this project's Dispatcher or as Mesa 1.5's.
     #[arg(long, value_enum, default_value_t = DispatchFormat::Ours)]
     pub dispatch: DispatchFormat,
     /// Namespace of the nodes (ours: `default` when not given; Mesa 1.5: none).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Sends per second (each to one recipient), on a fixed schedule.
+    /// `--via client`: mark every send volatile (Mesa 1.5 message options `"o": {"sync": false}` on the
+    /// `SEND_TO` dispatch): never kept, never sequenced, never replayed.
+    #[arg(long)]
+    pub volatile: bool,
+    /// `--via client`: users named in each send (consecutive recipients, in turn); at most the recipients.
+    #[arg(long, default_value_t = 1)]
+    pub fanout: usize,
+    /// Sends per second (each to `--fanout` recipients), on a fixed schedule; `--via client` also takes 0:
+    /// as fast as the window allows.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// With `--via client --rate 0`: sends not yet delivered to all their recipients at most.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
     /// Size in bytes of each send's `d` (JSON).
     #[arg(long, short = 'p', default_value_t = 64)]
     pub payload: usize,
@@ -418,28 +455,55 @@ impl TargetedArgs {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), InvalidArgs> {
         self.common.validate()?;
-        if self.cluster.target_b()?.is_none() {
-            return Err(InvalidArgs("--url-b (node B) is required".into()));
-        }
+        let node_b = self.cluster.target_b()?;
         positive("recipients", self.recipients)?;
-        if !self.rate.is_finite() || self.rate <= 0.0 {
-            return Err(InvalidArgs("--rate must be positive".into()));
-        }
+        positive("fanout", self.fanout)?;
+        positive("window", self.window)?;
         if self.duration.is_zero() {
             return Err(InvalidArgs("--duration must be positive".into()));
         }
-        // Loopback only, as every target: the host is checked by the WebSocket target's parser.
-        let host = self
-            .redis_url
-            .strip_prefix("redis://")
-            .ok_or_else(|| InvalidArgs("--redis-url must be a redis:// URL".into()))?;
-        Target::parse(&format!("ws://{host}"))?;
+        match self.via {
+            Via::Redis => {
+                if node_b.is_none() {
+                    return Err(InvalidArgs(
+                        "--url-b (node B) is required with --via redis".into(),
+                    ));
+                }
+                if !self.rate.is_finite() || self.rate <= 0.0 {
+                    return Err(InvalidArgs("--rate must be positive".into()));
+                }
+                if self.volatile || self.fanout != 1 {
+                    return Err(InvalidArgs(
+                        "--volatile and --fanout need --via client".into(),
+                    ));
+                }
+                let url = self.redis_url.as_deref().ok_or_else(|| {
+                    InvalidArgs("--redis-url is required with --via redis".into())
+                })?;
+                // Loopback only, as every target: the host is checked by the WebSocket target's parser.
+                let host = url
+                    .strip_prefix("redis://")
+                    .ok_or_else(|| InvalidArgs("--redis-url must be a redis:// URL".into()))?;
+                Target::parse(&format!("ws://{host}"))?;
+            }
+            Via::Client => {
+                if !self.rate.is_finite() || self.rate < 0.0 {
+                    return Err(InvalidArgs(
+                        "--rate must be 0 (as fast as the window allows) or positive".into(),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
     /// Idle users on node B.
     pub fn idle_b(&self) -> usize {
-        self.idle_b.unwrap_or(self.recipients)
+        match (&self.cluster.url_b, self.idle_b) {
+            (None, _) => 0,
+            (Some(_), Some(n)) => n,
+            (Some(_), None) => self.recipients,
+        }
     }
 }
 

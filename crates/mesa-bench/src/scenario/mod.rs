@@ -348,6 +348,23 @@ pub fn report(
     }
 }
 
+/// A short tag that tells this run's users apart from earlier runs' on the same server (the process id and
+/// the clock), e.g. `3f2a1c9`: a resumable session's user gets its mailbox, what no device of that user
+/// acknowledged, so users must not be shared between runs.
+pub fn run_tag() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let count = RUNS.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:x}{count:x}",
+        std::process::id() & 0xfff,
+        millis & 0xf_ffff
+    )
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
 /// Microseconds since `epoch`, the time base of the timestamps in probe payloads.
 pub fn micros_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
