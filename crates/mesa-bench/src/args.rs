@@ -28,9 +28,13 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Open N connections, send some traffic, drop them all at once, then watch the server's RSS for 30 s.
     Storm(StormArgs),
-    /// Two nodes on one Redis: sends through Redis to users of node A only, while node B holds idle users
-    /// (node B's CPU and the bytes it reads from Redis; lost, duplicated, out of order).
+    /// Sends to user ids, through Redis to users of node A only while node B holds idle users (node B's CPU
+    /// and the bytes it reads from Redis), or through a client's SEND_TO (durable or volatile); lost,
+    /// duplicated, out of order.
     Targeted(TargetedArgs),
+    /// A resume storm: N resumable sessions get M messages each, all drop at once, then all resume at once
+    /// (on --url-b): time to caught-up, resumed and refused, replayed, lost, duplicated, out of order.
+    Resume(ResumeArgs),
     /// Prints a side-by-side table (with ratios) of JSON result lines from several servers.
     Compare(CompareArgs),
 }
@@ -56,6 +60,16 @@ impl Command {
             }
             Command::Targeted(a) => {
                 ramp + crate::scenario::targeted::WARMUP_TIMEOUT + a.duration + a.drain + margin
+            }
+            Command::Resume(a) => {
+                // Two ramps (open, reconnect), the live sends and their barrier, the gap, the resume
+                // phase and the linger.
+                ramp * 2
+                    + crate::scenario::resume::DELIVERY_TIMEOUT * 2
+                    + a.gap
+                    + a.timeout
+                    + a.linger
+                    + margin
             }
             Command::Compare(_) => margin,
         }
@@ -358,6 +372,89 @@ pub struct StormArgs {
     pub no_auth: bool,
 }
 
+/// When a resume storm's messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SendWhen {
+    /// While every session is disconnected (between the drop and the resume): all are replayed.
+    Dropped,
+    /// Before the drop, while connected: received live and left unacknowledged.
+    Connected,
+}
+
+impl SendWhen {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendWhen::Dropped => "dropped",
+            SendWhen::Connected => "connected",
+        }
+    }
+}
+
+/// The position a resume storm's sessions resume from (op 6 `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResumeFrom {
+    /// The last `s` processed (what the protocol asks of a client that kept its state).
+    Processed,
+    /// The last `s` acknowledged (a client that lost what it processed since: e.g. it restarted without
+    /// having persisted it); with `--send connected` every message is then replayed.
+    Acked,
+}
+
+impl ResumeFrom {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResumeFrom::Processed => "processed",
+            ResumeFrom::Acked => "acked",
+        }
+    }
+}
+
+/// `resume` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// Shared settings; `--url` is where the sessions are opened and the messages sent (every session is
+    /// resumable, with or without `--resumable`).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Where the sessions resume (loopback only; default: `--url`, the same node). Another node of the same
+    /// cluster is just another URL.
+    #[arg(long)]
+    pub url_b: Option<String>,
+    /// Process id of the node of `--url-b`, to read its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_b_pid: Option<u32>,
+    /// Resumable sessions (one connection each, capped to the open-files limit).
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    pub sessions: usize,
+    /// Messages sent to each session's user (durable `SEND_TO`s).
+    #[arg(long, short = 'm', default_value_t = 10)]
+    pub messages: usize,
+    /// Size in bytes of each message's `d` (JSON).
+    #[arg(long, short = 'p', default_value_t = 64)]
+    pub payload: usize,
+    /// When the messages are sent: while the sessions are disconnected, or before the drop.
+    #[arg(long, value_enum, default_value_t = SendWhen::Dropped)]
+    pub send: SendWhen,
+    /// What the sessions resume from: the last `s` processed, or the last acknowledged.
+    #[arg(long, value_enum, default_value_t = ResumeFrom::Processed)]
+    pub resume_from: ResumeFrom,
+    /// Time between the drop and the first resume (with `--send dropped` the messages are sent in it).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub gap: Duration,
+    /// The most the resume phase may take: a session not caught up by then counts as not caught up, and
+    /// what it has not received as lost.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// After every session caught up, how long to go on reading (anything more is a duplicate).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// Users named in one `SEND_TO` at most.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
 /// `compare` settings.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -504,6 +601,28 @@ impl TargetedArgs {
             (Some(_), Some(n)) => n,
             (Some(_), None) => self.recipients,
         }
+    }
+}
+
+impl ResumeArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        self.target_b()?;
+        positive("sessions", self.sessions)?;
+        positive("messages", self.messages)?;
+        positive("batch", self.batch)?;
+        if self.timeout.is_zero() {
+            return Err(InvalidArgs("--timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The node the sessions resume on: `--url-b`, or `--url`.
+    pub fn target_b(&self) -> Result<Target, InvalidArgs> {
+        Ok(Target::parse(
+            self.url_b.as_deref().unwrap_or(&self.common.url),
+        )?)
     }
 }
 

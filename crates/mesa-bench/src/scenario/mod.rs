@@ -7,6 +7,8 @@ pub mod connect;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod resume;
+pub mod sender;
 pub mod storm;
 pub mod targeted;
 

@@ -33,12 +33,13 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Meters, Node, Placement, Rule};
+use super::sender::SendToConn;
 use super::{
     cpu_json, join_all, micros_since, own_cpu, per_server_cpu_second, prepare, report, run_tag,
     spawn_placed, wait_for_ramp, ConnStats,
 };
 use crate::args::{InvalidArgs, TargetedArgs, Via};
-use crate::conn::{Conn, Connector, Incoming};
+use crate::conn::{Conn, Incoming};
 use crate::dispatch::{DispatchError, RedisSender};
 use crate::report::{round3, with_progress, Report};
 use crate::scan::{self, Kind};
@@ -50,9 +51,6 @@ pub const DIRECT: &str = "DIRECT";
 /// Token prefix: connection `i` is user `tgt-<i>`; recipients are `tgt-0` … `tgt-<recipients − 1>`
 /// (`--via client`: `tgt-<run>-<i>`).
 const USER_PREFIX: &str = "tgt-";
-
-/// The dispatch type `--via client` sends.
-pub const SEND_TO: &str = "SEND_TO";
 
 /// Users named in one warm-up `SEND_TO` at most.
 const WARMUP_BATCH: usize = 500;
@@ -91,7 +89,7 @@ struct Shared {
 /// Where the sends go: Redis, or a sender connection's `SEND_TO` dispatches.
 enum Way {
     Redis(RedisSender),
-    Client(Box<ClientSender>),
+    Client(Box<SendToConn>),
 }
 
 impl Way {
@@ -101,76 +99,6 @@ impl Way {
             Way::Redis(_) => tokio::time::sleep(period).await,
             Way::Client(sender) => sender.idle(period).await,
         }
-    }
-}
-
-/// The sender connection of `--via client`.
-struct ClientSender {
-    conn: Conn,
-    /// `,"o":{"sync":false}` or nothing.
-    options: &'static str,
-    /// The close code when the server ended it.
-    closed: Option<Option<u16>>,
-}
-
-impl ClientSender {
-    async fn open(
-        connector: &Connector,
-        user: &str,
-        volatile: bool,
-    ) -> Result<ClientSender, InvalidArgs> {
-        let opened = async {
-            let mut conn = connector.open().await?;
-            conn.authenticate(&format!("user:{user}")).await?;
-            Ok::<_, crate::conn::OpenError>(conn)
-        };
-        let conn = opened
-            .await
-            .map_err(|e| InvalidArgs(format!("the sender connection did not open: {e}")))?;
-        Ok(ClientSender {
-            conn,
-            options: if volatile {
-                r#","o":{"sync":false}"#
-            } else {
-                ""
-            },
-            closed: None,
-        })
-    }
-
-    /// Queues one `SEND_TO` of `payload` (JSON) to `users`; `options` overrides the run's message options.
-    async fn send<'a>(
-        &mut self,
-        users: impl Iterator<Item = &'a str>,
-        payload: &str,
-        options: Option<&str>,
-    ) -> bool {
-        let to = serde_json::to_string(&users.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into());
-        let options = options.unwrap_or(self.options);
-        let frame =
-            format!(r#"{{"op":0,"t":"{SEND_TO}","d":{{"to":{to},"payload":{payload}}}{options}}}"#);
-        self.conn.send(frame).await.is_ok()
-    }
-
-    async fn flush(&mut self) -> bool {
-        self.conn.flush().await.is_ok()
-    }
-
-    /// Reads (answering heartbeats) until `period` passes or the server ends the connection.
-    async fn idle(&mut self, period: Duration) {
-        if self.closed.is_some() {
-            tokio::time::sleep(period).await;
-            return;
-        }
-        let _ = tokio::time::timeout(period, async {
-            loop {
-                if let Incoming::Closed(code) = self.conn.recv().await {
-                    self.closed = Some(code);
-                    return;
-                }
-            }
-        })
-        .await;
     }
 }
 
@@ -200,7 +128,9 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
             Way::Redis(RedisSender::connect(args.dispatch, url, args.namespace.as_deref()).await?)
         }
         Via::Client => Way::Client(Box::new(
-            ClientSender::open(&setup.connector, &format!("{prefix}sender"), args.volatile).await?,
+            SendToConn::open(&setup.connector, &format!("{prefix}sender"), args.volatile)
+                .await
+                .map_err(|e| InvalidArgs(format!("the sender connection did not open: {e}")))?,
         )),
     };
     let stats = Arc::new(ConnStats::default());
@@ -268,7 +198,7 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
             }
             Way::Client(sender) => {
                 for batch in cold.chunks(WARMUP_BATCH) {
-                    let volatile = Some(r#","o":{"sync":false}"#);
+                    let volatile = Some(super::sender::VOLATILE);
                     sender
                         .send(batch.iter().copied(), warm_payload, volatile)
                         .await;
@@ -449,7 +379,7 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
 /// fixed schedule (due sends go out every millisecond) or, with `--rate 0`, whenever fewer than `--window`
 /// sends are still owed to some recipient.
 async fn send_through_client(
-    sender: &mut ClientSender,
+    sender: &mut SendToConn,
     shared: &Shared,
     users: &[String],
     fanout: usize,

@@ -24,6 +24,7 @@ pub async fn run(args: &[&str]) -> Report {
         Command::Connect(a) => scenario::connect::run(a).await,
         Command::Storm(a) => scenario::storm::run(a).await,
         Command::Targeted(a) => scenario::targeted::run(a).await,
+        Command::Resume(a) => scenario::resume::run(a).await,
         Command::Compare(_) => panic!("not a scenario"),
     };
     let report = outcome.expect("scenario runs");
