@@ -279,6 +279,25 @@ pub struct SeqCounts {
     pub acks: u64,
 }
 
+impl SeqCounts {
+    /// Counts a sequenced dispatch at `s` against `session` and moves its last `s`; `false` when `s` is at or
+    /// below the last (a duplicate, to be dropped). A gap is counted and accepted.
+    pub fn check(&mut self, session: &mut SessionState, s: u64) -> bool {
+        if s <= session.last {
+            self.dups += 1;
+            return false;
+        }
+        let expected = session.last + 1;
+        if s > expected {
+            self.gaps += 1;
+            self.missing += s - expected;
+        }
+        self.sequenced += 1;
+        session.last = s;
+        true
+    }
+}
+
 /// An open connection. Heartbeats (op 1) are answered with op 11 whenever frames are read.
 #[derive(Debug)]
 pub struct Conn {
@@ -429,17 +448,9 @@ impl Conn {
         let Some(s) = scan::stream_seq(text) else {
             return true;
         };
-        if s <= session.last {
-            self.seq.dups += 1;
+        if !self.seq.check(session, s) {
             return false;
         }
-        let expected = session.last + 1;
-        if s > expected {
-            self.seq.gaps += 1;
-            self.seq.missing += s - expected;
-        }
-        self.seq.sequenced += 1;
-        session.last = s;
         if self.ack_at.is_none() && !self.hold_acks {
             if let Some(interval) = self.ack_interval {
                 self.ack_at = Some(tokio::time::Instant::now() + interval);
@@ -626,6 +637,37 @@ fn session_ack(text: &str) -> Result<(String, u64, bool), OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_checks_count_gaps_and_duplicates() {
+        let mut session = SessionState {
+            session_id: "x".into(),
+            start: 4,
+            last: 4,
+            acked: 4,
+        };
+        let mut counts = SeqCounts::default();
+        assert!(counts.check(&mut session, 5));
+        assert!(counts.check(&mut session, 6));
+        assert!(!counts.check(&mut session, 6), "a duplicate is dropped");
+        assert!(!counts.check(&mut session, 3), "so is anything older");
+        assert!(
+            counts.check(&mut session, 9),
+            "a gap is counted and accepted"
+        );
+        assert!(counts.check(&mut session, 10));
+        assert_eq!(
+            counts,
+            SeqCounts {
+                sequenced: 4,
+                gaps: 1,
+                missing: 2,
+                dups: 2,
+                acks: 0,
+            }
+        );
+        assert_eq!(session.last, 10);
+    }
 
     #[test]
     fn resumable_op_22_is_read() {

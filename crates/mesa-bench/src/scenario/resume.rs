@@ -19,7 +19,8 @@
 //! (the storm's total), resumed, refused (op 9, by code), failed; messages sent, replayed, delivered live,
 //! lost (sent to a resumed session and never received, live or replayed), duplicated (the same message twice
 //! in one phase, or a sequenced dispatch at or below the last `s`: dropped and counted), out of order, gaps in
-//! `s`; the servers' CPU during the storm and RSS at each step.
+//! `s`; the servers' CPU during the storm (CPU time in ms, read from `/proc` in 10 ms clock ticks, and as a
+//! share of the storm's wall time, which is coarse for storms under a second) and RSS at each step.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -318,6 +319,12 @@ pub async fn run(args: &ResumeArgs) -> Result<Report, InvalidArgs> {
     )
     .await;
     let storm_took = storm_start.elapsed();
+    let cpu_ms = |meter: Option<CpuMeter>| {
+        meter
+            .and_then(|m| m.used())
+            .map(|used| u64::try_from(used.as_millis()).unwrap_or(u64::MAX))
+    };
+    let (server_cpu_ms, server_b_cpu_ms) = (cpu_ms(cpu_a), cpu_ms(cpu_b));
     let server_cpu_pct = cpu_json(cpu_a);
     let server_b_cpu_pct = cpu_json(cpu_b);
     let own_cpu_pct = cpu_json(Some(own_meter));
@@ -386,6 +393,8 @@ pub async fn run(args: &ResumeArgs) -> Result<Report, InvalidArgs> {
         "ramp_s": round3(ramp.as_secs_f64()),
         "drop_s": round3(dropped_in.as_secs_f64()),
         "reconnect_s": round3(reconnect_took.as_secs_f64()),
+        "server_cpu_ms": server_cpu_ms,
+        "server_b_cpu_ms": server_b_cpu_ms,
         "server_cpu_pct": server_cpu_pct,
         "server_b_cpu_pct": server_b_cpu_pct,
         "generator_cpu_pct": own_cpu_pct,
