@@ -145,6 +145,10 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("out_of_order", "out of order"),
             ("seq_gaps", "gaps in s"),
             (
+                "server_cpu_ms",
+                "server CPU time during the storm (ms, 10 ms ticks)",
+            ),
+            (
                 "server_cpu_pct",
                 "server CPU during the storm (% of a core)",
             ),
