@@ -7,13 +7,18 @@
 # scenario gets a freshly started server. Results: one JSON line per run in $OUT/results.jsonl, logs in $OUT,
 # and a Markdown table with ratios (ours/baseline, ours/node) on stdout and in $OUT/table.md.
 #
-# Usage: bench/compare.sh [--quick] [--storm] [--cluster] [--out DIR] [--servers ours,baseline,node]
+# Usage: bench/compare.sh [--quick] [--storm] [--cluster | --resume] [--out DIR] [--servers ours,baseline,node]
 #   --quick   a smoke run of a few seconds per server (small counts, 0.5 s scenarios)
 #   --storm   also run the storm scenario: 5 000 connections dropped at once, then 30 s of RSS samples
 #             (about 40 s per server; with --quick 300 connections and 2 s)
 #   --cluster run the cluster scenarios instead: two nodes on one fresh redis-server per run (ours: two
 #             mesa-conformance with REDIS_URL; node: two bench/node/server.js with Mesa 1.5's redis option);
 #             redis-server and node A on CPU 0, node B on CPU 1, mesa-bench unpinned. Servers: ours,node.
+#   --resume  run the resumable-session benchmarks instead, ours only (the baseline and Mesa 1.5 have no
+#             resumable sessions): idle memory per connection with and without resumable sessions, durable
+#             versus volatile sends to user ids through SEND_TO (and durable to non-resumable sessions), and
+#             resume storms (the in-memory engine keeps sessions in the process, so the sessions resume on the
+#             node they were opened on). Server on CPU 0, mesa-bench on CPU 1, a fresh server per run.
 # MESA_BENCH_PROFILE=dev runs the debug binaries instead (a smoke run; its figures mean nothing).
 # Only loopback addresses are used. The script stops only the processes it started, by their PIDs.
 set -euo pipefail
@@ -22,6 +27,7 @@ cd "$(dirname "$0")/.."
 QUICK=0
 STORM=0
 CLUSTER=0
+RESUME=0
 OUT=""
 SERVERS=""
 while [ $# -gt 0 ]; do
@@ -29,13 +35,25 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --storm) STORM=1 ;;
     --cluster) CLUSTER=1 ;;
+    --resume) RESUME=1 ;;
     --out) OUT="$2"; shift ;;
     --servers) SERVERS="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$CLUSTER" = 1 ] && [ "$RESUME" = 1 ]; then
+  echo "--cluster and --resume are separate runs" >&2
+  exit 2
+fi
+if [ "$RESUME" = 1 ]; then
+  if [ -n "$SERVERS" ] && [ "$SERVERS" != ours ]; then
+    echo "--resume: only ours has resumable sessions; the baseline and Mesa 1.5 have none" >&2
+    exit 2
+  fi
+  SERVERS="ours"
+fi
 if [ -z "$SERVERS" ]; then
   if [ "$CLUSTER" = 1 ]; then SERVERS="ours,node"; else SERVERS="ours,baseline,node"; fi
 fi
@@ -51,7 +69,8 @@ RESULTS="$OUT/results.jsonl"
 say() { printf '==> %s\n' "$*" >&2; }
 
 # --- tools ---------------------------------------------------------------------------------------------
-TOOLS="cargo node npm taskset"
+TOOLS="cargo taskset"
+if [[ ",$SERVERS," == *",node,"* ]]; then TOOLS="$TOOLS node npm"; fi
 if [ "$CLUSTER" = 1 ]; then TOOLS="$TOOLS redis-server ss"; fi
 for tool in $TOOLS; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
@@ -236,6 +255,82 @@ run_cluster() {
   done
 }
 
+# --- resumable sessions (--resume) ---------------------------------------------------------------------
+# Each entry: name|label|arguments. Runs of one name are compared by label: resume-on against resume-off
+# (idle), durable against volatile and against durable sends to non-resumable sessions (no-resume), and the
+# resume storms alone.
+run_resume() {
+  local sendto storm
+  if [ "$QUICK" = 1 ]; then
+    sendto="targeted --via client -r 200 --fanout 20 -p 256 -d 500ms --drain 2s"
+    storm="resume -n 300 -m 5 --gap 300ms --linger 300ms --timeout 10s"
+    ENTRIES=(
+      "idle-1k-resume|resume-off|idle -n 1000 --hold 500ms"
+      "idle-1k-resume|resume-on|idle -n 1000 --hold 500ms --resumable"
+      "sendto-200x20-max|durable|$sendto --rate 0 --resumable"
+      "sendto-200x20-max|volatile|$sendto --rate 0 --resumable --volatile"
+      "sendto-200x20-max|no-resume|$sendto --rate 0"
+      "sendto-200x20-100hz|durable|$sendto --rate 100 --resumable"
+      "sendto-200x20-100hz|volatile|$sendto --rate 100 --resumable --volatile"
+      "sendto-200x20-100hz|no-resume|$sendto --rate 100"
+      "resume-300-dropped|ours|$storm --send dropped"
+      "resume-300-connected|ours|$storm --send connected"
+      "resume-300-connected-acked|ours|$storm --send connected --resume-from acked"
+    )
+  else
+    sendto="targeted --via client -r 1000 --fanout 100 -p 256 -d 10s --drain 10s"
+    storm="resume -n 5000"
+    ENTRIES=(
+      "idle-19k-resume|resume-off|idle -n 19000 --hold 10s"
+      "idle-19k-resume|resume-on|idle -n 19000 --hold 10s --resumable"
+      "sendto-1kx100-max|durable|$sendto --rate 0 --resumable"
+      "sendto-1kx100-max|volatile|$sendto --rate 0 --resumable --volatile"
+      "sendto-1kx100-max|no-resume|$sendto --rate 0"
+      "sendto-1kx100-500hz|durable|$sendto --rate 500 --resumable"
+      "sendto-1kx100-500hz|volatile|$sendto --rate 500 --resumable --volatile"
+      "sendto-1kx100-500hz|no-resume|$sendto --rate 500"
+      "resume-5k-dropped|ours|$storm -m 10 --send dropped"
+      "resume-5k-connected|ours|$storm -m 10 --send connected"
+      "resume-5k-connected-acked|ours|$storm -m 10 --send connected --resume-from acked"
+      "resume-5k-dropped-m100|ours|$storm -m 100 --send dropped"
+    )
+  fi
+  for entry in "${ENTRIES[@]}"; do
+    name="${entry%%|*}"
+    rest="${entry#*|}"
+    label="${rest%%|*}"
+    args="${rest#*|}"
+    log="$OUT/$name.$label"
+    say "$name as $label (load $(cut -d' ' -f1 /proc/loadavg))"
+    start_server ours "$log.server.log"
+    # shellcheck disable=SC2086 # $args is a list of arguments
+    if taskset -c 1 "$BIN/mesa-bench" $args \
+        --url "ws://127.0.0.1:$(port_of ours)/" --server-pid "$SERVER_PID" \
+        --name "$name" --label "$label" >"$log.out" 2>"$log.err"; then
+      grep '^{"tool":"mesa-bench"' "$log.out" >> "$RESULTS" || true
+    else
+      echo "mesa-bench failed for $name as $label; see $log.err" >&2
+    fi
+    cleanup
+    if [ "$QUICK" = 1 ]; then sleep 0.2; else sleep 1; fi
+  done
+}
+
+# resume_tables: the three tables of a --resume run, from $RESULTS.
+resume_tables() {
+  echo "Idle memory per connection, resumable sessions on and off:"
+  echo
+  grep '"name":"idle-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours resume-on --against resume-off
+  echo
+  echo "Sends to user ids through SEND_TO: durable and volatile to resumable sessions, durable to non-resumable ones:"
+  echo
+  grep '"name":"sendto-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours durable --against volatile,no-resume
+  echo
+  echo "Resume storms (sessions resume on the node they were opened on: the in-memory engine):"
+  echo
+  grep '"name":"resume-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours ours --against ""
+}
+
 # --- scenarios -----------------------------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
   SCENARIOS=(
@@ -267,8 +362,8 @@ fi
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     "($(git status --porcelain -- crates 2>/dev/null | wc -l | tr -d ' ') uncommitted changes under crates/)"
   echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "node: $(node --version)"
-  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")$([ "$CLUSTER" = 1 ] && echo " cluster")"
+  echo "node: $(node --version 2>/dev/null || echo none)"
+  echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full)$([ "$STORM" = 1 ] && echo " + storm")$([ "$CLUSTER" = 1 ] && echo " cluster")$([ "$RESUME" = 1 ] && echo " resume")"
   if [ "$CLUSTER" = 1 ]; then
     echo "pinning: redis-server + node A on CPU 0, node B on CPU 1, mesa-bench unpinned"
     echo "redis: $(redis-server --version | cut -d' ' -f3)"
@@ -277,6 +372,8 @@ fi
 
 if [ "$CLUSTER" = 1 ]; then
   run_cluster
+elif [ "$RESUME" = 1 ]; then
+  run_resume
 else
   IFS=',' read -r -a SERVER_LIST <<< "$SERVERS"
   for entry in "${SCENARIOS[@]}"; do
@@ -302,6 +399,10 @@ else
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/run.txt" >&2
 
-"$BIN/mesa-bench" compare "$RESULTS" --ours ours --against "$(echo "$SERVERS" | sed 's/^ours,\{0,1\}//; s/,ours//')" \
-  | tee "$OUT/table.md"
+if [ "$RESUME" = 1 ]; then
+  resume_tables | tee "$OUT/table.md"
+else
+  "$BIN/mesa-bench" compare "$RESULTS" --ours ours --against "$(echo "$SERVERS" | sed 's/^ours,\{0,1\}//; s/,ours//')" \
+    | tee "$OUT/table.md"
+fi
 say "results in $OUT (results.jsonl, table.md, logs)"

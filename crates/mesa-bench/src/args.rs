@@ -28,9 +28,13 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Open N connections, send some traffic, drop them all at once, then watch the server's RSS for 30 s.
     Storm(StormArgs),
-    /// Two nodes on one Redis: sends through Redis to users of node A only, while node B holds idle users
-    /// (node B's CPU and the bytes it reads from Redis; lost, duplicated, out of order).
+    /// Sends to user ids, through Redis to users of node A only while node B holds idle users (node B's CPU
+    /// and the bytes it reads from Redis), or through a client's SEND_TO (durable or volatile); lost,
+    /// duplicated, out of order.
     Targeted(TargetedArgs),
+    /// A resume storm: N resumable sessions get M messages each, all drop at once, then all resume at once
+    /// (on --url-b): time to caught-up, resumed and refused, replayed, lost, duplicated, out of order.
+    Resume(ResumeArgs),
     /// Prints a side-by-side table (with ratios) of JSON result lines from several servers.
     Compare(CompareArgs),
 }
@@ -56,6 +60,16 @@ impl Command {
             }
             Command::Targeted(a) => {
                 ramp + crate::scenario::targeted::WARMUP_TIMEOUT + a.duration + a.drain + margin
+            }
+            Command::Resume(a) => {
+                // Two ramps (open, reconnect), the live sends and their barrier, the gap, the resume
+                // phase and the linger.
+                ramp * 2
+                    + crate::scenario::resume::DELIVERY_TIMEOUT * 2
+                    + a.gap
+                    + a.timeout
+                    + a.linger
+                    + margin
             }
             Command::Compare(_) => margin,
         }
@@ -84,6 +98,15 @@ pub struct CommonArgs {
     /// Connections opened at once while ramping up.
     #[arg(long, default_value_t = 200)]
     pub ramp_concurrency: usize,
+    /// Authenticate with resumable sessions (op 2 `resumable: true`; the server's Hello must offer
+    /// `c_resume`): every sequenced dispatch's `s` is checked (gaps and duplicates counted) and
+    /// acknowledged.
+    #[arg(long)]
+    pub resumable: bool,
+    /// With --resumable: besides every heartbeat answer, acknowledge this long after the first dispatch
+    /// not yet acknowledged (as mesa-client does); 0 = in heartbeat answers only.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub ack_interval: Duration,
 }
 
 /// Node B and Redis, for the cluster variants of the scenarios (two nodes on one Redis). Without `--url-b` a
@@ -181,33 +204,70 @@ impl DispatchFormat {
     }
 }
 
+/// How `targeted` hands its sends to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// Straight to Redis, as an application backend (`--redis-url`, `--dispatch`; two nodes).
+    Redis,
+    /// Through a sender connection on node A, as the conformance contract's `SEND_TO` dispatch (one node
+    /// or two).
+    Client,
+}
+
+impl Via {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Redis => "redis",
+            Via::Client => "client",
+        }
+    }
+}
+
 /// `targeted` settings.
 #[derive(Debug, Clone, Args)]
 pub struct TargetedArgs {
     /// Shared settings; `--url` is node A, which holds the recipients.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Node B (`--url-b` required) and Redis.
+    /// Node B (`--url-b`: required with `--via redis`) and Redis.
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Recipients: users connected to node A, one connection each; sends go to them in turn.
     #[arg(long, short = 'r', default_value_t = 1000)]
     pub recipients: usize,
-    /// Idle users connected to node B (default: as many as recipients); none of them is ever a recipient.
+    /// Idle users connected to node B (default: as many as recipients with `--url-b`, none without); none
+    /// of them is ever a recipient.
     #[arg(long)]
     pub idle_b: Option<usize>,
-    /// The Redis both nodes use (the generator sends through it, as an application backend would).
+    /// How the sends reach the gateway: through Redis (as an application backend) or through a client
+    /// connection's `SEND_TO` dispatches.
+    #[arg(long, value_enum, default_value_t = Via::Redis)]
+    pub via: Via,
+    /// The Redis both nodes use (`--via redis`: the generator sends through it, as an application backend
+    /// would).
     #[arg(long)]
-    pub redis_url: String,
+    pub redis_url: Option<String>,
     /// How the sends are handed to Redis: as this project's Dispatcher or as Mesa 1.5's.
     #[arg(long, value_enum, default_value_t = DispatchFormat::Ours)]
     pub dispatch: DispatchFormat,
     /// Namespace of the nodes (ours: `default` when not given; Mesa 1.5: none).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Sends per second (each to one recipient), on a fixed schedule.
+    /// `--via client`: mark every send volatile (Mesa 1.5 message options `"o": {"sync": false}` on the
+    /// `SEND_TO` dispatch): never kept, never sequenced, never replayed.
+    #[arg(long)]
+    pub volatile: bool,
+    /// `--via client`: users named in each send (consecutive recipients, in turn); at most the recipients.
+    #[arg(long, default_value_t = 1)]
+    pub fanout: usize,
+    /// Sends per second (each to `--fanout` recipients), on a fixed schedule; `--via client` also takes 0:
+    /// as fast as the window allows.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// With `--via client --rate 0`: sends not yet delivered to all their recipients at most.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
     /// Size in bytes of each send's `d` (JSON).
     #[arg(long, short = 'p', default_value_t = 64)]
     pub payload: usize,
@@ -312,6 +372,89 @@ pub struct StormArgs {
     pub no_auth: bool,
 }
 
+/// When a resume storm's messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SendWhen {
+    /// While every session is disconnected (between the drop and the resume): all are replayed.
+    Dropped,
+    /// Before the drop, while connected: received live and left unacknowledged.
+    Connected,
+}
+
+impl SendWhen {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendWhen::Dropped => "dropped",
+            SendWhen::Connected => "connected",
+        }
+    }
+}
+
+/// The position a resume storm's sessions resume from (op 6 `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResumeFrom {
+    /// The last `s` processed (what the protocol asks of a client that kept its state).
+    Processed,
+    /// The last `s` acknowledged (a client that lost what it processed since: e.g. it restarted without
+    /// having persisted it); with `--send connected` every message is then replayed.
+    Acked,
+}
+
+impl ResumeFrom {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResumeFrom::Processed => "processed",
+            ResumeFrom::Acked => "acked",
+        }
+    }
+}
+
+/// `resume` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// Shared settings; `--url` is where the sessions are opened and the messages sent (every session is
+    /// resumable, with or without `--resumable`).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Where the sessions resume (loopback only; default: `--url`, the same node). Another node of the same
+    /// cluster is just another URL.
+    #[arg(long)]
+    pub url_b: Option<String>,
+    /// Process id of the node of `--url-b`, to read its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_b_pid: Option<u32>,
+    /// Resumable sessions (one connection each, capped to the open-files limit).
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    pub sessions: usize,
+    /// Messages sent to each session's user (durable `SEND_TO`s).
+    #[arg(long, short = 'm', default_value_t = 10)]
+    pub messages: usize,
+    /// Size in bytes of each message's `d` (JSON).
+    #[arg(long, short = 'p', default_value_t = 64)]
+    pub payload: usize,
+    /// When the messages are sent: while the sessions are disconnected, or before the drop.
+    #[arg(long, value_enum, default_value_t = SendWhen::Dropped)]
+    pub send: SendWhen,
+    /// What the sessions resume from: the last `s` processed, or the last acknowledged.
+    #[arg(long, value_enum, default_value_t = ResumeFrom::Processed)]
+    pub resume_from: ResumeFrom,
+    /// Time between the drop and the first resume (with `--send dropped` the messages are sent in it).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub gap: Duration,
+    /// The most the resume phase may take: a session not caught up by then counts as not caught up, and
+    /// what it has not received as lost.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// After every session caught up, how long to go on reading (anything more is a duplicate).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// Users named in one `SEND_TO` at most.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
 /// `compare` settings.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -409,28 +552,77 @@ impl TargetedArgs {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), InvalidArgs> {
         self.common.validate()?;
-        if self.cluster.target_b()?.is_none() {
-            return Err(InvalidArgs("--url-b (node B) is required".into()));
-        }
+        let node_b = self.cluster.target_b()?;
         positive("recipients", self.recipients)?;
-        if !self.rate.is_finite() || self.rate <= 0.0 {
-            return Err(InvalidArgs("--rate must be positive".into()));
-        }
+        positive("fanout", self.fanout)?;
+        positive("window", self.window)?;
         if self.duration.is_zero() {
             return Err(InvalidArgs("--duration must be positive".into()));
         }
-        // Loopback only, as every target: the host is checked by the WebSocket target's parser.
-        let host = self
-            .redis_url
-            .strip_prefix("redis://")
-            .ok_or_else(|| InvalidArgs("--redis-url must be a redis:// URL".into()))?;
-        Target::parse(&format!("ws://{host}"))?;
+        match self.via {
+            Via::Redis => {
+                if node_b.is_none() {
+                    return Err(InvalidArgs(
+                        "--url-b (node B) is required with --via redis".into(),
+                    ));
+                }
+                if !self.rate.is_finite() || self.rate <= 0.0 {
+                    return Err(InvalidArgs("--rate must be positive".into()));
+                }
+                if self.volatile || self.fanout != 1 {
+                    return Err(InvalidArgs(
+                        "--volatile and --fanout need --via client".into(),
+                    ));
+                }
+                let url = self.redis_url.as_deref().ok_or_else(|| {
+                    InvalidArgs("--redis-url is required with --via redis".into())
+                })?;
+                // Loopback only, as every target: the host is checked by the WebSocket target's parser.
+                let host = url
+                    .strip_prefix("redis://")
+                    .ok_or_else(|| InvalidArgs("--redis-url must be a redis:// URL".into()))?;
+                Target::parse(&format!("ws://{host}"))?;
+            }
+            Via::Client => {
+                if !self.rate.is_finite() || self.rate < 0.0 {
+                    return Err(InvalidArgs(
+                        "--rate must be 0 (as fast as the window allows) or positive".into(),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
     /// Idle users on node B.
     pub fn idle_b(&self) -> usize {
-        self.idle_b.unwrap_or(self.recipients)
+        match (&self.cluster.url_b, self.idle_b) {
+            (None, _) => 0,
+            (Some(_), Some(n)) => n,
+            (Some(_), None) => self.recipients,
+        }
+    }
+}
+
+impl ResumeArgs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidArgs> {
+        self.common.validate()?;
+        self.target_b()?;
+        positive("sessions", self.sessions)?;
+        positive("messages", self.messages)?;
+        positive("batch", self.batch)?;
+        if self.timeout.is_zero() {
+            return Err(InvalidArgs("--timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The node the sessions resume on: `--url-b`, or `--url`.
+    pub fn target_b(&self) -> Result<Target, InvalidArgs> {
+        Ok(Target::parse(
+            self.url_b.as_deref().unwrap_or(&self.common.url),
+        )?)
     }
 }
 

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 /// The metrics shown for each scenario: (JSON path inside `results`, row title). `idle-cluster` and
-/// `fanout-cluster` are the runs of those scenarios against two nodes (`--url-b`).
+/// `fanout-cluster` are the runs of those scenarios against two nodes (`--url-b`); `targeted-client` is
+/// `targeted --via client` (sends through a client's `SEND_TO`).
 pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
     match scenario {
         "idle-cluster" => &[
@@ -85,6 +86,80 @@ pub fn metrics(scenario: &str) -> &'static [(&'static str, &'static str)] {
                 "bytes node A read from Redis",
             ),
             ("cluster.processes.redis.cpu_pct", "Redis CPU (% of a core)"),
+        ],
+        "targeted-client" => &[
+            ("sends_per_s", "sends/s"),
+            ("deliveries_per_s", "deliveries/s"),
+            (
+                "deliveries_per_server_cpu_s",
+                "deliveries per server CPU-second",
+            ),
+            ("latency.p50_ms", "latency p50 (ms)"),
+            ("latency.p90_ms", "latency p90 (ms)"),
+            ("latency.p99_ms", "latency p99 (ms)"),
+            ("latency.max_ms", "latency max (ms)"),
+            ("expected_deliveries", "deliveries expected"),
+            ("delivered", "delivered"),
+            ("lost", "lost"),
+            ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
+            ("sequenced", "deliveries with s"),
+            ("seq_gaps", "gaps in s"),
+            ("seq_dups", "s at or below the last"),
+            ("connections.closed_by_server", "closed by server"),
+            ("server_cpu_pct", "server CPU (% of a core)"),
+            ("server_rss_after_kib", "server RSS at the end (KiB)"),
+            ("generator_cpu_pct", "generator CPU (% of a core)"),
+        ],
+        "resume" => &[
+            ("sessions_opened", "sessions opened"),
+            ("messages_sent", "messages sent"),
+            ("delivered_live", "delivered live (before the drop)"),
+            ("resumed", "resumed"),
+            ("refused", "refused (op 9)"),
+            ("resume_failed", "resume failed"),
+            ("not_caught_up", "not caught up"),
+            (
+                "time_to_caught_up_ms",
+                "first op 6 to last session caught up (ms)",
+            ),
+            (
+                "per_session_caught_up.p50_ms",
+                "per session: caught up p50 (ms)",
+            ),
+            (
+                "per_session_caught_up.p99_ms",
+                "per session: caught up p99 (ms)",
+            ),
+            (
+                "per_session_caught_up.max_ms",
+                "per session: caught up max (ms)",
+            ),
+            ("per_session_op22.p50_ms", "per session: op 22 p50 (ms)"),
+            ("per_session_op22.p99_ms", "per session: op 22 p99 (ms)"),
+            ("op6_spread_ms", "first to last op 6 written (ms)"),
+            ("expected_replay", "replay expected"),
+            ("replayed", "replayed"),
+            ("lost", "lost"),
+            ("duplicated", "duplicated"),
+            ("out_of_order", "out of order"),
+            ("seq_gaps", "gaps in s"),
+            (
+                "server_cpu_ms",
+                "server CPU time during the storm (ms, 10 ms ticks)",
+            ),
+            (
+                "server_cpu_pct",
+                "server CPU during the storm (% of a core)",
+            ),
+            (
+                "generator_cpu_pct",
+                "generator CPU during the storm (% of a core)",
+            ),
+            (
+                "server_rss_detached_kib",
+                "server RSS, sessions detached (KiB)",
+            ),
         ],
         "idle" => &[
             (
@@ -191,6 +266,7 @@ pub fn table(reports: &[Value], ours: &str, against: &[String]) -> String {
         let scenario = r["scenario"].as_str().unwrap_or("?");
         let scenario = match (scenario, r["results"]["cluster"].is_object()) {
             ("idle" | "fanout", true) => format!("{scenario}-cluster"),
+            ("targeted", _) if r["params"]["via"] == "client" => "targeted-client".to_string(),
             _ => scenario.to_string(),
         };
         if !names.iter().any(|(n, _)| *n == name) {
@@ -290,6 +366,26 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("deliveries per server CPU-second"), "{t}");
+    }
+
+    #[test]
+    fn sends_through_a_client_have_their_own_rows() {
+        let line = |label: &str, per_s: f64| {
+            json!({"tool":"mesa-bench","scenario":"targeted","name":"sendto","label":label,
+                "params":{"via":"client"},
+                "results":{"deliveries_per_s":per_s,"lost":0,"cluster":{}}})
+        };
+        let t = table(
+            &[line("durable", 40.0), line("volatile", 80.0)],
+            "durable",
+            &["volatile".into()],
+        );
+        assert!(
+            t.contains("| sendto | deliveries/s | 40.00 | 80.00 | 0.50× |"),
+            "{t}"
+        );
+        assert!(t.contains("| sendto | lost | 0 | 0 | – |"), "{t}");
+        assert!(!t.contains("bytes node B"), "{t}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Connect(args) => scenario::connect::run(args).await,
             Command::Storm(args) => scenario::storm::run(args).await,
             Command::Targeted(args) => scenario::targeted::run(args).await,
+            Command::Resume(args) => scenario::resume::run(args).await,
             Command::Compare(_) => unreachable!("handled above"),
         }
     });

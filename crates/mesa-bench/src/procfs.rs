@@ -69,6 +69,13 @@ impl CpuMeter {
         }
     }
 
+    /// CPU time used since the start (in clock ticks: 10 ms steps), or `None` when it could not be read.
+    pub fn used(&self) -> Option<Duration> {
+        let start = self.start?;
+        let end = cpu_time(self.pid).ok()?;
+        Some(end.saturating_sub(start))
+    }
+
     /// CPU time used since the start as a percentage of one core, or `None` when it could not be read.
     pub fn percent(&self) -> Option<f64> {
         let start = self.start?;

@@ -66,6 +66,39 @@ pub fn event_type(text: &str) -> Option<&str> {
     (!value.contains('\\')).then_some(value)
 }
 
+/// Whether the quoted key `key` occurs anywhere in `text` (followed by `:`), e.g. Hello's `c_resume`.
+pub fn has_key(text: &str, key: &str) -> bool {
+    value_start(text, &format!("\"{key}\"")).is_some()
+}
+
+/// The top-level `s` of a server frame (a resumable session's stream position), or `None` when it has none.
+///
+/// Mesa servers write `s` last (`{"op":0,"d":…,"t":"…","s":7}`), which is read without a parse; a frame
+/// that has `"s"` elsewhere is parsed in full, so a payload's own `s` is never taken for it.
+pub fn stream_seq(text: &str) -> Option<u64> {
+    let body = text.trim_end().strip_suffix('}')?.trim_end();
+    let start = body
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let number = &body[start..];
+    let key_before = body[..start]
+        .trim_end()
+        .strip_suffix(':')
+        .is_some_and(|rest| rest.trim_end().ends_with("\"s\""));
+    // The last `}` closes the top-level object, so a member right before it is top-level; a string
+    // cannot end there (it would end in `"`).
+    if !number.is_empty() && key_before {
+        return number.parse().ok();
+    }
+    if !text.contains("\"s\"") {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()?
+        .get("s")?
+        .as_u64()
+}
+
 /// What a frame from the server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind<'a> {
@@ -149,6 +182,32 @@ mod tests {
         ] {
             assert_eq!(classify(bad), Kind::Unreadable, "{bad}");
         }
+    }
+
+    #[test]
+    fn stream_positions_are_top_level_only() {
+        assert_eq!(
+            stream_seq(r#"{"op":0,"d":{"i":1},"t":"DIRECT","s":42}"#),
+            Some(42)
+        );
+        assert_eq!(stream_seq(r#"{"op":0,"d":{"i":1},"t":"DIRECT"}"#), None);
+        // A payload's own `s` is not the frame's.
+        assert_eq!(stream_seq(r#"{"op":0,"t":"X","d":{"s":5}}"#), None);
+        assert_eq!(stream_seq(r#"{"op":0,"t":"X","d":{"a":1,"s":5}}"#), None);
+        assert_eq!(stream_seq(r#"{"op":0,"t":"X\"s\":5"}"#), None);
+        // Elsewhere than last, or with spaces: still found.
+        assert_eq!(stream_seq(r#"{"op":0,"s":7,"d":{"s":5},"t":"X"}"#), Some(7));
+        assert_eq!(stream_seq(r#"{"op":0,"d":null, "s" : 8 }"#), Some(8));
+        assert_eq!(stream_seq("{\"op\":0,\"s\":-1}"), None);
+        assert_eq!(stream_seq("nonsense"), None);
+        assert!(has_key(
+            r#"{"op":10,"d":{"rules":[],"c_resume":{"session_ttl":1}}}"#,
+            "c_resume"
+        ));
+        assert!(!has_key(
+            r#"{"op":10,"d":{"rules":["c_resume"]}}"#,
+            "c_resume"
+        ));
     }
 
     #[test]

@@ -107,7 +107,11 @@ async fn on_dispatch(mesa: &Mesa, client: &Session, frame: Frame) {
         }
         Some(SEND_TO) => match d.decode::<SendTo>() {
             Ok(send_to) => {
-                let frame = Frame::dispatch(DIRECT, send_to.payload);
+                let mut direct = Frame::dispatch(DIRECT, send_to.payload);
+                // The sender's message options (Mesa 1.5 `o`, e.g. `{"sync": false}`: volatile) apply to
+                // the send; the server reads them and never writes them to the recipients.
+                direct.o = frame.o;
+                let frame = direct;
                 let target = Target::users(send_to.to).excluding(send_to.excluding);
                 if let Err(error) = mesa.send(&frame, &target).await {
                     tracing::debug!(%error, "direct message not sent");

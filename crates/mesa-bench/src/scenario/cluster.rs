@@ -66,7 +66,7 @@ impl Placement {
     ) -> Result<Placement, InvalidArgs> {
         let b = cluster.target_b()?.map(|target| {
             let sources = SourceAddrs::new(&target, a.sources().addrs().len());
-            Connector::new(target, sources)
+            a.sibling(target, sources)
         });
         Ok(Placement {
             a: a.clone(),

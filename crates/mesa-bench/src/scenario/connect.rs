@@ -113,7 +113,7 @@ async fn worker_loop(
         n += 1;
         let outcome = async {
             let mut conn = connector.open().await?;
-            conn.authenticate(&token).await?;
+            connector.login(&mut conn, &token).await?;
             Ok::<_, crate::conn::OpenError>(conn)
         }
         .await;

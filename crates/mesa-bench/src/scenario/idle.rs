@@ -170,6 +170,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, InvalidArgs> {
         "connections_requested": args.connections,
         "connections": count,
         "authenticated": !args.no_auth,
+        "resumable": common.resumable && !args.no_auth,
         "hold_s": round3(args.hold.as_secs_f64()),
         "source_addresses": setup.connector.sources().addrs().len(),
     });

@@ -7,6 +7,8 @@ pub mod connect;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod resume;
+pub mod sender;
 pub mod storm;
 pub mod targeted;
 
@@ -21,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::args::{CommonArgs, InvalidArgs};
-use crate::conn::{Conn, Connector};
+use crate::conn::{Conn, Connector, SessionOptions};
 use crate::limits::{cap_connections, raise_nofile_limit, Capped};
 use crate::procfs;
 use crate::report::Report;
@@ -75,10 +77,20 @@ pub fn prepare(common: &CommonArgs, connections: usize) -> Result<Setup, Invalid
     }
     let sources = SourceAddrs::new(&target, count);
     Ok(Setup {
-        connector: Connector::new(target, sources),
+        connector: Connector::with_sessions(target, sources, common.session_options()),
         capped,
         notes,
     })
+}
+
+impl CommonArgs {
+    /// How the connections of this run log in (`--resumable`, `--ack-interval`).
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            resumable: self.resumable,
+            ack_interval: (!self.ack_interval.is_zero()).then_some(self.ack_interval),
+        }
+    }
 }
 
 /// Counters of a ramp (opening many connections) and of connections that ended early.
@@ -94,6 +106,22 @@ pub struct ConnStats {
     pub heartbeats: AtomicU64,
     /// Frames that could not be read, summed when connections end.
     pub unreadable: AtomicU64,
+    /// Connections on a resumable session (opened or resumed).
+    pub resumable: AtomicU64,
+    /// Resumable sessions opened (op 22 with `resumed: false`).
+    pub sessions_started: AtomicU64,
+    /// Resumable sessions resumed (op 22 with `resumed: true`).
+    pub sessions_resumed: AtomicU64,
+    /// Sequenced dispatches accepted, summed when connections end.
+    pub sequenced: AtomicU64,
+    /// Sequenced dispatches that skipped positions, summed when connections end.
+    pub seq_gaps: AtomicU64,
+    /// Positions those skipped.
+    pub seq_missing: AtomicU64,
+    /// Sequenced dispatches with `s` at or below the last one (dropped), summed when connections end.
+    pub seq_dups: AtomicU64,
+    /// Acknowledgements sent (op 11 with `s`), summed when connections end.
+    pub acks_sent: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     close_codes: Mutex<BTreeMap<String, u64>>,
 }
@@ -112,12 +140,31 @@ impl ConnStats {
         *lock(&self.close_codes).entry(key).or_default() += 1;
     }
 
+    /// Counts a connection that logged in, by how (plain, fresh resumable session, resumed one).
+    pub fn logged_in(&self, conn: &Conn) {
+        if conn.session().is_some() {
+            self.resumable.fetch_add(1, Ordering::Relaxed);
+            let counter = if conn.resumed() {
+                &self.sessions_resumed
+            } else {
+                &self.sessions_started
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Adds a finished connection's own counters.
     pub fn finished(&self, conn: &Conn) {
         self.heartbeats
             .fetch_add(conn.heartbeats, Ordering::Relaxed);
         self.unreadable
             .fetch_add(conn.unreadable, Ordering::Relaxed);
+        let seq = conn.seq;
+        self.sequenced.fetch_add(seq.sequenced, Ordering::Relaxed);
+        self.seq_gaps.fetch_add(seq.gaps, Ordering::Relaxed);
+        self.seq_missing.fetch_add(seq.missing, Ordering::Relaxed);
+        self.seq_dups.fetch_add(seq.dups, Ordering::Relaxed);
+        self.acks_sent.fetch_add(seq.acks, Ordering::Relaxed);
     }
 
     /// Opened plus failed.
@@ -125,17 +172,35 @@ impl ConnStats {
         self.opened.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
 
-    /// The counters as JSON.
+    /// The counters as JSON; the sequence counters only when some connection was on a resumable session.
     pub fn to_json(&self) -> Value {
-        json!({
-            "opened": self.opened.load(Ordering::Relaxed),
-            "open_failed": self.failed.load(Ordering::Relaxed),
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut out = json!({
+            "opened": get(&self.opened),
+            "open_failed": get(&self.failed),
             "open_errors": *lock(&self.errors),
-            "closed_by_server": self.closed.load(Ordering::Relaxed),
+            "closed_by_server": get(&self.closed),
             "close_codes": *lock(&self.close_codes),
-            "heartbeats_answered": self.heartbeats.load(Ordering::Relaxed),
-            "unreadable_frames": self.unreadable.load(Ordering::Relaxed),
-        })
+            "heartbeats_answered": get(&self.heartbeats),
+            "unreadable_frames": get(&self.unreadable),
+            "resumable": get(&self.resumable),
+        });
+        if get(&self.resumable) > 0 {
+            if let Value::Object(map) = &mut out {
+                for (key, counter) in [
+                    ("sessions_started", &self.sessions_started),
+                    ("sessions_resumed", &self.sessions_resumed),
+                    ("sequenced", &self.sequenced),
+                    ("seq_gaps", &self.seq_gaps),
+                    ("seq_missing", &self.seq_missing),
+                    ("seq_dups", &self.seq_dups),
+                    ("acks_sent", &self.acks_sent),
+                ] {
+                    map.insert(key.into(), json!(get(counter)));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -200,6 +265,7 @@ where
             match opened {
                 Ok(conn) => {
                     stats.opened.fetch_add(1, Ordering::Relaxed);
+                    stats.logged_in(&conn);
                     role(index, conn).await;
                 }
                 Err(error) => stats.open_failed(error.label()),
@@ -215,7 +281,7 @@ async fn open_one(
 ) -> Result<Conn, crate::conn::OpenError> {
     let mut conn = connector.open().await?;
     if let Some(token) = token {
-        conn.authenticate(token).await?;
+        connector.login(&mut conn, token).await?;
     }
     Ok(conn)
 }
@@ -283,6 +349,23 @@ pub fn report(
         notes,
     }
 }
+
+/// A short tag that tells this run's users apart from earlier runs' on the same server (the process id and
+/// the clock), e.g. `3f2a1c9`: a resumable session's user gets its mailbox, what no device of that user
+/// acknowledged, so users must not be shared between runs.
+pub fn run_tag() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let count = RUNS.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}{:x}{count:x}",
+        std::process::id() & 0xfff,
+        millis & 0xf_ffff
+    )
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// Microseconds since `epoch`, the time base of the timestamps in probe payloads.
 pub fn micros_since(epoch: Instant) -> u64 {

@@ -13,21 +13,32 @@
 //! Reported for node A, node B and redis-server: CPU over the send phase, RSS, and for the nodes the bytes
 //! their TCP connections to Redis received (`tcp_info.bytes_received` through `ss`, the same measure for any
 //! server).
+//!
+//! With `--via client` the sends go through one more connection on node A instead (authenticated, never a
+//! recipient), as the conformance contract's `SEND_TO` dispatch
+//! (`{"op":0,"t":"SEND_TO","d":{"to":[ids],"payload":<probe>}}`), each naming `--fanout` consecutive
+//! recipients in turn; `--volatile` adds Mesa 1.5's message options `"o":{"sync":false}` to each, which makes
+//! the send volatile (never kept, no `s`). `--url-b` is then optional (one node alone), and `--rate 0` sends
+//! as fast as `--window` allows (at most that many sends not yet delivered to all their recipients). With
+//! `--resumable` the recipients hold resumable sessions: durable sends then carry `s` (checked, and counted
+//! as `sequenced`), volatile ones must not. Users are `tgt-<run>-<i>`, unique per run, so that no mailbox of
+//! an earlier run on the same server reaches them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Meters, Node, Placement, Rule};
+use super::sender::SendToConn;
 use super::{
-    cpu_json, join_all, micros_since, own_cpu, prepare, report, spawn_placed, wait_for_ramp,
-    ConnStats,
+    cpu_json, join_all, micros_since, own_cpu, per_server_cpu_second, prepare, report, run_tag,
+    spawn_placed, wait_for_ramp, ConnStats,
 };
-use crate::args::{InvalidArgs, TargetedArgs};
+use crate::args::{InvalidArgs, TargetedArgs, Via};
 use crate::conn::{Conn, Incoming};
 use crate::dispatch::{DispatchError, RedisSender};
 use crate::report::{round3, with_progress, Report};
@@ -37,8 +48,12 @@ use crate::stats::{per_second, Order, SeqSet, SharedLatencies};
 /// The dispatch type of what recipients receive (the conformance contract's `SEND_TO` delivers it too).
 pub const DIRECT: &str = "DIRECT";
 
-/// Token prefix: connection `i` is user `tgt-<i>`; recipients are `tgt-0` … `tgt-<recipients − 1>`.
+/// Token prefix: connection `i` is user `tgt-<i>`; recipients are `tgt-0` … `tgt-<recipients − 1>`
+/// (`--via client`: `tgt-<run>-<i>`).
 const USER_PREFIX: &str = "tgt-";
+
+/// Users named in one warm-up `SEND_TO` at most.
+const WARMUP_BATCH: usize = 500;
 
 /// The longest the warm-up may take (every recipient reached once).
 pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,22 +81,58 @@ struct Shared {
     open_by_node: [AtomicU64; 2],
     latencies: SharedLatencies,
     stats: Arc<ConnStats>,
+    /// Woken on deliveries when the sender waits for its window (`--via client --rate 0`).
+    progress: tokio::sync::Notify,
+    notify_progress: bool,
+}
+
+/// Where the sends go: Redis, or a sender connection's `SEND_TO` dispatches.
+enum Way {
+    Redis(RedisSender),
+    Client(Box<SendToConn>),
+}
+
+impl Way {
+    /// Waits `period`; the sender connection answers its heartbeats meanwhile.
+    async fn idle(&mut self, period: Duration) {
+        match self {
+            Way::Redis(_) => tokio::time::sleep(period).await,
+            Way::Client(sender) => sender.idle(period).await,
+        }
+    }
 }
 
 /// Runs the scenario.
 pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
     args.validate()?;
     let common = &args.common;
-    let setup = prepare(common, args.recipients + args.idle_b())?;
-    let total = setup.capped.granted;
+    let client = args.via == Via::Client;
+    // `--via client`: one more connection, the sender.
+    let extra = usize::from(client);
+    let setup = prepare(common, args.recipients + args.idle_b() + extra)?;
+    let total = setup.capped.granted.saturating_sub(extra).max(1);
     let recipients = args.recipients.min(total);
+    let fanout = args.fanout.min(recipients).max(1);
     let placement = Placement::new(
         &setup.connector,
         &args.cluster,
         Rule::Split { on_a: recipients },
     )?;
-    let sender =
-        RedisSender::connect(args.dispatch, &args.redis_url, args.namespace.as_deref()).await?;
+    let prefix = match args.via {
+        Via::Redis => USER_PREFIX.to_string(),
+        Via::Client => format!("{USER_PREFIX}{}-", run_tag()),
+    };
+    let mut way = match args.via {
+        Via::Redis => {
+            let url = args.redis_url.as_deref().unwrap_or_default();
+            Way::Redis(RedisSender::connect(args.dispatch, url, args.namespace.as_deref()).await?)
+        }
+        Via::Client => Way::Client(Box::new(
+            SendToConn::open(&setup.connector, &format!("{prefix}sender"), args.volatile)
+                .await
+                .map_err(|e| InvalidArgs(format!("the sender connection did not open: {e}")))?,
+        )),
+    };
     let stats = Arc::new(ConnStats::default());
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -96,6 +147,8 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         open_by_node: Default::default(),
         latencies: SharedLatencies::default(),
         stats: stats.clone(),
+        progress: tokio::sync::Notify::new(),
+        notify_progress: client && args.rate == 0.0,
     });
 
     let role_shared = shared.clone();
@@ -103,7 +156,7 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         |index| placement.connector(index),
         total,
         common.ramp_concurrency,
-        Some(USER_PREFIX),
+        Some(&prefix),
         &stats,
         move |index, conn| {
             let shared = role_shared.clone();
@@ -119,83 +172,113 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         .open_by_node
         .each_ref()
         .map(|n| n.load(Ordering::Relaxed));
+    let user = |i: usize| format!("{prefix}{i}");
+    let users: Vec<String> = (0..recipients).map(user).collect();
 
-    // Warm-up: each recipient once, so that its node's subscription is in place.
+    // Warm-up: each recipient once, so that its node's subscription is in place (volatile through a
+    // client, so that it takes no position in a resumable session's stream).
     let warmup_start = Instant::now();
-    let warm_frame = format!(r#"{{"op":0,"d":{{"w":1}},"t":"{DIRECT}"}}"#);
+    let warm_payload = r#"{"w":1}"#;
+    let warm_frame = format!(r#"{{"op":0,"d":{warm_payload},"t":"{DIRECT}"}}"#);
     while shared.warmed_count.load(Ordering::Relaxed) < open_by_node[0]
         && warmup_start.elapsed() < WARMUP_TIMEOUT
     {
-        for (i, warmed) in shared.warmed.iter().enumerate() {
-            if !warmed.load(Ordering::Relaxed) {
-                sender.send(&format!("{USER_PREFIX}{i}"), warm_frame.clone());
+        let cold: Vec<&str> = shared
+            .warmed
+            .iter()
+            .zip(&users)
+            .filter(|(warmed, _)| !warmed.load(Ordering::Relaxed))
+            .map(|(_, user)| user.as_str())
+            .collect();
+        match &mut way {
+            Way::Redis(sender) => {
+                for user in cold {
+                    sender.send(user, warm_frame.clone());
+                }
+            }
+            Way::Client(sender) => {
+                for batch in cold.chunks(WARMUP_BATCH) {
+                    let volatile = Some(super::sender::VOLATILE);
+                    sender
+                        .send(batch.iter().copied(), warm_payload, volatile)
+                        .await;
+                }
+                sender.flush().await;
             }
         }
-        tokio::time::sleep(WARMUP_ROUND).await;
+        way.idle(WARMUP_ROUND).await;
     }
     let warmup = warmup_start.elapsed();
     let warmed = shared.warmed_count.load(Ordering::Relaxed);
-    let accepted_before = sender.counts().accepted.load(Ordering::Relaxed);
-    let failed_before = sender.counts().failed.load(Ordering::Relaxed);
+    let publish_before = match &way {
+        Way::Redis(sender) => Some((
+            sender.counts().accepted.load(Ordering::Relaxed),
+            sender.counts().failed.load(Ordering::Relaxed),
+        )),
+        Way::Client(_) => None,
+    };
     // Late warm-up frames must not fall into the measured phase's byte counts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    way.idle(Duration::from_millis(300)).await;
 
     let meters = Meters::start(common.server_pid, &args.cluster);
     let own_meter = own_cpu();
-    let period = Duration::from_secs_f64(1.0 / args.rate);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let sent = AtomicU64::new(0);
     let started = Instant::now();
-    with_progress(
-        "targeted",
-        || {
-            format!(
-                "sent {}, delivered {}, duplicated {}, on node B {}",
-                sent.load(Ordering::Relaxed),
-                shared.delivered.load(Ordering::Relaxed),
-                shared.duplicated.load(Ordering::Relaxed),
-                shared.misdelivered_on_b.load(Ordering::Relaxed),
-            )
-        },
-        async {
-            while started.elapsed() < args.duration {
-                ticker.tick().await;
-                let seq = sent.load(Ordering::Relaxed);
-                let to = seq % recipients as u64;
-                let payload = scan::probe_payload(seq, micros_since(shared.epoch), args.payload);
-                sender.send(
-                    &format!("{USER_PREFIX}{to}"),
-                    format!(r#"{{"op":0,"d":{payload},"t":"{DIRECT}"}}"#),
-                );
-                sent.fetch_add(1, Ordering::Relaxed);
+    let progress = || {
+        format!(
+            "sent {}, delivered {}, duplicated {}, on node B {}",
+            sent.load(Ordering::Relaxed),
+            shared.delivered.load(Ordering::Relaxed),
+            shared.duplicated.load(Ordering::Relaxed),
+            shared.misdelivered_on_b.load(Ordering::Relaxed),
+        )
+    };
+    let send_phase = async {
+        match &mut way {
+            Way::Redis(sender) => {
+                let period = Duration::from_secs_f64(1.0 / args.rate);
+                let mut ticker = tokio::time::interval(period);
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                while started.elapsed() < args.duration {
+                    ticker.tick().await;
+                    let seq = sent.load(Ordering::Relaxed);
+                    let to = seq % recipients as u64;
+                    let payload =
+                        scan::probe_payload(seq, micros_since(shared.epoch), args.payload);
+                    sender.send(
+                        &format!("{USER_PREFIX}{to}"),
+                        format!(r#"{{"op":0,"d":{payload},"t":"{DIRECT}"}}"#),
+                    );
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        },
-    )
-    .await;
+            Way::Client(sender) => {
+                send_through_client(sender, &shared, &users, fanout, args, started, &sent).await;
+            }
+        }
+    };
+    with_progress("targeted", progress, send_phase).await;
     let send_elapsed = started.elapsed();
     let delivered_in_window = shared.delivered.load(Ordering::Relaxed);
     let processes = meters.finish();
     let own_cpu_pct = cpu_json(Some(own_meter));
 
     let sent = sent.load(Ordering::Relaxed);
+    let expected = sent * fanout as u64;
     let drain_start = Instant::now();
-    with_progress(
-        "targeted drain",
-        || {
-            format!(
-                "delivered {}/{sent}",
-                shared.delivered.load(Ordering::Relaxed)
-            )
-        },
-        async {
-            while shared.delivered.load(Ordering::Relaxed) < sent
-                && drain_start.elapsed() < args.drain
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        },
-    )
+    let drain_progress = || {
+        format!(
+            "delivered {}/{expected}",
+            shared.delivered.load(Ordering::Relaxed)
+        )
+    };
+    with_progress("targeted drain", drain_progress, async {
+        while shared.delivered.load(Ordering::Relaxed) < expected
+            && drain_start.elapsed() < args.drain
+        {
+            way.idle(Duration::from_millis(10)).await;
+        }
+    })
     .await;
     let drained = drain_start.elapsed();
     shared.stop.cancel();
@@ -215,22 +298,48 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
             open_by_node[0]
         ));
     }
+    let (publish_accepted, publish_failed) = match (&way, publish_before) {
+        (Way::Redis(sender), Some((accepted, failed))) => (
+            json!(sender.counts().accepted.load(Ordering::Relaxed) - accepted),
+            json!(sender.counts().failed.load(Ordering::Relaxed) - failed),
+        ),
+        _ => (Value::Null, Value::Null),
+    };
+    if let Some(code) = match &way {
+        Way::Client(sender) => sender.closed,
+        Way::Redis(_) => None,
+    } {
+        notes.push(format!(
+            "the server ended the sender connection ({})",
+            code.map_or_else(|| "dropped".into(), |c| c.to_string())
+        ));
+    }
+    let deliveries_per_s = per_second(delivered_in_window, send_elapsed);
+    let server_cpu_pct = processes["node_a"]["cpu_pct"].clone();
+    let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let results = json!({
         "sent": sent,
-        "publish_accepted": sender.counts().accepted.load(Ordering::Relaxed) - accepted_before,
-        "publish_failed": sender.counts().failed.load(Ordering::Relaxed) - failed_before,
+        "publish_accepted": publish_accepted,
+        "publish_failed": publish_failed,
         "sends_per_s": round3(per_second(sent, send_elapsed)),
+        "expected_deliveries": expected,
         "delivered": delivered,
-        "deliveries_per_s": round3(per_second(delivered_in_window, send_elapsed)),
-        "lost": sent.saturating_sub(delivered),
+        "deliveries_per_s": round3(deliveries_per_s),
+        "deliveries_per_server_cpu_s": per_server_cpu_second(deliveries_per_s, &server_cpu_pct),
+        "lost": expected.saturating_sub(delivered),
         "duplicated": shared.duplicated.load(Ordering::Relaxed),
         "out_of_order": shared.out_of_order.load(Ordering::Relaxed),
         "misdelivered_on_b": shared.misdelivered_on_b.load(Ordering::Relaxed),
+        "sequenced": get(&stats.sequenced),
+        "seq_gaps": get(&stats.seq_gaps),
+        "seq_dups": get(&stats.seq_dups),
         "warmup_s": round3(warmup.as_secs_f64()),
         "warmed_recipients": warmed,
         "drain_s": round3(drained.as_secs_f64()),
         "latency": shared.latencies.snapshot().summary(),
-        "server_cpu_pct": processes["node_a"]["cpu_pct"].clone(),
+        "server_cpu_pct": server_cpu_pct,
+        "server_rss_before_kib": processes["node_a"]["rss_before_kib"].clone(),
+        "server_rss_after_kib": processes["node_a"]["rss_after_kib"].clone(),
         "generator_cpu_pct": own_cpu_pct,
         "connections": stats.to_json(),
         "cluster": {
@@ -242,12 +351,17 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         },
     });
     let params = json!({
+        "via": args.via.name(),
         "url_b": placement.url_b(),
         "recipients_on_a": recipients,
         "idle_on_b": total - recipients,
-        "dispatch": args.dispatch.name(),
+        "dispatch": (args.via == Via::Redis).then(|| args.dispatch.name()),
         "namespace": args.namespace,
-        "rate_per_s": args.rate,
+        "volatile": args.volatile,
+        "resumable": common.resumable,
+        "fanout": fanout,
+        "rate_per_s": if args.rate > 0.0 { json!(args.rate) } else { json!("max") },
+        "window": (client && args.rate == 0.0).then_some(args.window),
         "payload_bytes": args.payload,
         "duration_s": round3(args.duration.as_secs_f64()),
     });
@@ -259,6 +373,65 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
         results,
         notes,
     ))
+}
+
+/// The send phase of `--via client`: `SEND_TO`s of one probe each to `fanout` recipients in turn, on a
+/// fixed schedule (due sends go out every millisecond) or, with `--rate 0`, whenever fewer than `--window`
+/// sends are still owed to some recipient.
+async fn send_through_client(
+    sender: &mut SendToConn,
+    shared: &Shared,
+    users: &[String],
+    fanout: usize,
+    args: &TargetedArgs,
+    started: Instant,
+    sent: &AtomicU64,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let per_send = fanout as u64;
+    let window = args.window as u64 * per_send;
+    let mut next_user = 0usize;
+    while started.elapsed() < args.duration && sender.closed.is_none() {
+        let may_send = |n: u64| {
+            if args.rate > 0.0 {
+                // Due by now on the schedule.
+                (args.rate * started.elapsed().as_secs_f64()) as u64 > n
+            } else {
+                (n * per_send).saturating_sub(shared.delivered.load(Ordering::Relaxed)) < window
+            }
+        };
+        let mut wrote = false;
+        loop {
+            let n = sent.load(Ordering::Relaxed);
+            if !may_send(n) {
+                break;
+            }
+            let payload = scan::probe_payload(n, micros_since(shared.epoch), args.payload);
+            let to = (0..fanout).map(|j| users[(next_user + j) % users.len()].as_str());
+            if !sender.send(to, &payload, None).await {
+                sender.closed = Some(None);
+                return;
+            }
+            next_user = (next_user + fanout) % users.len();
+            sent.fetch_add(1, Ordering::Relaxed);
+            wrote = true;
+        }
+        if wrote && !sender.flush().await {
+            sender.closed = Some(None);
+            return;
+        }
+        tokio::select! {
+            biased;
+            incoming = sender.conn.recv() => {
+                if let Incoming::Closed(code) = incoming {
+                    sender.closed = Some(code);
+                }
+            }
+            () = shared.progress.notified(), if shared.notify_progress => {}
+            _ = ticker.tick() => {}
+        }
+    }
 }
 
 /// One connection: a recipient on node A counts deliveries; an idle user on node B counts what it should
@@ -292,6 +465,9 @@ async fn connection(shared: Arc<Shared>, mut conn: Conn, index: usize, node: Nod
                                 continue;
                             }
                             shared.delivered.fetch_add(1, Ordering::Relaxed);
+                            if shared.notify_progress {
+                                shared.progress.notify_one();
+                            }
                             latencies.record_us(micros_since(shared.epoch).saturating_sub(ts));
                             if !order.in_order(seq) {
                                 shared.out_of_order.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,7 @@ pub async fn run(args: &[&str]) -> Report {
         Command::Connect(a) => scenario::connect::run(a).await,
         Command::Storm(a) => scenario::storm::run(a).await,
         Command::Targeted(a) => scenario::targeted::run(a).await,
+        Command::Resume(a) => scenario::resume::run(a).await,
         Command::Compare(_) => panic!("not a scenario"),
     };
     let report = outcome.expect("scenario runs");
@@ -34,7 +35,9 @@ pub async fn run(args: &[&str]) -> Report {
     report
 }
 
-/// mesa-server with the conformance contract's settings and handlers (ECHO, BROADCAST).
+/// mesa-server with the conformance contract's settings and handlers (ECHO, BROADCAST, SEND_TO with the
+/// sender's message options `o` passed through, as `mesa-conformance` does), on the in-memory engine, which
+/// keeps resumable sessions (its Hello offers `c_resume`).
 pub async fn start_mesa_server() -> String {
     let mesa = Mesa::builder()
         .heartbeat(Duration::from_millis(1000), 2)
@@ -63,6 +66,22 @@ pub async fn start_mesa_server() -> String {
                         let _ = mesa
                             .send(&Frame::dispatch("BROADCAST", frame.d), &Target::all())
                             .await;
+                    }
+                }
+                Some("SEND_TO") => {
+                    let d = frame.d.into_value();
+                    let to: Vec<String> = d["to"]
+                        .as_array()
+                        .map(|ids| {
+                            ids.iter()
+                                .filter_map(|id| id.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut direct = Frame::dispatch("DIRECT", d["payload"].clone());
+                    direct.o = frame.o;
+                    if let Some(mesa) = client.server() {
+                        let _ = mesa.send(&direct, &Target::users(to)).await;
                     }
                 }
                 _ => {}
