@@ -71,7 +71,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 # --- tools ---------------------------------------------------------------------------------------------
 TOOLS="cargo taskset"
 if [[ ",$SERVERS," == *",node,"* ]]; then TOOLS="$TOOLS node npm"; fi
-if [ "$CLUSTER" = 1 ]; then TOOLS="$TOOLS redis-server ss"; fi
+if [ "$CLUSTER" = 1 ] || [ "$RESUME" = 1 ]; then TOOLS="$TOOLS redis-server ss"; fi
 for tool in $TOOLS; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
@@ -182,7 +182,8 @@ wait_port() {
 start_node() {
   local name="$1" port="$2" cpu="$3" log="$4"
   case "$name" in
-    ours) REDIS_URL="$REDIS_URL" PORT="$port" RUST_LOG=warn taskset -c "$cpu" "$BIN/mesa-conformance" >"$log" 2>&1 & ;;
+    ours) REDIS_URL="$REDIS_URL" REDIS_STREAMS="${REDIS_STREAMS:-0}" PORT="$port" RUST_LOG=warn taskset -c "$cpu" \
+            "$BIN/mesa-conformance" >"$log" 2>&1 & ;;
     node) REDIS_URL="$REDIS_URL" PORT="$port" taskset -c "$cpu" node bench/node/server.js >"$log" 2>&1 & ;;
     *) echo "no cluster mode for $name" >&2; exit 2 ;;
   esac
@@ -276,6 +277,7 @@ run_resume() {
       "resume-300-dropped|ours|$storm --send dropped"
       "resume-300-connected|ours|$storm --send connected"
       "resume-300-connected-acked|ours|$storm --send connected --resume-from acked"
+      "resume-300-dropped|redis-other-node|$storm --send dropped"
     )
   else
     sendto="targeted --via client -r 1000 --fanout 100 -p 256 -d 10s --drain 10s"
@@ -293,6 +295,9 @@ run_resume() {
       "resume-5k-connected|ours|$storm -m 10 --send connected"
       "resume-5k-connected-acked|ours|$storm -m 10 --send connected --resume-from acked"
       "resume-5k-dropped-m100|ours|$storm -m 100 --send dropped"
+      "resume-5k-dropped|redis-other-node|$storm -m 10 --send dropped"
+      "resume-5k-connected-acked|redis-other-node|$storm -m 10 --send connected --resume-from acked"
+      "resume-5k-dropped-m100|redis-other-node|$storm -m 100 --send dropped"
     )
   fi
   for entry in "${ENTRIES[@]}"; do
@@ -302,10 +307,18 @@ run_resume() {
     args="${rest#*|}"
     log="$OUT/$name.$label"
     say "$name as $label (load $(cut -d' ' -f1 /proc/loadavg))"
-    start_server ours "$log.server.log"
+    local target=()
+    if [ "$label" = redis-other-node ]; then
+      # Two nodes keeping the streams in one redis-server: sessions opened on A resume on B.
+      REDIS_STREAMS=1 start_cluster ours "$log"
+      target=(--url "ws://127.0.0.1:$PORT_A/" --url-b "ws://127.0.0.1:$PORT_B/"
+        --server-pid "$SERVER_PID" --server-b-pid "$SERVER_B_PID")
+    else
+      start_server ours "$log.server.log"
+      target=(--url "ws://127.0.0.1:$(port_of ours)/" --server-pid "$SERVER_PID")
+    fi
     # shellcheck disable=SC2086 # $args is a list of arguments
-    if taskset -c 1 "$BIN/mesa-bench" $args \
-        --url "ws://127.0.0.1:$(port_of ours)/" --server-pid "$SERVER_PID" \
+    if taskset -c 1 "$BIN/mesa-bench" $args "${target[@]}" \
         --name "$name" --label "$label" >"$log.out" 2>"$log.err"; then
       grep '^{"tool":"mesa-bench"' "$log.out" >> "$RESULTS" || true
     else
@@ -326,9 +339,9 @@ resume_tables() {
   echo
   grep '"name":"sendto-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours durable --against volatile,no-resume
   echo
-  echo "Resume storms (sessions resume on the node they were opened on: the in-memory engine):"
+  echo "Resume storms: ours = one node, in memory (sessions resume where they were opened); redis-other-node = two nodes on one redis-server keeping the streams, sessions opened on A resume on B:"
   echo
-  grep '"name":"resume-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours ours --against ""
+  grep '"name":"resume-' "$RESULTS" | "$BIN/mesa-bench" compare - --ours redis-other-node --against ours
 }
 
 # --- scenarios -----------------------------------------------------------------------------------------
