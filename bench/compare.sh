@@ -295,9 +295,11 @@ run_resume() {
       "resume-5k-connected|ours|$storm -m 10 --send connected"
       "resume-5k-connected-acked|ours|$storm -m 10 --send connected --resume-from acked"
       "resume-5k-dropped-m100|ours|$storm -m 100 --send dropped"
+      # Not -m 100 across Redis: 500 000 appends in one burst are more than one redis-server takes within
+      # the engine's publish timeout (2 s), and the sends past it are refused (mesa-conformance ignores
+      # send errors), so the storm would measure refused sends, not resumes.
       "resume-5k-dropped|redis-other-node|$storm -m 10 --send dropped"
       "resume-5k-connected-acked|redis-other-node|$storm -m 10 --send connected --resume-from acked"
-      "resume-5k-dropped-m100|redis-other-node|$storm -m 100 --send dropped"
     )
   fi
   for entry in "${ENTRIES[@]}"; do
