@@ -16,6 +16,8 @@
 //! - `backend`: one redis-rs connection for a topology; `link`: the connections, their supervisor
 //!   (reconnect with backoff, [`Health`](mesa_engine::Health)); `publisher`: the one ordered queue to Redis.
 //! - `sessions`: this node's sessions per user; `presence`: presence and liveness in Redis (scripts);
+//!   `streams`: per-user streams and resumable sessions in Redis (Lua scripts), with
+//!   [`RedisConfig::sessions`];
 //!   `inbound`: received envelopes handed to the node; `gateway`: a node's publish path and background
 //!   passes; [`RedisEngine`] on top. [`Dispatcher`] shares `link`, `routing` and `publisher`.
 //! - `mesa15`: Mesa 1.5's Redis formats (`ws`, `connected_clients`, `connected_clients_count`,
