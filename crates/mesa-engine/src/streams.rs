@@ -142,8 +142,7 @@ impl UserStream {
     /// Applies the age bound and forgets sessions whose TTL passed.
     fn expire(&mut self, policy: &SessionPolicy, now: Instant) {
         let before = self.sessions.len();
-        self.sessions
-            .retain(|record| !record.expired(now));
+        self.sessions.retain(|record| !record.expired(now));
         while let Some(front) = self.entries.front() {
             if now.saturating_duration_since(front.at) < policy.retention.max_age {
                 break;
