@@ -41,11 +41,6 @@ use tokio::time::Instant;
 const OUTBOUND_QUEUE: usize = 32;
 /// Messages sent to a paused user at once (past the outbound queue plus the kernel's socket buffers).
 const PAUSE_BURST: u64 = 300;
-/// The padding of a burst's messages.
-const BURST_PAD: &str = match std::str::from_utf8(&[b'x'; 4096]) {
-    Ok(pad) => pad,
-    Err(_) => "",
-};
 /// How long a pause stops server-to-client forwarding.
 const PAUSE: Duration = Duration::from_millis(1500);
 /// How long a half cut keeps the server side of the connection open.
@@ -117,8 +112,6 @@ fn node_config() -> Config {
     let mut config = Config {
         resume: ResumeConfig {
             max_messages: 4000,
-            // Bursts of padded messages (see BURST_PAD) stay within the byte bound.
-            max_bytes: 8 << 20,
             session_ttl_ms: 120_000,
             ..ResumeConfig::default()
         },
@@ -610,11 +603,7 @@ impl Sender {
                             continue;
                         };
                         let n = counts[user].load(Ordering::SeqCst) + 1;
-                        // A burst's messages carry 4 KiB of padding: past the outbound queue and the
-                        // kernel's socket buffers even when each send waits for Redis.
-                        let pad = if count > 1 { BURST_PAD } else { "" };
-                        let frame =
-                            Frame::dispatch("N", json!({"user": users[user], "n": n, "pad": pad}));
+                        let frame = Frame::dispatch("N", json!({"user": users[user], "n": n}));
                         if node
                             .mesa
                             .send_to([users[user].as_str()], &frame)
