@@ -161,7 +161,8 @@ impl Gateway {
     }
 
     /// Serves this node's own sessions now, then queues the publication for Redis (both before returning,
-    /// so publications keep the order of the calls).
+    /// so publications keep the order of the calls). A durable send to users with streams is not served
+    /// here: the stream script publishes it and this node delivers it from the user's channel.
     pub(crate) fn publish(
         &self,
         publication: Publication,
@@ -645,9 +646,14 @@ impl Gateway {
             })
             .collect();
         for chunk in calls.chunks(512) {
-            let cmds = chunk.iter().map(|call| call.eval()).collect();
+            let cmds = chunk.iter().map(|call| call.evalsha()).collect();
+            let run = async {
+                let mut replies = c.commands.run(cmds).await?;
+                crate::streams::rerun_missing(&c.commands, chunk.iter().enumerate(), &mut replies)
+                    .await
+            };
             let limit = self.config().publish_timeout;
-            if let Err(error) = within(limit, c.commands.run(cmds)).await {
+            if let Err(error) = within(limit, run).await {
                 tracing::warn!(%error, "sessions held on a dead node not released; they stay resumable");
                 return;
             }

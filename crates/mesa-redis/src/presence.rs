@@ -67,7 +67,7 @@ return out",
 /// Dead nodes cleaned up per reaping pass at most.
 const REAP_BATCH: usize = 64;
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 

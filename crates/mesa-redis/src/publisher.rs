@@ -160,7 +160,7 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
         .collect();
     let sent = async {
         let mut replies = conn.run(cmds).await?;
-        rerun_missing_scripts(conn, &live, &mut replies).await?;
+        crate::streams::rerun_missing(conn, script_calls(&live), &mut replies).await?;
         Ok::<_, redis::RedisError>(replies)
     };
     match tokio::time::timeout_at(deadline, sent).await {
@@ -190,34 +190,17 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
     }
 }
 
-/// Script calls Redis refused with NOSCRIPT (it restarted or failed over since it last ran them) did not
-/// run: they are run again, in their order, as `EVAL` (which caches the script for the next ones).
-async fn rerun_missing_scripts(
-    conn: &crate::backend::Conn,
-    jobs: &[Job],
-    replies: &mut [Value],
-) -> redis::RedisResult<()> {
+/// The script calls among `jobs`' commands, with their index in the batch.
+fn script_calls(jobs: &[Job]) -> Vec<(usize, &crate::streams::ScriptCall)> {
     let mut at = 0;
-    let mut missing = Vec::new();
+    let mut calls = Vec::new();
     for job in jobs {
-        if let Sends::Scripts(calls) = &job.sends {
-            for (i, call) in calls.iter().enumerate() {
-                if matches!(replies.get(at + i), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT")
-                {
-                    missing.push((at + i, call.eval()));
-                }
-            }
+        if let Sends::Scripts(scripts) = &job.sends {
+            calls.extend(scripts.iter().enumerate().map(|(i, call)| (at + i, call)));
         }
         at += job.sends.len();
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let (places, cmds): (Vec<usize>, Vec<redis::Cmd>) = missing.into_iter().unzip();
-    for (place, reply) in places.into_iter().zip(conn.run(cmds).await?) {
-        replies[place] = reply;
-    }
-    Ok(())
+    calls
 }
 
 /// PUBLISH replies: subscriber counts, or why Redis refused.

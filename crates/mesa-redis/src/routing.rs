@@ -54,6 +54,14 @@ pub(crate) struct Route {
     pub(crate) mine: Vec<bool>,
 }
 
+/// The user ids a send goes to: each once, in order, minus the excluded ones.
+fn distinct_recipients<'a>(ids: &'a [String], excluding: &[String]) -> Vec<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter()
+        .filter(|id| !excluding.contains(id) && seen.insert(id.as_str()))
+        .collect()
+}
+
 /// Routes `publication` from `this_node` (`None`: a Dispatcher). `holds` says whether this node has a
 /// session of a user (so is subscribed to that user's channel). With `mesa15`, sends to users and to
 /// everyone take Mesa 1.5's `ws` channel instead (every node, ours included, reads it); sends to one
@@ -85,11 +93,7 @@ pub(crate) fn route(
     ) = (streams, publication)
     {
         let head = envelope::encode_stream_head(*origin);
-        let mut seen = std::collections::HashSet::new();
-        let users: Vec<&String> = ids
-            .iter()
-            .filter(|id| !excluding.contains(id) && seen.insert(id.as_str()))
-            .collect();
+        let users = distinct_recipients(ids, excluding);
         return Ok(Route {
             local: false,
             mine: users
@@ -125,11 +129,7 @@ pub(crate) fn route(
             vec![this_node.is_some()],
         ),
         Recipients::Users(ids) => {
-            let mut seen = std::collections::HashSet::new();
-            let users: Vec<&String> = ids
-                .iter()
-                .filter(|id| !target.excluding.contains(id) && seen.insert(id.as_str()))
-                .collect();
+            let users = distinct_recipients(ids, &target.excluding);
             (
                 WireTarget::ChannelUser,
                 users.iter().map(|u| keys.user_channel(u)).collect(),

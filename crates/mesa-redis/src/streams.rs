@@ -30,6 +30,7 @@ use redis::{Cmd, RedisResult, Script, Value};
 
 use crate::backend::Conn;
 use crate::keys::Keys;
+use crate::presence::millis;
 
 /// Shared by every script. KEYS[1..3]: stream, meta, sessions; ARGV[1..4]: max messages, max bytes, max
 /// age (ms), session TTL (ms). Redis freezes its clock during a script: `NOW` is one instant.
@@ -336,6 +337,29 @@ impl ScriptCall {
     }
 }
 
+/// Runs again, as `EVAL` and in their order, the script calls whose reply in `replies` (at the given
+/// index) is NOSCRIPT: Redis restarted or failed over since it last ran them, so they did not run.
+pub(crate) async fn rerun_missing(
+    conn: &Conn,
+    calls: impl IntoIterator<Item = (usize, &ScriptCall)>,
+    replies: &mut [Value],
+) -> RedisResult<()> {
+    let (places, cmds): (Vec<usize>, Vec<Cmd>) = calls
+        .into_iter()
+        .filter(|(at, _)| {
+            matches!(replies.get(*at), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT")
+        })
+        .map(|(at, call)| (at, call.eval()))
+        .unzip();
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    for (place, reply) in places.into_iter().zip(conn.run(cmds).await?) {
+        replies[place] = reply;
+    }
+    Ok(())
+}
+
 /// Whether Redis answered that it does not have the script.
 pub(crate) fn is_no_script(error: &redis::RedisError) -> bool {
     error.code() == Some("NOSCRIPT")
@@ -344,25 +368,20 @@ pub(crate) fn is_no_script(error: &redis::RedisError) -> bool {
 /// What every script call of one user starts with.
 struct UserCall<'a> {
     keys: &'a Keys,
-    policy: &'a SessionPolicy,
+    policy_args: &'a [Bytes; 4],
     user: &'a str,
 }
 
 impl UserCall<'_> {
     fn call(&self, lua: &'static Lua, extra_keys: Vec<String>, extra: Vec<Bytes>) -> ScriptCall {
-        let retention = &self.policy.retention;
         let mut keys = vec![
             self.keys.stream(self.user),
             self.keys.stream_meta(self.user),
             self.keys.stream_sessions(self.user),
         ];
         keys.extend(extra_keys);
-        let mut args = vec![
-            number(retention.max_messages as u64),
-            number(retention.max_bytes as u64),
-            number(millis(retention.max_age)),
-            number(millis(self.policy.session_ttl)),
-        ];
+        let mut args = Vec::with_capacity(4 + extra.len());
+        args.extend(self.policy_args.iter().cloned());
         args.extend(extra);
         ScriptCall { lua, keys, args }
     }
@@ -370,10 +389,6 @@ impl UserCall<'_> {
 
 fn number(n: u64) -> Bytes {
     Bytes::from(n.to_string())
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 fn holder(connection: ConnectionId) -> Bytes {
@@ -384,19 +399,32 @@ fn holder(connection: ConnectionId) -> Bytes {
 #[derive(Debug, Clone)]
 pub(crate) struct Streams {
     pub(crate) policy: SessionPolicy,
+    /// The policy as the scripts' first four arguments, encoded once.
+    policy_args: [Bytes; 4],
     /// Sharded pub/sub (Cluster): the append script publishes with `SPUBLISH`.
     cluster: bool,
 }
 
 impl Streams {
     pub(crate) fn new(policy: SessionPolicy, cluster: bool) -> Streams {
-        Streams { policy, cluster }
+        let retention = &policy.retention;
+        let policy_args = [
+            number(retention.max_messages as u64),
+            number(retention.max_bytes as u64),
+            number(millis(retention.max_age)),
+            number(millis(policy.session_ttl)),
+        ];
+        Streams {
+            policy,
+            policy_args,
+            cluster,
+        }
     }
 
     fn user<'a>(&'a self, keys: &'a Keys, user: &'a str) -> UserCall<'a> {
         UserCall {
             keys,
-            policy: &self.policy,
+            policy_args: &self.policy_args,
             user,
         }
     }
