@@ -354,16 +354,15 @@ impl Gateway {
     }
 
     /// Queues a stream script that nobody waits for (an acknowledgement, a release) behind the
-    /// publications: a lost one is covered by a later acknowledgement, or by the session TTL.
-    pub(crate) fn fire(&self, call: crate::streams::ScriptCall, what: &'static str) {
-        let pending = self
+    /// publications, without a task per call: a lost one is covered by a later acknowledgement, or by the
+    /// session TTL.
+    fn fire(&self, call: crate::streams::ScriptCall, what: &'static str) {
+        let queued = self
             .publisher
-            .submit(crate::routing::Sends::Scripts(vec![call]));
-        tokio::spawn(async move {
-            if let Err(error) = pending.await {
-                tracing::debug!(%error, "{what} not written to Redis");
-            }
-        });
+            .submit_detached(crate::routing::Sends::Scripts(vec![call]));
+        if let Err(error) = queued {
+            tracing::debug!(%error, "{what} not written to Redis");
+        }
     }
 
     pub(crate) fn acknowledge(&self, user: &str, session: SessionId, seq: u64) {

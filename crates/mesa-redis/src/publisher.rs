@@ -21,10 +21,13 @@ use crate::routing::Sends;
 /// Commands sent in one pipeline at most.
 const MAX_BATCH: usize = 1024;
 
+/// What a job's sender gets back: the subscriber counts, or why not.
+type Reply = Result<Vec<i64>, EngineError>;
+
 struct Job {
     sends: Sends,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<i64>, EngineError>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// The queue's sending side.
@@ -41,6 +44,41 @@ impl Publisher {
         Publisher { tx, link }
     }
 
+    /// Queues `sends` now, in call order; `None` when there is nothing to send. The receiver gets the
+    /// replies (a dropped receiver is fine: the job is sent all the same).
+    fn enqueue(&self, sends: Sends) -> Result<Option<oneshot::Receiver<Reply>>, EngineError> {
+        let link = &self.link;
+        if sends.is_empty() {
+            return Ok(None);
+        }
+        if link.shutdown.is_cancelled() {
+            return Err(EngineError::Closed);
+        }
+        if link.is_lost() {
+            return Err(EngineError::Unavailable(link.down_reason()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            sends,
+            deadline: Instant::now() + link.config.publish_timeout,
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(Some(answer)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overloaded(format!(
+                "{} publications are waiting for Redis (publish_queue)",
+                link.config.publish_queue
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::Closed),
+        }
+    }
+
+    /// Queues `sends` behind the publications without waiting for Redis's answer (acknowledgements,
+    /// releases): fails only when it could not even be queued.
+    pub(crate) fn submit_detached(&self, sends: Sends) -> Result<(), EngineError> {
+        self.enqueue(sends).map(|_| ())
+    }
+
     /// Queues a publication's sends now (keeping the order of calls) and returns the number of
     /// subscribers Redis reported per channel (or command). Fails at once when Redis was reachable and is
     /// not any more, or when the queue is full.
@@ -50,28 +88,7 @@ impl Publisher {
     ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
         let link = self.link.clone();
         let timeout = link.config.publish_timeout;
-        let queued = if sends.is_empty() {
-            Ok(None)
-        } else if link.shutdown.is_cancelled() {
-            Err(EngineError::Closed)
-        } else if link.is_lost() {
-            Err(EngineError::Unavailable(link.down_reason()))
-        } else {
-            let (reply, answer) = oneshot::channel();
-            let job = Job {
-                sends,
-                deadline: Instant::now() + timeout,
-                reply,
-            };
-            match self.tx.try_send(job) {
-                Ok(()) => Ok(Some(answer)),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overloaded(format!(
-                    "{} publications are waiting for Redis (publish_queue)",
-                    link.config.publish_queue
-                ))),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::Closed),
-            }
-        };
+        let queued = self.enqueue(sends);
         async move {
             let result = match queued {
                 Ok(None) => return Ok(Vec::new()),
