@@ -144,8 +144,10 @@ pub trait Engine: Send + Sync + 'static {
     fn detach(&self, node: NodeId) -> BoxFuture<'_, ()>;
 
     /// Hands `publication` to every node that holds a recipient. The origin's own sessions are served
-    /// first, before this returns. `Ok` means every other node that should receive it was handed it (for
-    /// Redis: the backend accepted it); `Err` says who was not reached and why.
+    /// first, before this returns, except a durable send to users that an engine stores in a remote
+    /// backend first (the Redis engine with streams): that reaches the origin's sessions from the backend,
+    /// like every other node's, in the stream's order. `Ok` means every other node that should receive it
+    /// was handed it (for Redis: the backend accepted it); `Err` says who was not reached and why.
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Delivery, PublishError>>;
 
     /// A session of `user_id` on `node` was authenticated (or re-identified as `user_id`). Must not block:

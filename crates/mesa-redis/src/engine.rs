@@ -17,8 +17,11 @@ use crate::metrics::RedisMetricsSnapshot;
 ///
 /// Sends are routed by where users are (a node subscribes to a user's channel while it holds a session of
 /// that user), presence is kept in Redis with the liveness of every node, and Redis faults degrade the
-/// node (local sessions are still served, sends to others fail with `Unavailable`) until it reconnects by
-/// itself. `docs/clustering.md` describes the keys, the delivery semantics and the faults.
+/// node (local sessions are still served, sends to others fail with `Unavailable`; with
+/// [`RedisConfig::sessions`] a durable send to users, stored in Redis first, fails whole) until it
+/// reconnects by itself. With [`RedisConfig::sessions`] it also keeps per-user streams and resumable
+/// sessions in Redis (`docs/delivery.md`, "Streams in Redis"). `docs/clustering.md` describes the keys,
+/// the delivery semantics and the faults.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
