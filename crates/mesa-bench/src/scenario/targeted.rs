@@ -88,7 +88,7 @@ struct Shared {
 
 /// Where the sends go: Redis, or a sender connection's `SEND_TO` dispatches.
 enum Way {
-    Redis(RedisSender),
+    Redis(Box<RedisSender>),
     Client(Box<SendToConn>),
 }
 
@@ -125,7 +125,9 @@ pub async fn run(args: &TargetedArgs) -> Result<Report, InvalidArgs> {
     let mut way = match args.via {
         Via::Redis => {
             let url = args.redis_url.as_deref().unwrap_or_default();
-            Way::Redis(RedisSender::connect(args.dispatch, url, args.namespace.as_deref()).await?)
+            Way::Redis(Box::new(
+                RedisSender::connect(args.dispatch, url, args.namespace.as_deref()).await?,
+            ))
         }
         Via::Client => Way::Client(Box::new(
             SendToConn::open(&setup.connector, &format!("{prefix}sender"), args.volatile)
