@@ -237,10 +237,7 @@ impl Gateway {
                 // Acknowledgements and releases queued before this call are written too: a command
                 // behind them in the one ordered queue comes back only after they did.
                 if self.streams.is_some() {
-                    let barrier = self
-                        .publisher
-                        .submit(crate::routing::Sends::Commands(vec![redis::cmd("PING")]));
-                    let _ = barrier.await;
+                    let _ = self.publisher.barrier().await;
                 }
                 Ok(())
             }

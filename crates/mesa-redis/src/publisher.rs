@@ -81,17 +81,40 @@ impl Publisher {
 
     /// Queues a publication's sends now (keeping the order of calls) and returns the number of
     /// subscribers Redis reported per channel (or command). Fails at once when Redis was reachable and is
-    /// not any more, or when the queue is full.
+    /// not any more, or when the queue is full. Counted in the publish metrics.
     pub(crate) fn submit(
         &self,
         sends: Sends,
     ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
         let link = self.link.clone();
-        let timeout = link.config.publish_timeout;
+        let answer = self.submit_uncounted(sends);
+        async move {
+            let result = answer.await;
+            match &result {
+                Ok(_) => link.metrics.published(),
+                Err(_) => link.metrics.publish_failed(),
+            }
+            result
+        }
+    }
+
+    /// Waits until everything queued before this call was written (a PING behind it in the one ordered
+    /// queue); not a publication, so not counted as one.
+    pub(crate) async fn barrier(&self) -> Result<(), EngineError> {
+        self.submit_uncounted(Sends::Commands(vec![redis::cmd("PING")]))
+            .await
+            .map(|_| ())
+    }
+
+    fn submit_uncounted(
+        &self,
+        sends: Sends,
+    ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
+        let timeout = self.link.config.publish_timeout;
         let queued = self.enqueue(sends);
         async move {
-            let result = match queued {
-                Ok(None) => return Ok(Vec::new()),
+            match queued {
+                Ok(None) => Ok(Vec::new()),
                 Ok(Some(answer)) => match tokio::time::timeout(timeout, answer).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(EngineError::Closed),
@@ -100,12 +123,7 @@ impl Publisher {
                     ))),
                 },
                 Err(error) => Err(error),
-            };
-            match &result {
-                Ok(_) => link.metrics.published(),
-                Err(_) => link.metrics.publish_failed(),
             }
-            result
         }
     }
 }
