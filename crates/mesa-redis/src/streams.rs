@@ -134,14 +134,22 @@ end
 ";
 
 /// KEYS: +presence, channel. ARGV: +frame, envelope head, `PUBLISH` or `SPUBLISH`. Appends the frame when
-/// the user keeps a stream (a session is kept, or no node holds the user: the mailbox), applies the count
+/// the user keeps a stream (a session is kept, or the user is offline: the mailbox), applies the count
 /// and byte bounds, and publishes the envelope with its sequence (0: not kept) on the user's channel in the
 /// same step. Returns the channel's subscriber count.
+///
+/// Offline: no node records the user, or no node is subscribed to the user's channel. The second covers
+/// a node that died (Redis dropped its subscriptions with its connection) while its presence entries wait
+/// for `node_ttl` to be reaped, and a node between unsubscribing and removing the entry: a publication
+/// nobody receives is kept rather than lost.
 const APPEND: &str = r"
 local sess = sessions()
 evict_aged()
 local seq = 0
-if next(sess) ~= nil or redis.call('EXISTS', KEYS[4]) == 0 then
+local NUMSUB = 'NUMSUB'
+if ARGV[7] == 'SPUBLISH' then NUMSUB = 'SHARDNUMSUB' end
+if next(sess) ~= nil or redis.call('EXISTS', KEYS[4]) == 0
+    or redis.call('PUBSUB', NUMSUB, KEYS[5])[2] == 0 then
   seq = head() + 1
   redis.call('XADD', ST, seq .. '-0', 'f', ARGV[5], 't', NOW)
   redis.call('HSET', SM, 'head', seq)

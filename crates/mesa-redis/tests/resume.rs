@@ -50,6 +50,18 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) {
     assert!(status.success(), "redis-cli {args:?}");
 }
 
+/// What `redis-cli` prints for `args`, trimmed.
+fn redis_cli_output(redis: &RedisServer, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(redis.port().to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(output.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_dropped_on_one_node_resumes_on_another_with_every_message_once_in_order() {
     let redis = RedisServer::start();
@@ -198,6 +210,53 @@ async fn the_offline_mailbox_is_kept_in_redis_and_reaches_every_device_of_the_us
         },
     )
     .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_user_whose_node_died_is_kept_as_mailbox_before_the_node_is_reaped() {
+    let redis = RedisServer::start();
+    let config = shared(&redis, "deadnode");
+    let (a, engine_a) = node(&config, 4096).await;
+    let (b, _engine_b) = node(&config, 4096).await;
+    let dispatcher = Dispatcher::connect(config.clone()).expect("dispatcher");
+    // Gus is connected to node A without a resumable session: nothing of his is kept in Redis but his
+    // presence entry.
+    let mut ws = connect_as(&a, "gus").await;
+    send_numbered(&a.mesa, "gus", 1..=2).await;
+    for i in 1..=2 {
+        let frame = recv(&mut ws).await;
+        assert_eq!(
+            (&frame["op"], &frame["d"]["i"]),
+            (&json!(0), &json!(i)),
+            "{frame}"
+        );
+    }
+    // Node A dies without a goodbye: Redis drops its subscriptions at once, its presence entries stay
+    // until another node reaps it (node_ttl, 15 s here, longer than this test).
+    engine_a.abort();
+    let channel = engine_a.keys().user_channel("gus");
+    common::eventually(
+        "Redis dropped node A's subscriptions",
+        Duration::from_secs(5),
+        || async { redis_cli_output(&redis, &["PUBSUB", "NUMSUB", &channel]).ends_with("\n0") },
+    )
+    .await;
+    let presence = engine_a.keys().presence("gus");
+    assert_eq!(redis_cli_output(&redis, &["EXISTS", &presence]), "1");
+    // Sends meanwhile, through the Dispatcher and node B, reach nobody live: they are kept.
+    for i in 3..=4 {
+        dispatcher
+            .send(&numbered(i), &Target::users(["gus"]))
+            .await
+            .expect("dispatched");
+    }
+    send_numbered(&b.mesa, "gus", 5..=6).await;
+    // Gus comes back on node B and gets them, in order, from his mailbox.
+    let (mut ws, _, start) = open(&b, "gus").await;
+    assert_eq!(start, 0);
+    assert_exactly_once_in_order(&read_numbered(&mut ws, 4).await, 1, 3, 4);
     a.stop().await;
     b.stop().await;
 }
