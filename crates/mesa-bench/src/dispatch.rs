@@ -48,7 +48,7 @@ pub struct RedisSender {
 }
 
 enum Way {
-    Ours(Dispatcher),
+    Ours(Box<Dispatcher>),
     Mesa15(mpsc::Sender<String>),
 }
 
@@ -68,10 +68,10 @@ impl RedisSender {
                 if let Some(ns) = namespace {
                     config = config.with_namespace(ns);
                 }
-                Way::Ours(
+                Way::Ours(Box::new(
                     Dispatcher::connect(config)
                         .map_err(|e| DispatchError::Config(e.to_string()))?,
-                )
+                ))
             }
             DispatchFormat::Mesa15 => {
                 let client = redis::Client::open(url).map_err(DispatchError::Connect)?;

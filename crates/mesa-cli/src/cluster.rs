@@ -145,6 +145,13 @@ fn render(metrics: RedisMetricsSnapshot, out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {value}");
     }
+    let name = "mesa_redis_releases_waiting";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Session releases Redis has not taken yet (unreachable): queued again once it is back."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", metrics.releases_waiting);
 }
 
 #[cfg(test)]

@@ -57,7 +57,9 @@ impl RedisEngine {
 
     /// The counters of this engine.
     pub fn metrics(&self) -> RedisMetricsSnapshot {
-        self.gateway.link.metrics.snapshot()
+        let mut snapshot = self.gateway.link.metrics.snapshot();
+        snapshot.releases_waiting = self.gateway.releases_waiting() as u64;
+        snapshot
     }
 
     /// Its configuration.

@@ -353,21 +353,21 @@ impl Gateway {
     /// Queues a stream script that nobody waits for (an acknowledgement, a release) behind the
     /// publications, without a task per call: a lost one is covered by a later acknowledgement, or by the
     /// session TTL.
-    fn fire(&self, call: crate::streams::ScriptCall, what: &'static str) {
-        let queued = self
-            .publisher
-            .submit_detached(crate::routing::Sends::Scripts(vec![call]));
-        if let Err(error) = queued {
-            tracing::debug!(%error, "{what} not written to Redis");
-        }
+    /// Session releases Redis did not take yet.
+    pub(crate) fn releases_waiting(&self) -> usize {
+        self.publisher.redo().len()
     }
 
+    /// Not retried: a later acknowledgement, or the session's resume, covers a lost one.
     pub(crate) fn acknowledge(&self, user: &str, session: SessionId, seq: u64) {
         if let Some(streams) = &self.streams {
-            self.fire(
-                streams.acknowledge(&self.link.keys, user, session, seq),
-                "acknowledgement",
-            );
+            let call = streams.acknowledge(&self.link.keys, user, session, seq);
+            let queued = self
+                .publisher
+                .submit_detached(crate::routing::Sends::Scripts(vec![call]));
+            if let Err(error) = queued {
+                tracing::debug!(%error, "acknowledgement not written to Redis");
+            }
         }
     }
 
@@ -379,10 +379,10 @@ impl Gateway {
         release: Release,
     ) {
         if let Some(streams) = &self.streams {
-            self.fire(
-                streams.release(&self.link.keys, user, session, holder, release),
-                "session release",
-            );
+            // Retried until Redis takes it: a session left held would keep its stream for good.
+            let call = streams.release(&self.link.keys, user, session, holder, release);
+            self.publisher
+                .submit_retried(crate::routing::Sends::Scripts(vec![call]));
         }
     }
 
@@ -502,6 +502,11 @@ impl Gateway {
         {
             Ok(()) => {
                 self.confirm(pass.version);
+                // Redis takes writes again: what it did not take before is queued again.
+                let requeued = self.publisher.resubmit();
+                if requeued > 0 {
+                    tracing::debug!(requeued, "session releases queued again");
+                }
                 Ok(())
             }
             Err(error) => {
@@ -619,16 +624,16 @@ impl Gateway {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => {
                 self.link.metrics.dead_nodes_removed(removed.len() as u64);
-                self.release_dead_sessions(&c, &removed).await;
+                self.release_dead_sessions(&removed);
             }
             Err(error) => tracing::debug!(%error, "dead-node cleanup failed; retried later"),
         }
     }
 
     /// The resumable sessions that connections of dead nodes held are released (kept for the session TTL),
-    /// so that they expire if nobody resumes them. Best effort: a session left held can still be resumed
-    /// (claimed) and its stream stays within the retention bounds.
-    async fn release_dead_sessions(&self, c: &Connections, removed: &[(NodeId, Vec<String>)]) {
+    /// so that they expire if nobody resumes them; retried like this node's own releases (only this
+    /// caller reaped those nodes).
+    fn release_dead_sessions(&self, removed: &[(NodeId, Vec<String>)]) {
         let Some(streams) = &self.streams else {
             return;
         };
@@ -642,17 +647,8 @@ impl Gateway {
             })
             .collect();
         for chunk in calls.chunks(512) {
-            let cmds = chunk.iter().map(|call| call.evalsha()).collect();
-            let run = async {
-                let mut replies = c.commands.run(cmds).await?;
-                crate::streams::rerun_missing(&c.commands, chunk.iter().enumerate(), &mut replies)
-                    .await
-            };
-            let limit = self.config().publish_timeout;
-            if let Err(error) = within(limit, run).await {
-                tracing::warn!(%error, "sessions held on a dead node not released; they stay resumable");
-                return;
-            }
+            self.publisher
+                .submit_retried(crate::routing::Sends::Scripts(chunk.to_vec()));
         }
     }
 

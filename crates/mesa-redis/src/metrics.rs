@@ -38,6 +38,8 @@ pub struct RedisMetricsSnapshot {
     pub dead_nodes_removed: u64,
     /// Whether the engine is degraded now.
     pub degraded: bool,
+    /// Session releases Redis has not taken yet (it was unreachable): queued again once it is back.
+    pub releases_waiting: u64,
 }
 
 impl RedisMetrics {
@@ -53,6 +55,7 @@ impl RedisMetrics {
             probes_failed: self.probes_failed.load(Relaxed),
             dead_nodes_removed: self.dead_nodes_removed.load(Relaxed),
             degraded: self.degraded.load(Relaxed),
+            releases_waiting: 0,
         }
     }
 

@@ -6,9 +6,14 @@
 //! channel reach Redis, and every subscriber, in the order they were published. Each publication has a
 //! deadline (`publish_timeout`): one not handed to Redis by then fails with `Unavailable` and is not sent
 //! later; one whose batch was sent but not answered in time fails too, and may still have been delivered.
+//!
+//! Session releases must not be lost to a Redis outage (a session left held keeps its stream for good), so
+//! they are queued as *retried*: one that Redis did not take is kept in [`Redo`] and queued again once
+//! Redis is back ([`Publisher::resubmit`]). Releases are idempotent (a release names its holder), so one
+//! that was written after all and is written again changes nothing.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mesa_engine::EngineError;
 use redis::Value;
@@ -28,25 +33,66 @@ struct Job {
     sends: Sends,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
+    /// Kept in [`Redo`] when Redis does not take it.
+    retried: bool,
+}
+
+/// Retried sends Redis did not take, until they are queued again. Bounded: past [`Redo::LIMIT`] a send
+/// is dropped and logged.
+#[derive(Default)]
+pub(crate) struct Redo {
+    sends: Mutex<Vec<Sends>>,
+}
+
+impl Redo {
+    /// Sends kept at most (each a session release: one session left held, within its bounds, if dropped).
+    const LIMIT: usize = 100_000;
+
+    fn keep(&self, sends: Sends) {
+        let mut kept = self.sends.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < Redo::LIMIT {
+            kept.push(sends);
+        } else {
+            tracing::warn!(
+                limit = Redo::LIMIT,
+                "too many session releases wait for Redis: one dropped (its session stays held)"
+            );
+        }
+    }
+
+    fn take(&self) -> Vec<Sends> {
+        std::mem::take(&mut *self.sends.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many sends wait.
+    pub(crate) fn len(&self) -> usize {
+        self.sends.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 /// The queue's sending side.
 pub(crate) struct Publisher {
     tx: mpsc::Sender<Job>,
     link: Arc<Link>,
+    redo: Arc<Redo>,
 }
 
 impl Publisher {
     /// Starts the task that empties the queue (it ends with the link's shutdown token).
     pub(crate) fn start(link: Arc<Link>) -> Publisher {
         let (tx, rx) = mpsc::channel(link.config.publish_queue);
-        tokio::spawn(run(link.clone(), rx));
-        Publisher { tx, link }
+        let redo = Arc::new(Redo::default());
+        tokio::spawn(run(link.clone(), redo.clone(), rx));
+        Publisher { tx, link, redo }
     }
 
     /// Queues `sends` now, in call order; `None` when there is nothing to send. The receiver gets the
     /// replies (a dropped receiver is fine: the job is sent all the same).
-    fn enqueue(&self, sends: Sends) -> Result<Option<oneshot::Receiver<Reply>>, EngineError> {
+    fn enqueue(
+        &self,
+        sends: Sends,
+        retried: bool,
+    ) -> Result<Option<oneshot::Receiver<Reply>>, EngineError> {
         let link = &self.link;
         if sends.is_empty() {
             return Ok(None);
@@ -62,6 +108,7 @@ impl Publisher {
             sends,
             deadline: Instant::now() + link.config.publish_timeout,
             reply,
+            retried,
         };
         match self.tx.try_send(job) {
             Ok(()) => Ok(Some(answer)),
@@ -73,10 +120,34 @@ impl Publisher {
         }
     }
 
-    /// Queues `sends` behind the publications without waiting for Redis's answer (acknowledgements,
-    /// releases): fails only when it could not even be queued.
+    /// Queues `sends` behind the publications without waiting for Redis's answer (acknowledgements):
+    /// fails only when it could not even be queued.
     pub(crate) fn submit_detached(&self, sends: Sends) -> Result<(), EngineError> {
-        self.enqueue(sends).map(|_| ())
+        self.enqueue(sends, false).map(|_| ())
+    }
+
+    /// Queues `sends` like [`submit_detached`](Self::submit_detached), and keeps them to queue again
+    /// when Redis does not take them (unreachable, timed out, failing over): for session releases.
+    pub(crate) fn submit_retried(&self, sends: Sends) {
+        match self.enqueue(sends.clone(), true) {
+            Ok(_) | Err(EngineError::Closed) => {}
+            Err(_) => self.redo.keep(sends),
+        }
+    }
+
+    /// Queues again what Redis did not take; call once it is reachable. Returns how many were queued.
+    pub(crate) fn resubmit(&self) -> usize {
+        let sends = self.redo.take();
+        let count = sends.len();
+        for sends in sends {
+            self.submit_retried(sends);
+        }
+        count
+    }
+
+    /// What waits to be queued again.
+    pub(crate) fn redo(&self) -> &Redo {
+        &self.redo
     }
 
     /// Queues a publication's sends now (keeping the order of calls) and returns the number of
@@ -111,7 +182,7 @@ impl Publisher {
         sends: Sends,
     ) -> impl Future<Output = Result<Vec<i64>, EngineError>> + Send + 'static {
         let timeout = self.link.config.publish_timeout;
-        let queued = self.enqueue(sends);
+        let queued = self.enqueue(sends, false);
         async move {
             match queued {
                 Ok(None) => Ok(Vec::new()),
@@ -128,7 +199,7 @@ impl Publisher {
     }
 }
 
-async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<Job>) {
+async fn run(link: Arc<Link>, redo: Arc<Redo>, mut rx: mpsc::Receiver<Job>) {
     loop {
         let first = tokio::select! {
             _ = link.shutdown.cancelled() => return,
@@ -148,17 +219,30 @@ async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        send_batch(&link, batch).await;
+        send_batch(&link, &redo, batch).await;
     }
 }
 
-fn fail(jobs: Vec<Job>, error: &EngineError) {
+/// Redis did not take `jobs`: their senders hear why; the retried ones are kept to be queued again.
+fn fail(jobs: Vec<Job>, error: &EngineError, redo: &Redo) {
     for job in jobs {
+        if job.retried {
+            redo.keep(job.sends);
+        }
         let _ = job.reply.send(Err(error.clone()));
     }
 }
 
-async fn send_batch(link: &Link, mut batch: Vec<Job>) {
+/// Errors Redis answers while it cannot take writes for now (loading, failing over, a Cluster slot
+/// moving): a retried send is tried again later.
+fn is_transient(error: &redis::ServerError) -> bool {
+    matches!(
+        error.code(),
+        "LOADING" | "READONLY" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "BUSY"
+    )
+}
+
+async fn send_batch(link: &Link, redo: &Redo, mut batch: Vec<Job>) {
     let Some(deadline) = batch.iter().map(|j| j.deadline).max() else {
         return;
     };
@@ -174,9 +258,10 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
     fail(
         late,
         &EngineError::Unavailable("not handed to Redis within the publish timeout".into()),
+        redo,
     );
     let Some(connections) = connections else {
-        fail(live, &EngineError::Unavailable(link.down_reason()));
+        fail(live, &EngineError::Unavailable(link.down_reason()), redo);
         return;
     };
     if live.is_empty() {
@@ -203,6 +288,13 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
             let mut replies = replies.into_iter();
             for job in live {
                 let mine: Vec<Value> = replies.by_ref().take(job.sends.len()).collect();
+                if job.retried
+                    && mine
+                        .iter()
+                        .any(|v| matches!(v, Value::ServerError(e) if is_transient(e)))
+                {
+                    redo.keep(job.sends.clone());
+                }
                 let _ = job.reply.send(counts(mine));
             }
         }
@@ -213,7 +305,7 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
             {
                 link.lost(connections.generation, format!("publish failed: {error}"));
             }
-            fail(live, &EngineError::Unavailable(error.to_string()));
+            fail(live, &EngineError::Unavailable(error.to_string()), redo);
         }
         Err(_) => fail(
             live,
@@ -221,6 +313,7 @@ async fn send_batch(link: &Link, mut batch: Vec<Job>) {
                 "Redis did not answer within {:?}",
                 link.config.publish_timeout
             )),
+            redo,
         ),
     }
 }

@@ -11,7 +11,7 @@ use crate::mesa15;
 use crate::streams::{ScriptCall, Streams};
 
 /// What to hand Redis for one publication.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Sends {
     /// The same envelope on each channel, in order (none when only this node holds the recipients).
     Publish {

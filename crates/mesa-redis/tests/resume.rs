@@ -50,18 +50,6 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) {
     assert!(status.success(), "redis-cli {args:?}");
 }
 
-/// What `redis-cli` prints for `args`, trimmed.
-fn redis_cli_output(redis: &RedisServer, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli")
-        .arg("-p")
-        .arg(redis.port().to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    assert!(output.status.success(), "redis-cli {args:?}");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_dropped_on_one_node_resumes_on_another_with_every_message_once_in_order() {
     let redis = RedisServer::start();
@@ -240,11 +228,11 @@ async fn a_send_to_a_user_whose_node_died_is_kept_as_mailbox_before_the_node_is_
     common::eventually(
         "Redis dropped node A's subscriptions",
         Duration::from_secs(5),
-        || async { redis_cli_output(&redis, &["PUBSUB", "NUMSUB", &channel]).ends_with("\n0") },
+        || async { redis.cli(&["PUBSUB", "NUMSUB", &channel]).ends_with("\n0") },
     )
     .await;
     let presence = engine_a.keys().presence("gus");
-    assert_eq!(redis_cli_output(&redis, &["EXISTS", &presence]), "1");
+    assert_eq!(redis.cli(&["EXISTS", &presence]), "1");
     // Sends meanwhile, through the Dispatcher and node B, reach nobody live: they are kept.
     for i in 3..=4 {
         dispatcher
@@ -259,6 +247,50 @@ async fn a_send_to_a_user_whose_node_died_is_kept_as_mailbox_before_the_node_is_
     assert_exactly_once_in_order(&read_numbered(&mut ws, 4).await, 1, 3, 4);
     a.stop().await;
     b.stop().await;
+}
+
+/// The record of `session` in Redis: `<cursor>|<holder>|<expires>` (holder empty and an expiry once
+/// released).
+fn session_record(redis: &RedisServer, engine: &RedisEngine, user: &str, session: &str) -> String {
+    redis.cli(&["HGET", &engine.keys().stream_sessions(user), session])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_release_redis_did_not_take_is_written_once_it_is_back() {
+    // With persistence, so that what Redis took before it went down is still there after.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let config = shared(&redis, "release");
+    let (a, engine) = node(&config, 4096).await;
+    let (ws, id, _) = open(&a, "hana").await;
+    let held = session_record(&redis, &engine, "hana", &id);
+    assert!(
+        held.starts_with("0|") && held.ends_with("|0") && held.len() > 4,
+        "{held}"
+    );
+    // Redis goes down; meanwhile the connection ends, and its release cannot be written.
+    redis.kill();
+    drop(ws);
+    common::eventually(
+        "the release kept to be written later",
+        Duration::from_secs(10),
+        || async { engine.metrics().releases_waiting == 1 },
+    )
+    .await;
+    // Redis comes back with its data: the release is written (the session is no longer held, it
+    // expires after the session TTL unless resumed).
+    redis.restart();
+    common::eventually("the release written", Duration::from_secs(10), || async {
+        session_record(&redis, &engine, "hana", &id).starts_with("0||")
+    })
+    .await;
+    assert_eq!(engine.metrics().releases_waiting, 0);
+    let released = session_record(&redis, &engine, "hana", &id);
+    assert!(!released.ends_with("|0"), "an expiry is set: {released}");
+    // And the session still resumes.
+    let (_ws, answer) = resume(&a, "hana", &id, 0).await;
+    assert_eq!(answer["op"], 22, "{answer}");
+    assert_eq!(answer["d"]["resumed"], true, "{answer}");
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
