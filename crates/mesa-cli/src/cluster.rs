@@ -66,9 +66,8 @@ pub(crate) async fn dispatch(dispatch: &Dispatch) -> Result<Delivery, DispatchEr
         dispatch.mesa15_compat,
     )
     .map_err(|problem| DispatchError::Invalid(format!("--redis-url: {problem}")))?
-    // Sends to users are appended to their streams, within the default bounds (those of a gateway whose
-    // `[server.resume]` keeps its defaults).
-    .with_sessions((!dispatch.mesa15_compat).then(SessionPolicy::default));
+    // Sends to users are appended to their streams within the gateways' bounds (see `dispatch.rs`).
+    .with_sessions(dispatch.sessions.clone());
     let sent = async {
         let dispatcher = Dispatcher::connect(config).map_err(|problem| match problem {
             EngineError::Unavailable(_) | EngineError::Overloaded(_) => {

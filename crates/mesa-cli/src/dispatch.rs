@@ -5,7 +5,13 @@
 //! mesa dispatch --redis-url redis://127.0.0.1:6379 --to alice,bob --event NEWS --data '{"text":"hi"}'
 //! mesa dispatch --redis-url redis://127.0.0.1:6379 --all --exclude bob --event NEWS
 //! mesa dispatch --redis-url redis://127.0.0.1:6379 --connection 00c0ffee00c0ffee-42 --disconnect --code 4000 --reason bye
+//! mesa dispatch --config mesa.toml --to alice --event NEWS
 //! ```
+//!
+//! With `--config` (the gateway's own file) the Redis URL, namespace and Mesa 1.5 formats come from its
+//! `[cluster]` unless a flag says otherwise, and what is kept per user follows its `[server.resume]` (the
+//! bounds, or nothing kept when resume is off), so that a dispatch keeps what a send through a node would.
+//! Without it, sends to users are kept within the default bounds.
 //!
 //! Everything is checked before Redis is contacted. Exit status: 0 when Redis took the message (stdout:
 //! `{"ok":true,"nodes":N}`, N = nodes that received it); 1 when Redis is unreachable or refused it (retry);
@@ -15,13 +21,16 @@
 // Without Redis support the checked command is never sent, so its fields are never read.
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args};
 use mesa_protocol::Frame;
-use mesa_server::{ConnectionId, Delivery, Target};
+use mesa_server::{ConnectionId, Delivery, SessionPolicy, Target};
 
-use crate::config::{validate_namespace, validate_redis_url, Secret, DEFAULT_NAMESPACE};
+use crate::config::{
+    validate_namespace, validate_redis_url, Overrides, Secret, ServeConfig, DEFAULT_NAMESPACE,
+};
 
 /// Longest close reason: a close frame carries at most 123 bytes of it.
 const MAX_REASON_BYTES: usize = 123;
@@ -31,17 +40,21 @@ const MAX_REASON_BYTES: usize = 123;
 #[command(group(ArgGroup::new("recipients").required(true).args(["to", "all", "connection"])))]
 #[command(group(ArgGroup::new("action").required(true).args(["event", "disconnect"])))]
 pub(crate) struct DispatchArgs {
-    /// Redis of the cluster, as the nodes' cluster.redis_url.
+    /// The gateway's configuration file: its [cluster] where no flag says otherwise, and its
+    /// [server.resume] for what is kept per user.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Redis of the cluster, as the nodes' cluster.redis_url (required without --config).
     #[arg(
         long,
         env = "MESA_CLUSTER__REDIS_URL",
         hide_env_values = true,
         value_name = "URL"
     )]
-    redis_url: String,
-    /// The nodes' cluster.namespace.
-    #[arg(long, env = "MESA_CLUSTER__NAMESPACE", default_value = DEFAULT_NAMESPACE, value_name = "NS")]
-    namespace: String,
+    redis_url: Option<String>,
+    /// The nodes' cluster.namespace [default: the file's, else default].
+    #[arg(long, env = "MESA_CLUSTER__NAMESPACE", value_name = "NS")]
+    namespace: Option<String>,
     /// Also publish in Mesa 1.5's format (cluster.mesa15_compat), for Mesa 1.5 nodes.
     #[arg(long)]
     mesa15_compat: bool,
@@ -97,6 +110,8 @@ pub(crate) struct Dispatch {
     pub(crate) namespace: String,
     /// Whether Mesa 1.5 nodes share the cluster.
     pub(crate) mesa15_compat: bool,
+    /// The bounds of what is kept per user (the gateways' `[server.resume]`); `None`: nothing is kept.
+    pub(crate) sessions: Option<SessionPolicy>,
     /// Who it is for.
     pub(crate) target: Target,
     /// What to do.
@@ -133,10 +148,42 @@ impl Dispatch {
     /// Checks every argument; nothing here contacts Redis.
     pub(crate) fn from_args(args: DispatchArgs) -> Result<Dispatch, DispatchError> {
         let invalid = |message: String| DispatchError::Invalid(message);
-        validate_redis_url("--redis-url", &args.redis_url)
+        let gateway = match &args.config {
+            Some(path) => Some(
+                ServeConfig::load(Some(path), Overrides::default())
+                    .map_err(|problem| invalid(format!("--config: {problem}")))?,
+            ),
+            None => None,
+        };
+        let cluster = gateway.as_ref().and_then(|g| g.cluster.as_ref());
+        let redis_url = args
+            .redis_url
+            .or_else(|| {
+                cluster
+                    .and_then(|c| c.redis_url.as_ref())
+                    .map(|url| url.expose().to_owned())
+            })
+            .ok_or_else(|| {
+                invalid("--redis-url is required (or --config with cluster.redis_url)".into())
+            })?;
+        validate_redis_url("--redis-url", &redis_url)
             .map_err(|problem| invalid(problem.to_string()))?;
-        validate_namespace("--namespace", &args.namespace)
+        let namespace = args
+            .namespace
+            .or_else(|| cluster.map(|c| c.namespace.clone()))
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        validate_namespace("--namespace", &namespace)
             .map_err(|problem| invalid(problem.to_string()))?;
+        let mesa15_compat = args.mesa15_compat || cluster.is_some_and(|c| c.mesa15_compat);
+        // As `mesa serve` decides for its engine: Mesa 1.5's sync keeps offline messages in that mode.
+        let sessions = match &gateway {
+            _ if mesa15_compat => None,
+            Some(gateway) => {
+                let resume = &gateway.server.resume;
+                resume.enabled.then(|| resume.policy())
+            }
+            None => Some(SessionPolicy::default()),
+        };
         if args.to.iter().chain(&args.exclude).any(String::is_empty) {
             return Err(invalid(
                 "--to and --exclude take non-empty user ids separated by commas".into(),
@@ -187,9 +234,10 @@ impl Dispatch {
             }
         };
         Ok(Dispatch {
-            redis_url: Secret::new(args.redis_url),
-            namespace: args.namespace,
-            mesa15_compat: args.mesa15_compat,
+            redis_url: Secret::new(redis_url),
+            namespace,
+            mesa15_compat,
+            sessions,
             target,
             action,
         })

@@ -195,3 +195,81 @@ fn an_unreachable_redis_exits_1_and_a_reachable_one_0() {
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["nodes"], 0, "no node listens: {answer}");
 }
+
+#[test]
+fn without_a_redis_url_or_a_config_naming_one_it_is_refused() {
+    refused(&["--to", "bob", "--event", "X"], "--redis-url is required");
+    let dir = mesa_testkit::redis::TempDir::new("mesa-dispatch");
+    let file = dir.path().join("mesa.toml");
+    std::fs::write(&file, "[server.resume]\nmax_messages = 3\n").expect("write config");
+    let path = file.to_str().expect("utf-8 path");
+    refused(
+        &["--config", path, "--to", "bob", "--event", "X"],
+        "--redis-url is required",
+    );
+    refused(
+        &[
+            "--config",
+            "/nonexistent/mesa.toml",
+            "--to",
+            "bob",
+            "--event",
+            "X",
+        ],
+        "--config",
+    );
+}
+
+/// With `--config`, the gateway's `[cluster]` says where Redis is and its `[server.resume]` what is kept for
+/// an offline user: three of five with `max_messages = 3`, none with resume off. Without it, the defaults
+/// keep all five.
+#[cfg(feature = "redis")]
+#[test]
+fn a_config_file_gives_the_cluster_and_the_retention_of_the_gateway() {
+    use mesa_testkit::redis::{RedisServer, TempDir};
+
+    let redis = RedisServer::start();
+    let dir = TempDir::new("mesa-dispatch");
+    let write = |name: &str, resume: &str| {
+        let file = dir.path().join(name);
+        let text = format!(
+            "[cluster]\nredis_url = \"{}\"\nnamespace = \"files\"\n\n[server.resume]\n{resume}\n",
+            redis.url()
+        );
+        std::fs::write(&file, text).expect("write config");
+        file.to_str().expect("utf-8 path").to_owned()
+    };
+    let bounded = write("bounded.toml", "max_messages = 3");
+    let off = write("off.toml", "enabled = false");
+    let send = |args: &[&str], n: u32| {
+        let data = format!("{{\"n\":{n}}}");
+        let mut all = args.to_vec();
+        all.extend(["--event", "N", "--data", &data]);
+        let output = dispatch(&all, &[]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    };
+    for n in 1..=5 {
+        send(&["--config", &bounded, "--to", "bob"], n);
+        send(&["--config", &off, "--to", "carol"], n);
+        send(
+            &[
+                "--redis-url",
+                &redis.url(),
+                "--namespace",
+                "files",
+                "--to",
+                "dan",
+            ],
+            n,
+        );
+    }
+    assert_eq!(redis.cli(&["XLEN", "mesa:files:st:{bob}"]), "3");
+    assert_eq!(redis.cli(&["EXISTS", "mesa:files:st:{carol}"]), "0");
+    assert_eq!(redis.cli(&["XLEN", "mesa:files:st:{dan}"]), "5");
+    // A flag still wins over the file.
+    send(
+        &["--config", &bounded, "--namespace", "other", "--to", "bob"],
+        6,
+    );
+    assert_eq!(redis.cli(&["XLEN", "mesa:other:st:{bob}"]), "1");
+}
