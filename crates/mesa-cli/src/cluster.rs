@@ -67,7 +67,7 @@ pub(crate) async fn dispatch(dispatch: &Dispatch) -> Result<Delivery, DispatchEr
     )
     .map_err(|problem| DispatchError::Invalid(format!("--redis-url: {problem}")))?
     // Sends to users are appended to their streams within the gateways' bounds (see `dispatch.rs`).
-    .with_sessions(dispatch.sessions.clone());
+    .with_sessions(dispatch.sessions);
     let sent = async {
         let dispatcher = Dispatcher::connect(config).map_err(|problem| match problem {
             EngineError::Unavailable(_) | EngineError::Overloaded(_) => {
