@@ -212,6 +212,15 @@ async fn a_send_to_a_user_whose_node_died_is_kept_as_mailbox_before_the_node_is_
     // Gus is connected to node A without a resumable session: nothing of his is kept in Redis but his
     // presence entry.
     let mut ws = connect_as(&a, "gus").await;
+    // Node A subscribes to his channel and writes his presence in the background: a send before that is
+    // kept as mailbox, not (or not only) delivered live.
+    let channel = engine_a.keys().user_channel("gus");
+    let presence = engine_a.keys().presence("gus");
+    redis.wait_for_subscribers(&channel, 1);
+    common::eventually("gus's presence written", Duration::from_secs(5), || async {
+        redis.cli(&["EXISTS", &presence]) == "1"
+    })
+    .await;
     send_numbered(&a.mesa, "gus", 1..=2).await;
     for i in 1..=2 {
         let frame = recv(&mut ws).await;
@@ -224,14 +233,12 @@ async fn a_send_to_a_user_whose_node_died_is_kept_as_mailbox_before_the_node_is_
     // Node A dies without a goodbye: Redis drops its subscriptions at once, its presence entries stay
     // until another node reaps it (node_ttl, 15 s here, longer than this test).
     engine_a.abort();
-    let channel = engine_a.keys().user_channel("gus");
     common::eventually(
         "Redis dropped node A's subscriptions",
         Duration::from_secs(5),
         || async { redis.cli(&["PUBSUB", "NUMSUB", &channel]).ends_with("\n0") },
     )
     .await;
-    let presence = engine_a.keys().presence("gus");
     assert_eq!(redis.cli(&["EXISTS", &presence]), "1");
     // Sends meanwhile, through the Dispatcher and node B, reach nobody live: they are kept.
     for i in 3..=4 {
