@@ -42,6 +42,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when a graceful shutdown starts.
     pub(crate) shutdown: CancellationToken,
+    /// When the graceful shutdown started: each connection's op 7 goes at its own point of the drain
+    /// window from here.
+    pub(crate) shutdown_started: std::sync::OnceLock<tokio::time::Instant>,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     /// This process's node id, the first half of every connection id it hands out.
@@ -232,6 +235,7 @@ impl Mesa {
     }
 
     pub(crate) async fn shutdown_until(&self, deadline: tokio::time::Instant) -> bool {
+        let _ = self.inner.shutdown_started.set(tokio::time::Instant::now());
         self.inner.shutdown.cancel();
         // Connection tasks look at the token when they wake; a session registered after this sees it on its
         // first turn.
@@ -536,6 +540,7 @@ impl MesaBuilder {
                 hooks: self.hooks,
                 metrics: Arc::new(Metrics::default()),
                 shutdown: CancellationToken::new(),
+                shutdown_started: std::sync::OnceLock::new(),
                 tasks: TaskTracker::new(),
                 node_id,
                 next_connection_id: AtomicU64::new(1),
