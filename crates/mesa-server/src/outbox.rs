@@ -71,8 +71,15 @@ pub(crate) struct Drained {
 pub(crate) struct Outbox {
     state: Mutex<State>,
     wake: Notify,
-    max_frames: usize,
-    max_bytes: usize,
+    /// The bounds, as `u32`s: every session holds an outbox, and the session's shared state is exactly in
+    /// an allocator class (256 B with its `Arc` header; see the size test in `session.rs`).
+    max_frames: u32,
+    max_bytes: u32,
+}
+
+/// A configured bound, at least 1 and at most `u32::MAX` (4 Gi frames or 4 GiB: no session gets near).
+fn bound(configured: usize) -> u32 {
+    u32::try_from(configured.max(1)).unwrap_or(u32::MAX)
 }
 
 impl Outbox {
@@ -84,8 +91,8 @@ impl Outbox {
                 phase: Phase::Open,
             }),
             wake: Notify::new(),
-            max_frames: max_frames.max(1),
-            max_bytes: max_bytes.max(1),
+            max_frames: bound(max_frames),
+            max_bytes: bound(max_bytes),
         }
     }
 
@@ -105,8 +112,8 @@ impl Outbox {
         let len = frame.len();
         // A single frame larger than the byte bound is accepted into an empty queue: otherwise it could
         // never be sent at all.
-        let over = state.frames.len() >= self.max_frames
-            || (!state.frames.is_empty() && state.bytes + len > self.max_bytes);
+        let over = state.frames.len() >= self.max_frames as usize
+            || (!state.frames.is_empty() && state.bytes + len > self.max_bytes as usize);
         if over {
             state.phase = Phase::Closing(CloseRequest {
                 code: CloseCode::SlowConsumer.code(),
@@ -186,7 +193,8 @@ impl Outbox {
     /// the messages of a read batch instead of once at the end, so a burst of replies cannot overflow it.
     pub(crate) fn is_half_full(&self) -> bool {
         let state = self.lock();
-        state.frames.len() * 2 >= self.max_frames || state.bytes * 2 >= self.max_bytes
+        state.frames.len() * 2 >= self.max_frames as usize
+            || state.bytes * 2 >= self.max_bytes as usize
     }
 
     /// Whether the queue accepts frames, is closing, or its connection is gone.

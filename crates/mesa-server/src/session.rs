@@ -349,4 +349,12 @@ mod tests {
         assert_eq!(bounded.get("x-small").unwrap(), "y");
         assert!(KeptHeaders::keep(&headers, &[], 4096).unpack().is_empty());
     }
+
+    /// Every session holds one `Arc<SessionShared>`: with its 16-byte header it fits jemalloc's 256 B
+    /// class at 240 B, and a few bytes more cost 64 B per connection (a resumable-session field once did).
+    #[test]
+    fn the_shared_state_stays_in_its_allocator_class() {
+        let size = std::mem::size_of::<SessionShared>();
+        assert!(size <= 240, "SessionShared grew to {size} bytes");
+    }
 }
