@@ -250,8 +250,7 @@ where
         // Registered before Hello is written, so that a client that has read its Hello already receives every
         // send. Frames queued meanwhile wait in the outbox, which is drained only after Hello.
         let mut registration = Registration::new(&inner, &self.session);
-        let hello = inner.hello.clone();
-        if self.write(hello).await.is_err() {
+        if Box::pin(self.write_hello()).await.is_err() {
             return;
         }
         // Rare paths are boxed so that their state does not enlarge every idle connection's future.
@@ -540,6 +539,31 @@ where
     /// `limits.write_timeout_ms`, read from the configuration rather than kept in every connection.
     fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.config.limits.write_timeout_ms.max(1))
+    }
+
+    /// Writes the Hello frame, encoded once for all connections, straight to the socket: nothing went
+    /// through tungstenite yet, so its write buffer stays empty (and small) instead of keeping the Hello's
+    /// size for the connection's life.
+    async fn write_hello(&mut self) -> Result<(), Exit> {
+        use tokio::io::AsyncWriteExt;
+        let frame = self.inner.hello_frame.clone();
+        let limit = self.write_timeout();
+        let socket = self.ws.get_mut();
+        let written = timeout(limit, async {
+            socket.write_all(&frame).await?;
+            socket.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.inner.metrics.frames_sent(1);
+                Ok(())
+            }
+            _ => {
+                self.write_failed = true;
+                Err(Exit::Dropped)
+            }
+        }
     }
 
     /// Feeds one frame and flushes.

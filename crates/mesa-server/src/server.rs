@@ -8,7 +8,6 @@ use std::time::Duration;
 use mesa_protocol::{ConnectionRules, Frame, OpCode, RateLimit};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +30,10 @@ const WRITE_BATCH_BYTES: usize = 8 * 1024;
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) rules: ConnectionRules,
-    pub(crate) hello: Utf8Bytes,
+    /// The Hello (op 10) as a whole WebSocket frame, encoded once and written to each new socket past
+    /// tungstenite: its write buffer keeps the capacity of the largest frame it ever wrote, and the Hello
+    /// (with `c_resume`) is larger than anything an idle connection writes after it.
+    pub(crate) hello_frame: bytes::Bytes,
     /// `config.allowed_origins`, parsed once (entries that are not origins are left out; the config warns
     /// about them).
     pub(crate) allowed_origins: Vec<crate::origin::Origin>,
@@ -528,7 +530,7 @@ impl MesaBuilder {
         Mesa {
             inner: Arc::new(Inner {
                 rules: config.connection_rules(),
-                hello: hello.encode().into(),
+                hello_frame: websocket_text_frame(hello.encode()),
                 allowed_origins: config
                     .allowed_origins
                     .iter()
@@ -573,4 +575,15 @@ impl Session {
             _ => false,
         }
     }
+}
+
+/// `text` as one unmasked, final WebSocket text frame (what a server sends), encoded by tungstenite.
+fn websocket_text_frame(text: String) -> bytes::Bytes {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode as WsOpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    let frame = WsFrame::message(text.into_bytes(), WsOpCode::Data(Data::Text), true);
+    let mut encoded = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut encoded);
+    encoded.into()
 }
