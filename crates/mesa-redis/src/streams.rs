@@ -133,23 +133,22 @@ local function settle(sess)
 end
 ";
 
-/// KEYS: +presence, channel. ARGV: +frame, envelope head, `PUBLISH` or `SPUBLISH`. Appends the frame when
-/// the user keeps a stream (a session is kept, or the user is offline: the mailbox), applies the count
-/// and byte bounds, and publishes the envelope with its sequence (0: not kept) on the user's channel in the
-/// same step. Returns the channel's subscriber count.
+/// KEYS: +channel. ARGV: +frame, envelope head, `PUBLISH` or `SPUBLISH`. Appends the frame when the user
+/// keeps a stream (a session is kept, or the user is offline: the mailbox), applies the count and byte
+/// bounds, and publishes the envelope with its sequence (0: not kept) on the user's channel in the same
+/// step. Returns the channel's subscriber count.
 ///
-/// Offline: no node records the user, or no node is subscribed to the user's channel. The second covers
-/// a node that died (Redis dropped its subscriptions with its connection) while its presence entries wait
-/// for `node_ttl` to be reaped, and a node between unsubscribing and removing the entry: a publication
-/// nobody receives is kept rather than lost.
+/// Offline: no node is subscribed to the user's channel — the publication would reach nobody, so it is
+/// kept. Not the presence hash: a dead node's entries stay until it is reaped (`node_ttl`) while Redis
+/// dropped its subscriptions at once, and a node subscribes before it writes the entry, so a send between
+/// the two would be delivered live and kept (the next connection would get it again).
 const APPEND: &str = r"
 local sess = sessions()
 evict_aged()
 local seq = 0
 local NUMSUB = 'NUMSUB'
 if ARGV[7] == 'SPUBLISH' then NUMSUB = 'SHARDNUMSUB' end
-if next(sess) ~= nil or redis.call('EXISTS', KEYS[4]) == 0
-    or redis.call('PUBSUB', NUMSUB, KEYS[5])[2] == 0 then
+if next(sess) ~= nil or redis.call('PUBSUB', NUMSUB, KEYS[4])[2] == 0 then
   seq = head() + 1
   redis.call('XADD', ST, seq .. '-0', 'f', ARGV[5], 't', NOW)
   redis.call('HSET', SM, 'head', seq)
@@ -165,7 +164,7 @@ settle(sess)
 local bytes, n = {}, seq
 for i = 8, 1, -1 do bytes[i] = string.char(n % 256); n = math.floor(n / 256) end
 local envelope = ARGV[6] .. table.concat(bytes) .. string.char(0, 0, 0, 0) .. ARGV[5]
-return redis.call(ARGV[7], KEYS[5], envelope)
+return redis.call(ARGV[7], KEYS[4], envelope)
 ";
 
 /// ARGV: +session, holder. Records a fresh session held by `holder`, starting after what some device
@@ -449,7 +448,7 @@ impl Streams {
         let publish = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         self.user(keys, user).call(
             &APPEND_LUA,
-            vec![keys.presence(user), keys.user_channel(user)],
+            vec![keys.user_channel(user)],
             vec![
                 frame.as_bytes().clone(),
                 head.clone(),
@@ -634,7 +633,6 @@ mod tests {
                 "mesa:t:st:{bob}",
                 "mesa:t:sm:{bob}",
                 "mesa:t:ss:{bob}",
-                "mesa:t:p:{bob}",
                 "mesa:t:u:{bob}"
             ]
         );
