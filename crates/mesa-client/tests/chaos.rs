@@ -95,6 +95,8 @@ struct NodeUp {
 /// Starts and stops the nodes of one cluster. Node indexes are `0..count()`.
 trait Nodes {
     fn count(&self) -> usize;
+    /// An engine on the nodes' store that reads users' streams (to settle a send whose outcome is unknown).
+    fn reader(&self) -> Arc<dyn Engine>;
     /// Starts node `i` (first start, or again after a drain or a kill) on a fresh port of 127.0.0.1.
     async fn start(&mut self, i: usize) -> NodeUp;
     /// Graceful shutdown of node `i`: op 7 paced over the drain window, then 1012; returns once it is done.
@@ -207,6 +209,10 @@ impl Nodes for MemoryNodes {
         self.running.len()
     }
 
+    fn reader(&self) -> Arc<dyn Engine> {
+        Arc::new(self.engine.clone())
+    }
+
     async fn start(&mut self, i: usize) -> NodeUp {
         assert!(self.running[i].is_none(), "node {i} is already up");
         let node = RunningNode::serve(node_runtime(i), Arc::new(self.engine.clone()));
@@ -241,6 +247,8 @@ impl Nodes for MemoryNodes {
 struct RedisNodes {
     config: RedisConfig,
     running: Vec<Option<(RunningNode, Arc<RedisEngine>)>>,
+    /// Attached to no node: reads streams only.
+    reader: Arc<RedisEngine>,
 }
 
 impl RedisNodes {
@@ -253,6 +261,7 @@ impl RedisNodes {
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(300);
         RedisNodes {
+            reader: RedisEngine::connect(config.clone()).expect("a valid Redis configuration"),
             config,
             running: (0..count).map(|_| None).collect(),
         }
@@ -262,6 +271,10 @@ impl RedisNodes {
 impl Nodes for RedisNodes {
     fn count(&self) -> usize {
         self.running.len()
+    }
+
+    fn reader(&self) -> Arc<dyn Engine> {
+        self.reader.clone()
     }
 
     async fn start(&mut self, i: usize) -> NodeUp {
@@ -573,12 +586,25 @@ struct Sender {
 }
 
 impl Sender {
-    fn start(book: Book, users: Vec<String>, budget: u64, per_second: u64, seed: u64) -> Sender {
+    /// `reader` settles a send that failed with its outcome unknown (the node died or the engine timed out
+    /// after handing it to the store): with resumable sessions every durable send to a user is appended to
+    /// the user's stream, so whether the stream's head moved says whether it was sent. A retry of a send
+    /// that was in fact appended would be the producer's duplicate, not the gateway's.
+    fn start(
+        book: Book,
+        users: Vec<String>,
+        budget: u64,
+        per_second: u64,
+        reader: Option<Arc<dyn Engine>>,
+        seed: u64,
+    ) -> Sender {
         let sent: Arc<Vec<AtomicU64>> = Arc::new(users.iter().map(|_| AtomicU64::new(0)).collect());
         let (bursts, mut burst_rx) = mpsc::unbounded_channel::<(usize, u64)>();
         let (stop, mut stop_rx) = watch::channel(false);
         let counts = sent.clone();
         let task = tokio::spawn(async move {
+            // Per user: entries appended to its stream so far (the sender is its only producer).
+            let mut appended = vec![0u64; users.len()];
             let mut rng = Rng::new(seed);
             let mut total = 0u64;
             let tick = Duration::from_micros(1_000_000 / per_second.max(1));
@@ -604,12 +630,19 @@ impl Sender {
                         };
                         let n = counts[user].load(Ordering::SeqCst) + 1;
                         let frame = Frame::dispatch("N", json!({"user": users[user], "n": n}));
-                        if node
+                        let accepted = node
                             .mesa
                             .send_to([users[user].as_str()], &frame)
                             .await
-                            .is_ok()
-                        {
+                            .is_ok();
+                        let sent = match &reader {
+                            Some(reader) if !accepted => {
+                                was_appended(&**reader, &users[user], appended[user]).await
+                            }
+                            _ => accepted,
+                        };
+                        if sent {
+                            appended[user] += 1;
                             counts[user].store(n, Ordering::SeqCst);
                             total += 1;
                             break;
@@ -629,6 +662,21 @@ impl Sender {
             task,
         }
     }
+}
+
+/// Whether `user`'s stream holds an entry past `known` (the entries the sender knows it appended): a failed
+/// send's outcome, once whatever was still on its way has landed.
+async fn was_appended(reader: &dyn Engine, user: &str, known: u64) -> bool {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        match reader.read_stream(user, known, 1).await {
+            Ok(Ok(read)) => return read.head > known,
+            // Entries after `known` were appended and trimmed (acknowledged) already.
+            Ok(Err(_gap)) => return true,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("the stream of {user} could not be read to settle a failed send");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -703,6 +751,7 @@ async fn run_chaos<N: Nodes>(mut nodes: N, users: usize, chaos_for: Duration, se
         clients.iter().map(|u| u.name.clone()).collect(),
         budget,
         per_second,
+        resume.then(|| nodes.reader()),
         seed ^ 0x5eed,
     );
 
