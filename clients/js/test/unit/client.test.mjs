@@ -87,18 +87,30 @@ test('close codes that mean "do not reconnect" stop the client', () => {
   }
 });
 
-test('1012 and op 7 reconnect soon, without growing the backoff', () => {
+test('1012 and op 7 reconnect soon, after retry_after_ms, without growing the backoff', () => {
   const { clock, client, last } = setup({ randomValue: 0.999999 });
   last().open();
   last().hello({ c_reconnect_interval: 5000 });
-  last().receive({ op: 7, d: {} });
+  last().receive({ op: 7, d: { retry_after_ms: 2000 } });
+  // Without a resumable session the connection stays until the server closes it: what it still delivers
+  // would not be replayed elsewhere.
+  assert.equal(client.state, 'connected');
+  assert.equal(last().closedWith, null);
+  last().drop(1012);
   assert.equal(client.state, 'reconnecting');
-  assert.ok(client.nextReconnectAt - clock.now() <= 1000);
+  const wait = client.nextReconnectAt - clock.now();
+  assert.ok(wait >= 2000 && wait <= 3000, `waits retry_after_ms plus at most 1 s of jitter (${wait})`);
   assert.equal(client.attempt, 0);
+  clock.advance(wait);
+  last().open();
+  last().hello({ c_reconnect_interval: 5000 });
+  last().drop(1012);
+  assert.ok(client.nextReconnectAt - clock.now() <= 1000, 'a later 1012 without op 7 waits no retry_after_ms');
 });
 
 test('authentication is re-sent after every reconnect before queued sends are flushed', () => {
-  const { clock, client, last } = setup({ randomValue: 0 });
+  // resume: false sends op 2 as soon as the socket opens (with resume on it waits for the Hello).
+  const { clock, client, last } = setup({ randomValue: 0, config: { resume: false } });
   last().open();
   last().hello();
   let user = null;
@@ -137,6 +149,8 @@ test('a page that authenticates in onConnected (mesa-js-client style) sends op 2
   last().drop(1006);
   clock.advance(0);
   last().open();
+  assert.deepEqual(last().ops(), [], 'op 2 waits for the Hello, which says whether to resume');
+  last().hello();
   assert.deepEqual(last().ops(), [2]);
   last().receive({ op: 22, d: { id: 't' } });
   await Promise.resolve();
@@ -177,6 +191,7 @@ test('no op 22 within c_authentication_timeout drops the connection (4006) and r
   assert.equal(sockets[0].closedWith.code, 4000);
   clock.advance(0);
   last().open();
+  last().hello();
   assert.deepEqual(last().ops(), [2], 'the credentials are sent again');
 });
 
@@ -347,7 +362,8 @@ test('going online (or visible) skips the reconnect wait', () => {
 });
 
 test('the last advertised timings apply to attempts that get no Hello', () => {
-  const { clock, client, sockets, last } = setup({ randomValue: 0.999999 });
+  // resume: false: op 2 goes out before the Hello (with resume on it waits for it, under helloTimeout).
+  const { clock, client, sockets, last } = setup({ randomValue: 0.999999, config: { resume: false } });
   last().open();
   last().hello({ c_reconnect_interval: 500, c_authentication_timeout: 700, c_heartbeat_interval: 60000 });
   last().drop(1006);
