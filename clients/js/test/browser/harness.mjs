@@ -4,7 +4,7 @@
 // Every process started here is killed by pid in `stopAll()` (the tests call it in `after`).
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -21,6 +21,7 @@ export const RECONNECT_MS = 300;
 
 const children = new Set();
 const browsers = new Set();
+const proxies = new Set();
 
 export function mesaBin() {
   const bin = process.env.MESA_BIN;
@@ -40,8 +41,9 @@ export function freePort() {
   });
 }
 
-/** Starts `mesa serve --demo` on `port` and waits until `/healthz` answers. */
-export async function startMesa(port) {
+/** Starts `mesa serve --demo` on `port` (with `extraEnv`, e.g. `MESA_API__KEY`) and waits until `/healthz`
+ * answers. */
+export async function startMesa(port, extraEnv = {}) {
   const env = { ...process.env };
   // The test's gateway is configured here alone; mesa refuses unknown MESA_ variables (MESA_BIN included).
   for (const key of Object.keys(env)) if (key.startsWith('MESA_')) delete env[key];
@@ -51,6 +53,7 @@ export async function startMesa(port) {
       MESA_SERVER__HEARTBEAT__INTERVAL_MS: String(HEARTBEAT_MS),
       MESA_SERVER__RECONNECT__INTERVAL_MS: String(RECONNECT_MS),
       MESA_LOG__FILTER: 'warn',
+      ...extraEnv,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -102,10 +105,61 @@ export async function launchBrowser() {
   return browser;
 }
 
-/** Kills every gateway and closes every browser started here. */
+/**
+ * A TCP proxy on a free 127.0.0.1 port to `targetPort`: `cut()` destroys every connection through it, as a
+ * network change does (the browser sees the WebSocket drop without a close frame, 1006).
+ */
+export async function startProxy(targetPort) {
+  const pairs = new Set();
+  const server = createServer((client) => {
+    const upstream = connect(targetPort, '127.0.0.1');
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((ok, fail) => {
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', ok);
+  });
+  const proxy = {
+    port: server.address().port,
+    /** Connections open through the proxy now. */
+    get open() {
+      return pairs.size;
+    },
+    /** Destroys every connection; returns how many there were. */
+    cut() {
+      const count = pairs.size;
+      for (const [client, upstream] of [...pairs]) {
+        client.destroy();
+        upstream.destroy();
+      }
+      pairs.clear();
+      return count;
+    },
+    close() {
+      proxy.cut();
+      return new Promise((ok) => server.close(ok));
+    },
+  };
+  proxies.add(proxy);
+  return proxy;
+}
+
+/** Kills every gateway, closes every proxy and every browser started here. */
 export async function stopAll() {
   for (const browser of browsers) await browser.close().catch(() => {});
   browsers.clear();
+  for (const proxy of proxies) await proxy.close();
+  proxies.clear();
   for (const child of [...children]) await kill(child);
 }
 
