@@ -171,7 +171,8 @@ export interface IClientConfig {
   clientVersion?: string;
   /** Hold a resumable session when the server's Hello offers `c_resume`: op 2 carries `resumable: true`,
    * reconnections resume with op 6, duplicates are dropped and what was handed over is acknowledged.
-   * Authentication then waits for the Hello. Default `true`; without `c_resume` nothing changes on the wire. */
+   * Authentication then waits for the Hello. Default `true`; without `c_resume` nothing changes on the wire,
+   * nor with `authenticate(data, {shouldSync: false})` (Mesa 1.5's semantics: no backlog, no session). */
   resume?: boolean;
 }
 
@@ -770,10 +771,13 @@ export default class MesaClient extends EventTarget {
   }
 
   /** The frame that authenticates with `credentials` on this connection: op 6 for the held session when the
-   * server offers resumption, op 2 `resumable: true` without one, Mesa 1.5's op 2 otherwise (and on a
-   * connection that already serves the session: a new token for it). */
+   * server offers resumption, op 2 `resumable: true` without one, Mesa 1.5's op 2 otherwise: on a connection
+   * that already serves the session (a new token for it), and with `shouldSync: false` (Mesa 1.5's "no
+   * backlog", which a resumable session, replaying its mailbox, would not keep). */
   private credentialsFrame(credentials: Data): [Attempt, ReceivedMessage] {
-    if (!this.options.resume || !isResumeOffer(this.hello?.c_resume) || this.sessionLive) {
+    const plain =
+      !this.options.resume || !isResumeOffer(this.hello?.c_resume) || this.sessionLive || credentials.shouldSync === false;
+    if (plain) {
       return ['plain', { op: 2, d: credentials }];
     }
     if (this.session) {

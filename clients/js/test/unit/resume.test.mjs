@@ -272,3 +272,13 @@ test('resume: false authenticates as Mesa 1.5 even when the server offers c_resu
   last().receive({ op: 22, d: { id: 'ada' } });
   assert.equal(client.session, null);
 });
+
+test('shouldSync: false keeps Mesa 1.5 semantics (no session, no backlog) even when the server offers c_resume', () => {
+  const { client, last } = setup();
+  const socket = openResumable(last);
+  client.authenticate({ id: 'ada' }, { shouldSync: false });
+  assert.deepEqual(socket.sent, [{ op: 2, d: { id: 'ada', shouldSync: false } }]);
+  socket.receive({ op: 22, d: { id: 'ada' } });
+  assert.equal(client.session, null);
+  assert.deepEqual(client.user, { id: 'ada' });
+});

@@ -564,10 +564,12 @@ export default class MesaClient extends EventTarget {
         }, timeout);
     }
     /** The frame that authenticates with `credentials` on this connection: op 6 for the held session when the
-     * server offers resumption, op 2 `resumable: true` without one, Mesa 1.5's op 2 otherwise (and on a
-     * connection that already serves the session: a new token for it). */
+     * server offers resumption, op 2 `resumable: true` without one, Mesa 1.5's op 2 otherwise: on a connection
+     * that already serves the session (a new token for it), and with `shouldSync: false` (Mesa 1.5's "no
+     * backlog", which a resumable session, replaying its mailbox, would not keep). */
     credentialsFrame(credentials) {
-        if (!this.options.resume || !isResumeOffer(this.hello?.c_resume) || this.sessionLive) {
+        const plain = !this.options.resume || !isResumeOffer(this.hello?.c_resume) || this.sessionLive || credentials.shouldSync === false;
+        if (plain) {
             return ['plain', { op: 2, d: credentials }];
         }
         if (this.session) {
