@@ -4,9 +4,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 
-import { freePort, launchBrowser, screenshot, startMesa, stopAll } from './harness.mjs';
+import { freePort, launchBrowser, screenshot, startMesa, startPages, stopAll } from './harness.mjs';
 
 const page = readFileSync(new URL('./fixtures/mesa-js-client-page.html', import.meta.url), 'utf8');
 const modules = {
@@ -24,33 +23,19 @@ before(async () => {
   port = await freePort();
   await startMesa(port);
   browser = await launchBrowser();
-  // The fixture comes from a plain local HTTP server (a page fulfilled by Playwright's routing counts as
-  // public to Chromium's local network access checks, which then block its WebSocket to 127.0.0.1).
-  pages = createServer((request, response) => {
-    if (request.url === '/page.html') {
-      response.writeHead(200, { 'content-type': 'text/html' });
-      response.end(page.replaceAll('__USER__', user).replaceAll('__GATEWAY__', `ws://127.0.0.1:${port}/`));
-    } else if (request.url === '/mesa-js-client.js') {
-      response.writeHead(200, { 'content-type': 'text/javascript' });
-      response.end(modules[which]);
-    } else {
-      response.writeHead(404);
-      response.end();
-    }
+  pages = await startPages({
+    '/page.html': () => ['text/html', page.replaceAll('__USER__', user).replaceAll('__GATEWAY__', `ws://127.0.0.1:${port}/`)],
+    '/mesa-js-client.js': () => ['text/javascript', modules[which]],
   });
-  await new Promise((ok) => pages.listen(0, '127.0.0.1', ok));
 });
-after(async () => {
-  await new Promise((ok) => (pages ? pages.close(ok) : ok()));
-  await stopAll();
-});
+after(stopAll);
 
 /** Runs the fixture with `which` client as 'mesa-js-client'; returns its log once it has disconnected. */
 async function run(client, name) {
   which = client;
   user = name;
   const tab = await browser.newPage();
-  await tab.goto(`http://127.0.0.1:${pages.address().port}/page.html`);
+  await tab.goto(`http://127.0.0.1:${pages.port}/page.html`);
   await tab.waitForFunction(() => window.done === true, null, { timeout: 15000 });
   const result = await tab.evaluate(() => ({ log: window.log, sent: window.sent, received: window.received }));
   await screenshot(tab, `dropin-${client}`);

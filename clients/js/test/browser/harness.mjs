@@ -1,9 +1,11 @@
 // What the browser tests share: a `mesa serve --demo` child process on a free 127.0.0.1 port, Debian's
-// Chromium through playwright-core, and the screenshot directory.
+// Chromium through playwright-core, a TCP proxy to cut connections, a server for test pages, and the
+// screenshot directory.
 //
 // Every process started here is killed by pid in `stopAll()` (the tests call it in `after`).
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +24,7 @@ export const RECONNECT_MS = 300;
 const children = new Set();
 const browsers = new Set();
 const proxies = new Set();
+const pageServers = new Set();
 
 export function mesaBin() {
   const bin = process.env.MESA_BIN;
@@ -154,12 +157,37 @@ export async function startProxy(targetPort) {
   return proxy;
 }
 
-/** Kills every gateway, closes every proxy and every browser started here. */
+/**
+ * A plain local HTTP server on a free 127.0.0.1 port serving `routes` (path → `() => [content type, body]`,
+ * called per request). Pages come from here rather than from Playwright's routing: a page fulfilled by routing
+ * counts as public to Chromium's local network access checks, which then block its WebSocket to 127.0.0.1.
+ */
+export async function startPages(routes) {
+  const server = createHttpServer((request, response) => {
+    const route = routes[request.url];
+    if (!route) {
+      response.writeHead(404);
+      response.end();
+      return;
+    }
+    const [type, body] = route();
+    response.writeHead(200, { 'content-type': type });
+    response.end(body);
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const pages = { port: server.address().port, close: () => new Promise((ok) => server.close(ok)) };
+  pageServers.add(pages);
+  return pages;
+}
+
+/** Kills every gateway, closes every proxy, page server and browser started here. */
 export async function stopAll() {
   for (const browser of browsers) await browser.close().catch(() => {});
   browsers.clear();
   for (const proxy of proxies) await proxy.close();
   proxies.clear();
+  for (const pages of pageServers) await pages.close();
+  pageServers.clear();
   for (const child of [...children]) await kill(child);
 }
 

@@ -7,9 +7,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 
-import { freePort, kill, launchBrowser, screenshot, sleep, startMesa, startProxy, stopAll } from './harness.mjs';
+import { freePort, kill, launchBrowser, screenshot, sleep, startMesa, startPages, startProxy, stopAll } from './harness.mjs';
 
 const KEY = 'browser-resume-test-api-key-0123456789';
 const USER = 'ada-resume';
@@ -46,25 +45,12 @@ before(async () => {
   gateway = await startMesa(gatewayPort, { MESA_API__KEY: KEY });
   proxy = await startProxy(gatewayPort);
   browser = await launchBrowser();
-  // A plain local HTTP server for the page (see dropin.test.mjs: Chromium's local network access checks).
-  pages = createServer((request, response) => {
-    if (request.url === '/page.html') {
-      response.writeHead(200, { 'content-type': 'text/html' });
-      response.end(page.replace('__GATEWAY__', JSON.stringify(`ws://127.0.0.1:${proxy.port}/`)));
-    } else if (request.url === '/mesa-client.js') {
-      response.writeHead(200, { 'content-type': 'text/javascript' });
-      response.end(client);
-    } else {
-      response.writeHead(404);
-      response.end();
-    }
+  pages = await startPages({
+    '/page.html': () => ['text/html', page.replace('__GATEWAY__', JSON.stringify(`ws://127.0.0.1:${proxy.port}/`))],
+    '/mesa-client.js': () => ['text/javascript', client],
   });
-  await new Promise((ok) => pages.listen(0, '127.0.0.1', ok));
 });
-after(async () => {
-  await new Promise((ok) => (pages ? pages.close(ok) : ok()));
-  await stopAll();
-});
+after(stopAll);
 
 /** Sends number `n` to the page's user as a durable dispatch; returns the HTTP status. */
 async function send(n) {
@@ -99,7 +85,7 @@ function audit(got, from, to) {
 
 test('durable sends reach the page exactly once and in order while its connection is cut again and again', async () => {
   tab = await browser.newPage();
-  await tab.goto(`http://127.0.0.1:${pages.address().port}/page.html`);
+  await tab.goto(`http://127.0.0.1:${pages.port}/page.html`);
   await tab.waitForFunction(() => window.ready === true, null, { timeout: 15000 });
   let cuts = 0;
   let refused = 0;
